@@ -1,0 +1,208 @@
+"""Command line: argument parsing only. Each command calls one function, imported lazily."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from bridgeocr import __version__
+from bridgeocr.errors import BridgeOCRError
+
+
+def _call(target: str, **kwargs):
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)(**kwargs)
+
+
+def _add_data(sub):
+    data = sub.add_parser("data", help="make, check and look at line datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="{synth,check,preview}")
+
+    p = dsub.add_parser("synth", help="render synthetic text lines from a corpus with many fonts",
+                        description="Render lines cut from a text corpus with varied fonts, sizes, ink, "
+                        "paper, noise, blur and distortion. Writes images, manifest.tsv, split.tsv and "
+                        "settings.json. The same seed gives the same dataset.")
+    p.add_argument("--corpus", nargs="+", default=None, metavar="FILE",
+                   help="text files (documents split by <|endoftext|>); default: the built-in corpus")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--n", type=int, default=2000, help="number of lines in all splits (default 2000)")
+    p.add_argument("--fonts", nargs="+", default=None, metavar="FONT",
+                   help="font files or directories (default: installed fonts, else matplotlib's DejaVu)")
+    p.add_argument("--style", choices=["all", "printed", "handwriting"], default="all",
+                   help="which kind of installed fonts to use (default all)")
+    p.add_argument("--holdout-fonts", nargs="*", default=None, metavar="NAME",
+                   help="font names (substrings) used only for val/test; default: none held out")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--test-fraction", type=float, default=0.1)
+    p.add_argument("--height", type=int, default=48, help="rendered line height in px (default 48)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(target="bridgeocr.data.synth:make_dataset_cli",
+                   keys=["corpus", "out", "n", "fonts", "style", "holdout_fonts", "val_fraction",
+                         "test_fraction", "height", "seed"])
+
+    for name, helptext in (("check", "count lines and report every problem (exit 1 if any)"),
+                           ("preview", "draw a grid of samples with their transcriptions")):
+        p = dsub.add_parser(name, help=helptext)
+        p.add_argument("source", help="IAM root, manifest (.tsv/.jsonl) or synth directory")
+        p.add_argument("--split", default=None, help="train/val/test or a split list (default: all lines)")
+        p.add_argument("--split-file", default=None, help="manifest split file (default: found beside it)")
+        p.add_argument("--iam-split-dir", default=None, help="IAM: folder with the split lists")
+        keys = ["source", "split", "split_file", "iam_split_dir"]
+        if name == "preview":
+            p.add_argument("--out", required=True, help="PNG file to write")
+            p.add_argument("--n", type=int, default=24, help="number of samples (default 24)")
+            p.add_argument("--seed", type=int, default=0)
+            keys += ["out", "n", "seed"]
+        p.set_defaults(target=f"bridgeocr.data.{name}:{name}_source_cli", keys=keys)
+
+
+def _add_lm(sub):
+    lm = sub.add_parser("lm", help="pretrain the GPT decoder as a language model")
+    lsub = lm.add_subparsers(dest="lm_command", required=True, metavar="{train}")
+    p = lsub.add_parser("train", help="train a tokenizer and a small GPT LM on text; saves an HF directory")
+    p.add_argument("--corpus", nargs="+", default=None, metavar="FILE",
+                   help="training text files (default: the built-in corpus)")
+    p.add_argument("--val-corpus", nargs="+", default=None, metavar="FILE",
+                   help="validation text (default: the last 5%% of the corpus)")
+    p.add_argument("--out", required=True, help="output directory (HF GPT-2 format + tokenizer)")
+    p.add_argument("--tokenizer", choices=["char", "bpe"], default="char")
+    p.add_argument("--vocab-size", type=int, default=4000, help="BPE vocabulary size")
+    p.add_argument("--n-layer", type=int, default=3)
+    p.add_argument("--n-embd", type=int, default=192)
+    p.add_argument("--n-head", type=int, default=3)
+    p.add_argument("--context", type=int, default=128, help="training context length in tokens")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--minutes", type=float, default=None, help="stop after this wall-clock time")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last if present")
+    p.set_defaults(target="bridgeocr.train.lm:train_lm_cli",
+                   keys=["corpus", "val_corpus", "out", "tokenizer", "vocab_size", "n_layer", "n_embd",
+                         "n_head", "context", "steps", "minutes", "batch_size", "lr", "seed", "resume"])
+
+
+def _add_encoder(sub):
+    enc = sub.add_parser("encoder", help="pretrain the line encoder with CTC")
+    esub = enc.add_subparsers(dest="encoder_command", required=True, metavar="{train}")
+    p = esub.add_parser("train", help="train the line encoder + CTC head; reports val CER of CTC decoding")
+    p.add_argument("--data", nargs="+", required=True, metavar="SOURCE", help="line sources (train split used)")
+    p.add_argument("--val-data", default=None, metavar="SOURCE", help="validation source (default: first --data)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--config", default=None, help="YAML with model.encoder / data.image settings")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--minutes", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(target="bridgeocr.train.encoder_pretrain:train_encoder_cli",
+                   keys=["data", "val_data", "out", "config", "overrides", "steps", "minutes",
+                         "batch_size", "lr", "seed", "resume"])
+
+
+def _add_train_eval(sub):
+    p = sub.add_parser("train", help="train an OCR model from a YAML config",
+                       description="Train encoder -> connector -> GPT with CE (+ KD, + CTC). "
+                       "Checkpoints: OUT/NAME/best (by val CER) and OUT/NAME/last.")
+    p.add_argument("--config", required=True, help="YAML experiment config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.max_steps=100")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run from its last checkpoint")
+    p.add_argument("--devices", default=None, help="devices per node (Lightning), e.g. 1, 2 or auto")
+    p.add_argument("--num-nodes", type=int, default=None)
+    p.set_defaults(target="bridgeocr.train.run:train_cli",
+                   keys=["config", "overrides", "resume", "devices", "num_nodes"])
+
+    p = sub.add_parser("evaluate", help="CER/WER and a predictions file for a checkpoint on a source")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, metavar="SOURCE")
+    p.add_argument("--split", default="test")
+    p.add_argument("--beam", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--out", default=None, help="directory for predictions.tsv and metrics.json")
+    p.set_defaults(target="bridgeocr.eval.evaluate:evaluate_cli",
+                   keys=["checkpoint", "data", "split", "beam", "batch_size", "max_samples", "out"])
+
+    p = sub.add_parser("recognize", help="transcribe line images (files, folders, globs)")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--checkpoint", default=None, help="model directory (default: the shipped model)")
+    p.add_argument("--beam", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--format", choices=["text", "tsv", "jsonl"], default="text")
+    p.add_argument("--ctc", action="store_true", help="decode with the encoder's CTC head (fast)")
+    p.set_defaults(target="bridgeocr.api:recognize_cli",
+                   keys=["inputs", "checkpoint", "beam", "batch_size", "format", "ctc"])
+
+    p = sub.add_parser("loss-gap", help="reference vs connector vs downsampled loss (the seed's diagnostic)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, metavar="SOURCE")
+    p.add_argument("--split", default="test")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--out", default=None, help="directory for loss_gap.json and per-sample CSV")
+    p.set_defaults(target="bridgeocr.eval.loss_gap:loss_gap_cli",
+                   keys=["checkpoint", "data", "split", "batch_size", "max_samples", "out"])
+
+    p = sub.add_parser("compare", help="one table (Markdown + CSV) and plots from finished runs")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default=None, help="output directory (default: common parent/compare)")
+    p.set_defaults(target="bridgeocr.eval.compare:compare_cli", keys=["runs", "out"])
+
+    p = sub.add_parser("sweep", help="run a grid of configs, resumable, then compare")
+    p.add_argument("--config", required=True)
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a grid axis; repeat for more axes")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides for every cell")
+    p.add_argument("--out", default=None, help="sweep directory (default: runs/sweep/<config name>)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    p.set_defaults(target="bridgeocr.eval.sweep:sweep_cli",
+                   keys=["config", "grid", "overrides", "out", "dry_run"])
+
+    p = sub.add_parser("bench", help="connector speed benchmark (params, tokens, step time, decode lines/s)")
+    p.add_argument("--quick", action="store_true", help="a smaller run (< 2 minutes on 2 CPU cores)")
+    p.add_argument("--widths", type=int, nargs="+", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="runs/bench", help="directory for bench.json and bench.md")
+    p.set_defaults(target="bridgeocr.bench:bench_cli", keys=["quick", "widths", "device", "out"])
+
+    p = sub.add_parser("demo", help="the whole study end to end on built-in data (what `make demo` runs)")
+    p.add_argument("--minutes", type=float, default=20.0, help="total time budget (default 20)")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--corpus", nargs="+", default=None, metavar="FILE")
+    p.add_argument("--n", type=int, default=None, help="synthetic lines (default scales with --minutes)")
+    p.set_defaults(target="bridgeocr.demo:demo_cli", keys=["minutes", "out", "corpus", "n"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bridgeocr",
+        description="Read text-line images with a language model: "
+        "line image -> vision encoder -> connector -> GPT -> text.")
+    parser.add_argument("--version", action="version", version=f"bridgeocr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_data(sub)
+    _add_lm(sub)
+    _add_encoder(sub)
+    _add_train_eval(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    kwargs = {key: getattr(args, key) for key in args.keys}
+    try:
+        code = _call(args.target, **kwargs)
+    except BridgeOCRError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Typed experiment configs: dataclasses, loaded from YAML with dotted `key=value` overrides.
+
+One YAML file per experiment; every field has a default, so a config only says what differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from bridgeocr.errors import ConfigError
+
+
+@dataclass
+class ImageConfig:
+    """How a line image becomes a tensor (see data/preprocess.py)."""
+
+    height: int = 32
+    width_policy: str = "pad"  # pad: keep aspect, pad to batch width | resize: squeeze to resize_width
+    max_width: int = 1024  # pad policy: lines wider than this are downscaled
+    resize_width: int = 256  # resize policy: every line gets this width
+    width_multiple: int = 8  # padded widths are rounded up to this (the encoder's patch width)
+
+
+@dataclass
+class DataConfig:
+    """Where lines come from. `source` is a path (IAM root, manifest .tsv/.jsonl, synth dir)."""
+
+    source: str = "runs/data/synth"
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    split_file: str | None = None  # manifest: TSV `path<TAB>split[<TAB>group]` (auto-found beside it)
+    iam_split_dir: str | None = None  # IAM only: folder with the split lists
+    drop_err: bool = False  # IAM only: drop lines marked `err`
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    num_workers: int = 0
+    image: ImageConfig = field(default_factory=ImageConfig)
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "char"  # char | bpe
+    path: str | None = None  # a saved tokenizer JSON or a local HF tokenizer dir
+
+
+@dataclass
+class EncoderConfig:
+    """ViT over the line with rectangular patches (patch_height x patch_width)."""
+
+    kind: str = "vit"
+    patch_height: int = 32  # = image height: one row of patches, tokens run left to right
+    patch_width: int = 8
+    dim: int = 192
+    depth: int = 4
+    heads: int = 3
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    pos_embedding: str = "sincos"  # sincos | learned (interpolated to any width)
+    conv_stem: bool = True  # a small conv stem before patchifying (helps tiny models read)
+    max_width: int = 2048
+    pretrained: str | None = None  # a local dir: our encoder (save_pretrained) or an HF ViT/DeiT/BEiT
+    freeze: bool = False
+
+
+@dataclass
+class ConnectorConfig:
+    """The bridge from visual tokens to decoder inputs, built by name (models/connectors.py)."""
+
+    kind: str = "linear_gelu_ln"  # linear | linear_ln | linear_gelu_ln | mlp | qformer | cabstractor
+    reduce: str | None = None  # None | pool | concat: merge `reduce_k` neighbouring tokens first
+    reduce_k: int = 1
+    num_queries: int = 32  # qformer / cabstractor: M output tokens
+    layers: int = 2  # qformer blocks
+    heads: int = 4
+    dropout: float = 0.0
+
+
+@dataclass
+class DecoderConfig:
+    """GPT-2 architecture; default 3 blocks."""
+
+    n_layer: int = 3
+    n_embd: int = 192
+    n_head: int = 3
+    n_positions: int = 512  # visual + text tokens
+    dropout: float = 0.0
+    pretrained: str | None = None  # a local HF GPT-2-style dir; keeps its first n_layer blocks
+    freeze: str = "none"  # none | all | top:N (all but the top N blocks frozen)
+
+
+@dataclass
+class ModelConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    attach_layer: int = 0  # visual tokens enter before decoder block k (0: prefix at the embeddings)
+    ctc_head: bool = False  # a CTC head on the encoder (fast decoding, joint loss)
+    max_text_tokens: int = 160
+
+
+@dataclass
+class LossConfig:
+    """loss = CE + alpha*KD  (form=sum)  or  (1-alpha)*CE + alpha*KD  (form=interpolate)."""
+
+    kd_alpha: float = 0.0
+    kd_tau: float = 1.0
+    kd_form: str = "sum"  # sum | interpolate
+    kd_teacher: str | None = None  # LM dir; default: the decoder's pretrained dir
+    ctc_weight: float = 0.0  # joint CTC + attention
+
+
+@dataclass
+class OptimConfig:
+    lr_encoder: float = 3e-4
+    lr_connector: float = 1e-3
+    lr_decoder: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    max_steps: int = 2000
+    max_epochs: int = 1000
+    max_minutes: float | None = None  # a wall-clock budget; stops cleanly (checkpoint written)
+    batch_size: int = 16
+    grad_clip: float = 1.0
+    accumulate: int = 1
+    freeze_schedule: list[dict] = field(default_factory=list)  # e.g. [{until_step: 300, train: [connector]}]
+
+
+@dataclass
+class TrainConfig:
+    name: str = "run"
+    out_dir: str = "runs/train"
+    seed: int = 1234
+    precision: str = "auto"  # auto (bf16 on GPU, 32 on CPU) | 32 | bf16-mixed | 16-mixed
+    devices: int | str = 1
+    num_nodes: int = 1
+    accelerator: str = "auto"
+    strategy: str = "auto"
+    val_every_steps: int | None = None  # default: once per epoch
+    eval_beam: int = 1
+    log_every_steps: int = 20
+
+
+@dataclass
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls=ExperimentConfig):
+    """Defaults <- YAML file <- dotted overrides (`model.connector.kind=qformer`), type-checked."""
+    schema = OmegaConf.structured(cls)
+    layers = [schema]
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            layers.append(OmegaConf.load(path))
+        except Exception as exc:  # yaml errors carry their own line numbers
+            raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if overrides:
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r}: expected dotted.key=value")
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+    try:
+        merged = OmegaConf.merge(*layers)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        where = str(path) if path else "overrides"
+        raise ConfigError(f"{where}: {str(exc).splitlines()[0]}") from None
+
+
+def config_from_dict(data: dict, cls=ExperimentConfig):
+    """Rebuild a typed config from a plain dict (e.g. a checkpoint's JSON)."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(data)))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"config: {str(exc).splitlines()[0]}") from None
+
+
+def save_config(cfg, path: str | Path) -> None:
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
