@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bridgeocr.errors import ConfigError
@@ -164,13 +164,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     schema = OmegaConf.structured(cls)
     layers = [schema]
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            layers.append(OmegaConf.load(path))
-        except Exception as exc:  # yaml errors carry their own line numbers
-            raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        layers.extend(_yaml_layers(Path(path)))
     if overrides:
         for item in overrides:
             if "=" not in item:
@@ -182,6 +176,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except OmegaConfBaseException as exc:
         where = str(path) if path else "overrides"
         raise ConfigError(f"{where}: {str(exc).splitlines()[0]}") from None
+
+
+def _yaml_layers(path: Path, seen: tuple = ()) -> list:
+    """A YAML file and, first, the chain of files it names with `base:` (relative to itself)."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: `base:` chain loops back to itself")
+    try:
+        layer = OmegaConf.load(path)
+    except Exception as exc:  # yaml errors carry their own line numbers
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(layer, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of config sections")
+    base = layer.pop("base", None)
+    if base is None:
+        return [layer]
+    return _yaml_layers(path.parent / str(base), seen + (path.resolve(),)) + [layer]
 
 
 def config_from_dict(data: dict, cls=ExperimentConfig):
