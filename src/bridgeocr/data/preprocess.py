@@ -1,0 +1,242 @@
+"""Line images -> tensors, datasets, padded batches and width-bucketed loaders.
+
+Convention: images are float in [0, 1] with **ink = 1 and paper = 0**, so zero padding is blank paper.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from bridgeocr.config import ImageConfig
+from bridgeocr.data.sample import Batch, LineSample
+from bridgeocr.errors import ConfigError, DataError
+
+POLICIES = ("pad", "resize")
+
+
+def _policy(cfg: ImageConfig, policy: str | None) -> str:
+    policy = policy or cfg.width_policy
+    if policy not in POLICIES:
+        raise ConfigError(f"data.image.width_policy: {policy!r} is not one of {', '.join(POLICIES)}")
+    return policy
+
+
+def target_width(width: int, height: int, cfg: ImageConfig, policy: str | None = None) -> int:
+    """The width a `width x height` image gets after preprocessing."""
+    if _policy(cfg, policy) == "resize":
+        return int(cfg.resize_width)
+    if width <= 0 or height <= 0:
+        return 0
+    w = max(1, round(width * cfg.height / height))
+    return min(w, int(cfg.max_width))
+
+
+def preprocess_image(img: Image.Image, cfg: ImageConfig, policy: str | None = None) -> torch.Tensor:
+    """PIL image -> float tensor [1, cfg.height, W] in [0, 1], grayscale, ink = 1, paper = 0.
+
+    `pad`: keep the aspect ratio (only lines wider than `cfg.max_width` are squeezed down to it);
+    `resize`: every line becomes `cfg.resize_width` wide.
+    """
+    gray = img.convert("L")
+    if gray.width == 0 or gray.height == 0:
+        raise DataError("image", "zero-size image")
+    w = target_width(gray.width, gray.height, cfg, policy)
+    if (w, cfg.height) != gray.size:
+        gray = gray.resize((w, cfg.height), Image.Resampling.BILINEAR)
+    arr = np.asarray(gray, dtype=np.float32)
+    return torch.from_numpy(1.0 - arr / 255.0).unsqueeze(0)
+
+
+class LineDataset(Dataset):
+    """source[i] -> dict(image [1,H,W], ids list[int] (no specials), text, id), or None if bad.
+
+    A bad sample (unreadable image, empty text, too many tokens) is never fatal: it is counted in
+    `.skipped` and its one-line message kept in `.skip_messages` (in this process; worker processes
+    keep their own counts). `max_text_tokens` counts BOS and EOS.
+    """
+
+    def __init__(self, source: Sequence[LineSample], image_cfg: ImageConfig, tokenizer,
+                 policy: str | None = None, max_text_tokens: int | None = None):
+        self.source = source
+        self.cfg = image_cfg
+        self.tokenizer = tokenizer
+        self.policy = _policy(image_cfg, policy)
+        self.max_text_tokens = max_text_tokens
+        self.skipped = 0
+        self.skip_messages: list[str] = []
+        self._skipped_idx: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _skip(self, idx: int, msg: str) -> None:
+        if idx not in self._skipped_idx:  # count each bad sample once, however many epochs
+            self._skipped_idx.add(idx)
+            self.skipped += 1
+            self.skip_messages.append(msg)
+
+    def __getitem__(self, idx: int):
+        sample = self.source[idx]
+        where = sample.origin or sample.id
+        try:
+            if not sample.text.strip():
+                raise DataError(where, "empty transcription")
+            image = preprocess_image(sample.load_image(), self.cfg, self.policy)
+            ids = self.tokenizer.encode(sample.text)
+            if self.max_text_tokens is not None and len(ids) + 2 > self.max_text_tokens:
+                raise DataError(where, f"{len(ids)} tokens + BOS/EOS > max_text_tokens={self.max_text_tokens}")
+        except DataError as exc:
+            self._skip(idx, str(exc))
+            return None
+        except Exception as exc:  # never fatal: e.g. decompression bombs, truncated files
+            self._skip(idx, f"{where}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            return None
+        return {"image": image, "ids": ids, "text": sample.text, "id": sample.id}
+
+    def widths(self) -> list[int]:
+        """Preprocessed widths (from image headers only; cached) for width bucketing."""
+        return [target_width(w, h, self.cfg, self.policy) for w, h in image_sizes(self.source)]
+
+
+_SIZE_CACHE: dict[tuple[str, int], tuple[int, int]] = {}
+
+
+def image_size(sample: LineSample) -> tuple[int, int]:
+    """(width, height) read from the file header only; (0, 0) when unreadable. Cached by path+mtime."""
+    if sample.image is not None:
+        return sample.image.size
+    if sample.image_path is None:
+        return (0, 0)
+    path = str(sample.image_path)
+    try:
+        key = (path, os.stat(path).st_mtime_ns)
+    except OSError:
+        return (0, 0)
+    size = _SIZE_CACHE.get(key)
+    if size is None:
+        try:
+            with Image.open(path) as img:
+                size = img.size
+        except Exception:
+            size = (0, 0)
+        _SIZE_CACHE[key] = size
+    return size
+
+
+def image_sizes(source: Sequence[LineSample]) -> list[tuple[int, int]]:
+    return [image_size(s) for s in source]
+
+
+class Collator:
+    """List of dataset items (Nones dropped) -> `Batch`; an all-None list -> None.
+
+    input_ids = BOS + ids + EOS, right-padded with PAD. Images are zero-padded on the right to the
+    batch's max width rounded up to `width_multiple`; `image_mask[b, x]` is True on real columns.
+    """
+
+    def __init__(self, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2, width_multiple: int = 8):
+        self.pad_id, self.bos_id, self.eos_id = int(pad_id), int(bos_id), int(eos_id)
+        self.width_multiple = max(1, int(width_multiple))
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, width_multiple: int = 8) -> Collator:
+        return cls(tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, width_multiple)
+
+    def __call__(self, items) -> Batch | None:
+        items = [it for it in items if it is not None]
+        if not items:
+            return None
+        heights = {it["image"].shape[1] for it in items}
+        if len(heights) != 1:
+            raise ValueError(f"Collator: images of different heights {sorted(heights)}")
+        height = heights.pop()
+        max_w = max(it["image"].shape[2] for it in items)
+        width = max(self.width_multiple, math.ceil(max_w / self.width_multiple) * self.width_multiple)
+        b = len(items)
+        images = torch.zeros(b, 1, height, width, dtype=torch.float32)
+        image_mask = torch.zeros(b, width, dtype=torch.bool)
+        seqs = [[self.bos_id, *it["ids"], self.eos_id] for it in items]
+        t = max(len(s) for s in seqs)
+        input_ids = torch.full((b, t), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros(b, t, dtype=torch.bool)
+        for i, (it, seq) in enumerate(zip(items, seqs)):
+            w = it["image"].shape[2]
+            images[i, :, :, :w] = it["image"]
+            image_mask[i, :w] = True
+            input_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            attention_mask[i, : len(seq)] = True
+        return Batch(images, image_mask, input_ids, attention_mask,
+                     texts=[it["text"] for it in items], ids=[it["id"] for it in items])
+
+
+class WidthBucketSampler(Sampler[list[int]]):
+    """Batches of similar width: shuffle, cut into chunks of `batch_size * chunk_batches`, sort each
+    chunk by width, batch it, shuffle the batches. Deterministic for (seed, epoch); `set_epoch(e)`.
+
+    Without shuffling, batches follow the global width order (fast, deterministic evaluation).
+    """
+
+    def __init__(self, widths: Sequence[int], batch_size: int, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False, chunk_batches: int = 50):
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.widths = list(widths)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.chunk = self.batch_size * max(1, chunk_batches)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _batches(self) -> list[list[int]]:
+        n = len(self.widths)
+        if self.shuffle:
+            rng = random.Random(self.seed * 1_000_003 + self.epoch)
+            order = list(range(n))
+            rng.shuffle(order)
+            chunks = [order[i: i + self.chunk] for i in range(0, n, self.chunk)]
+            order = [i for c in chunks for i in sorted(c, key=lambda j: self.widths[j])]
+        else:
+            order = sorted(range(n), key=lambda j: (self.widths[j], j))
+        batches = [order[i: i + self.batch_size] for i in range(0, n, self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        if self.shuffle:
+            rng.shuffle(batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self._batches()
+
+    def __len__(self) -> int:
+        n = len(self.widths)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+
+def make_loader(source: Sequence[LineSample], image_cfg: ImageConfig, tokenizer, batch_size: int,
+                shuffle: bool, policy: str | None = None, seed: int = 0, num_workers: int = 0,
+                max_text_tokens: int | None = None, drop_last: bool = False) -> DataLoader:
+    """A DataLoader of `Batch`es (or None for an all-bad batch) with width-bucketed batches.
+
+    `loader.dataset` is the `LineDataset` (its `.skipped`), `loader.batch_sampler.set_epoch(e)`.
+    """
+    dataset = LineDataset(source, image_cfg, tokenizer, policy=policy, max_text_tokens=max_text_tokens)
+    sampler = WidthBucketSampler(dataset.widths(), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    collate = Collator.for_tokenizer(tokenizer, image_cfg.width_multiple)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                      persistent_workers=num_workers > 0)
+
+
+__all__ = ["preprocess_image", "target_width", "LineDataset", "Collator", "WidthBucketSampler",
+           "make_loader", "image_size", "image_sizes"]
