@@ -175,7 +175,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         where = str(path) if path else "overrides"
-        raise ConfigError(f"{where}: {str(exc).splitlines()[0]}") from None
+        key = getattr(exc, "full_key", None)
+        prefix = f"{where}: {key}: " if key else f"{where}: "
+        raise ConfigError(prefix + str(exc).splitlines()[0]) from None
 
 
 def _yaml_layers(path: Path, seen: tuple = ()) -> list:
