@@ -1,0 +1,147 @@
+"""Manifests: TSV `relative/path.png<TAB>transcription` or JSONL `{"image", "text", "id"?}`.
+
+Paths are relative to the manifest's folder. `#` lines and blank lines in a TSV are ignored. An
+optional split file `relative_image_path<TAB>train|val|test[<TAB>group]` selects rows; beside
+`manifest.tsv` it is `split.tsv`, beside `labels.tsv` it is `split_by_letter.tsv` (found
+automatically). Every bad row becomes one `path:line: message` in `.problems` (or a DataError when
+`strict`). Rows whose image file does not exist are not yielded; they count in `.missing`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bridgeocr.data.sample import LineSample
+from bridgeocr.data.sources import LineSource, canonical_split
+from bridgeocr.errors import DataError
+
+AUTO_SPLIT_FILES = {"manifest.tsv": "split.tsv", "manifest.jsonl": "split.tsv",
+                    "labels.tsv": "split_by_letter.tsv"}
+
+
+def _lines(path: Path):
+    """(lineno, text | None) for every line; None when it is not valid UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(str(path), f"cannot read ({exc.strerror})") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        raw = raw.rstrip(b"\r")
+        try:
+            yield lineno, raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield lineno, DataError(f"{path}:{lineno}", f"text is not valid UTF-8 (byte {exc.start})")
+
+
+def find_split_file(manifest: Path) -> Path | None:
+    name = AUTO_SPLIT_FILES.get(manifest.name)
+    if name and (manifest.parent / name).is_file():
+        return manifest.parent / name
+    return None
+
+
+def read_split_file(path: Path, problems: list[str], strict: bool = False) -> dict[str, tuple[str, int]]:
+    """relative image path -> (canonical split, line number)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(str(path), "split file not found")
+    out: dict[str, tuple[str, int]] = {}
+    for lineno, line in _lines(path):
+        if isinstance(line, DataError):
+            if strict:
+                raise line
+            problems.append(str(line))
+            continue
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split("\t")
+        if len(parts) < 2 or not parts[0] or not parts[1].strip():
+            err = DataError(f"{path}:{lineno}", "expected relative_image_path<TAB>split[<TAB>group]")
+            if strict:
+                raise err
+            problems.append(str(err))
+            continue
+        out[_norm(parts[0])] = (canonical_split(parts[1]), lineno)
+    return out
+
+
+def _norm(rel: str) -> str:
+    return rel.strip().replace("\\", "/").removeprefix("./")
+
+
+def _parse_rows(path: Path, problems: list[str], strict: bool):
+    """(lineno, rel_path, text, id | None) for every good row."""
+    jsonl = path.suffix.lower() == ".jsonl"
+    for lineno, line in _lines(path):
+        where = f"{path}:{lineno}"
+        try:
+            if isinstance(line, DataError):
+                raise line
+            if not line.strip() or (not jsonl and line.startswith("#")):
+                continue
+            if jsonl:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(where, f"not valid JSON ({exc.msg})") from None
+                if not isinstance(row, dict) or not isinstance(row.get("image"), str) \
+                        or not isinstance(row.get("text"), str):
+                    raise DataError(where, 'expected {"image": str, "text": str, "id"?: str}')
+                rel, text, sid = row["image"], row["text"], row.get("id")
+            else:
+                if "\t" not in line:
+                    raise DataError(where, "expected relative/path<TAB>transcription (no TAB found)")
+                rel, text = line.split("\t", 1)
+                sid = None
+            if not rel.strip():
+                raise DataError(where, "empty image path")
+        except DataError as exc:
+            if strict:
+                raise
+            problems.append(str(exc))
+            continue
+        yield lineno, _norm(rel), text, (str(sid) if sid is not None else None)
+
+
+def open_manifest(path, split: str | None = None, *, split_file=None, strict: bool = False) -> LineSource:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(str(path), "manifest not found")
+    problems: list[str] = []
+    split_path = Path(split_file) if split_file else find_split_file(path)
+    splits = read_split_file(split_path, problems, strict) if (split_path and split is not None) else None
+    if split is not None and splits is None:
+        raise DataError(str(path), f"split {split!r} asked for but no split file found "
+                        f"(expected {AUTO_SPLIT_FILES.get(path.name, 'split.tsv')} beside it, or --split-file)")
+    want = canonical_split(split) if split is not None else None
+    if splits is not None and want not in {s for s, _ in splits.values()}:
+        known = sorted({s for s, _ in splits.values()})
+        raise DataError(str(split_path), f"no rows for split {split!r} (splits: {', '.join(known)})")
+    root = path.parent
+    samples: list[LineSample] = []
+    seen: set[str] = set()
+    missing = 0
+    for lineno, rel, text, sid in _parse_rows(path, problems, strict):
+        if splits is not None:
+            entry = splits.get(rel)
+            if entry is None or entry[0] != want:
+                continue
+        seen.add(rel)
+        origin = f"{path}:{lineno}"
+        image_path = root / rel
+        if not image_path.is_file():
+            missing += 1
+            problems.append(f"{image_path} (from {origin}): image file not found")
+            continue
+        sample_id = sid or str(Path(rel).with_suffix("")).replace("\\", "/")
+        samples.append(LineSample(id=sample_id, text=text, image_path=image_path, origin=origin))
+    if splits is not None:
+        for rel, (s, lineno) in splits.items():
+            if s == want and rel not in seen:
+                missing += 1
+                problems.append(f"{split_path}:{lineno}: {rel} is not in {path.name}")
+    name = f"{path.parent.name}/{path.name}" + (f":{want}" if want else "")
+    return LineSource(samples, name, missing=missing, problems=problems, root=root, split=want)

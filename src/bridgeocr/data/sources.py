@@ -1,0 +1,86 @@
+"""`open_source(spec, split)`: one entry point for every kind of line source.
+
+`spec` is an IAM root (has `ascii/lines.txt`), a manifest file (`.tsv` / `.jsonl`), or a directory
+holding `manifest.tsv` (a synth dataset; `split.tsv` beside it is used automatically) or `labels.tsv`
+(+ `split_by_letter.tsv`, e.g. Hooker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from bridgeocr.data.sample import LineSample
+from bridgeocr.errors import DataError
+
+# split names as written in split files -> our canonical names
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                 "dev": "val", "test": "test", "testing": "test"}
+
+
+def canonical_split(name: str) -> str:
+    return SPLIT_ALIASES.get(name.strip().lower(), name.strip().lower())
+
+
+class LineSource(Sequence):
+    """A list of `LineSample`s plus what went wrong while reading it.
+
+    `.name`: a short label; `.missing`: entries the split names that could not be found (unknown id,
+    absent image file); `.problems`: one-line messages naming file and line.
+    """
+
+    def __init__(self, samples: list[LineSample], name: str, missing: int = 0,
+                 problems: list[str] | None = None, root: Path | None = None, split: str | None = None):
+        self.samples = list(samples)
+        self.name = name
+        self.missing = missing
+        self.problems = list(problems or [])
+        self.root = root
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            return LineSource(self.samples[idx], self.name, self.missing, self.problems, self.root, self.split)
+        return self.samples[idx]
+
+    def __repr__(self) -> str:
+        return f"LineSource({self.name!r}, {len(self)} lines, missing={self.missing}, problems={len(self.problems)})"
+
+
+def open_source(spec, split: str | None = None, *, split_file=None, iam_split_dir=None,
+                drop_err: bool = False, strict: bool = False) -> LineSource:
+    """Open a line source; DataError naming the path if it is missing or of an unknown kind.
+
+    `split`: None for every line, or train/val/test (IAM also val2, or a split list's path).
+    `strict`: raise the first problem (bad manifest row) instead of recording it in `.problems`.
+    """
+    if isinstance(spec, LineSource):
+        return spec
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataError(str(path), "data source not found")
+    if path.is_dir():
+        if (path / "ascii" / "lines.txt").is_file():
+            from bridgeocr.data.iam import open_iam
+
+            return open_iam(path, split, split_dir=iam_split_dir, drop_err=drop_err)
+        for name in ("manifest.tsv", "manifest.jsonl", "labels.tsv"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise DataError(str(path), "unknown data source: expected ascii/lines.txt (IAM), manifest.tsv "
+                            "or labels.tsv inside")
+    if path.suffix.lower() in (".tsv", ".jsonl", ".txt") or path.name.endswith(".tsv.txt"):
+        if path.name == "lines.txt" and path.parent.name == "ascii":
+            from bridgeocr.data.iam import open_iam
+
+            return open_iam(path.parent.parent, split, split_dir=iam_split_dir, drop_err=drop_err)
+        from bridgeocr.data.manifest import open_manifest
+
+        return open_manifest(path, split, split_file=split_file, strict=strict)
+    raise DataError(str(path), "unknown data source: expected an IAM root, a .tsv/.jsonl manifest or a "
+                    "dataset directory")
