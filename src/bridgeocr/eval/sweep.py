@@ -1,0 +1,343 @@
+"""Grid sweeps: the Cartesian product of `key=v1,v2` axes over a base config, run one cell after
+another in-process, resumable, then one comparison table over all cells.
+
+A sweep file is a YAML with `base:` (a config path) and `grid:` (a mapping key -> list of values),
+optionally `overrides:` (a list of dotted `key=value` for every cell) and `name:`. `sweep_cli` accepts
+such a file as `--config`; a plain experiment config works too (then the axes come from `--grid`).
+
+Cell names are built from the values, e.g. `model.connector.reduce_k=4__loss.kd_alpha=0.3`; the run
+of a cell lives in `<sweep dir>/<cell name>`. A cell whose run dir holds a final `metrics.json` with
+test results is skipped; a cell with a partial run (a `last/` checkpoint) is resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import itertools
+import json
+import re
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from bridgeocr.config import load_config
+from bridgeocr.errors import BridgeOCRError, ConfigError
+
+_SAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
+MAX_NAME = 120
+
+
+@dataclass
+class Cell:
+    """One point of the grid: its name, its overrides (in axis order) and its run directory."""
+
+    name: str
+    overrides: list[str]
+    run_dir: Path
+    status: str = "new"  # new | partial | done
+    values: dict[str, str] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------- grid
+
+
+def _split_values(text: str) -> list[str]:
+    """Split `v1,v2` on commas outside brackets/quotes, so `[1,2],[3,4]` is two values."""
+    out, depth, quote, cur = [], 0, None, []
+    for ch in text:
+        if quote:
+            cur.append(ch)
+            if ch == quote:
+                quote = None
+            continue
+        if ch in "\"'":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            out.append("".join(cur).strip())
+            cur = []
+            continue
+        cur.append(ch)
+    out.append("".join(cur).strip())
+    return out
+
+
+def _value_str(value: Any) -> str:
+    """A YAML value as dotlist text (None -> null, True -> true, lists in YAML flow style)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def parse_grid(items: list[str] | dict | None) -> dict[str, list[str]]:
+    """`["a.b=1,2", "c=x"]` or `{"a.b": [1, 2], "c": "x"}` -> `{"a.b": ["1", "2"], "c": ["x"]}`.
+
+    Axes keep their order; a key given twice is a ConfigError; so is an axis with no values.
+    """
+    grid: dict[str, list[str]] = {}
+    if not items:
+        return grid
+    if isinstance(items, dict):
+        pairs = []
+        for key, values in items.items():
+            if not isinstance(values, (list, tuple)):
+                values = [values]
+            pairs.append((str(key), [_value_str(v) for v in values]))
+    else:
+        pairs = []
+        for item in items:
+            if "=" not in item:
+                raise ConfigError(f"--grid {item!r}: expected dotted.key=v1,v2")
+            key, _, rest = item.partition("=")
+            pairs.append((key.strip(), _split_values(rest)))
+    for key, values in pairs:
+        if not key:
+            raise ConfigError("grid: an axis has an empty key")
+        if key in grid:
+            raise ConfigError(f"grid: axis {key!r} given twice")
+        values = [v for v in values if v != ""]
+        if not values:
+            raise ConfigError(f"grid: axis {key!r} has no values")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"grid: axis {key!r} repeats a value")
+        grid[key] = values
+    return grid
+
+
+def cell_name(assignments: list[tuple[str, str]]) -> str:
+    """`[("model.connector.reduce_k", "4"), ("loss.kd_alpha", "0.3")]` ->
+    `model.connector.reduce_k=4__loss.kd_alpha=0.3`: safe as a directory name, long ones hashed."""
+    if not assignments:
+        return "base"
+    parts = [f"{k}={_SAFE.sub('-', v).strip('-') or 'empty'}" for k, v in assignments]
+    name = "__".join(parts)
+    if len(name) > MAX_NAME:
+        digest = hashlib.sha1("__".join(f"{k}={v}" for k, v in assignments).encode()).hexdigest()[:8]
+        name = name[: MAX_NAME - 9].rstrip("_-.") + "-" + digest
+    return name
+
+
+def expand_grid(grid: dict[str, list[str]]) -> list[tuple[str, list[str], dict[str, str]]]:
+    """The Cartesian product, first axis slowest: a list of (name, overrides, values)."""
+    if not grid:
+        return [("base", [], {})]
+    keys = list(grid)
+    cells = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        pairs = list(zip(keys, combo))
+        cells.append((cell_name(pairs), [f"{k}={v}" for k, v in pairs], dict(pairs)))
+    names = [c[0] for c in cells]
+    if len(set(names)) != len(names):
+        raise ConfigError("grid: two cells map to the same directory name; use distinct values")
+    return cells
+
+
+# --------------------------------------------------------------------------------------- sweep file
+
+
+def read_sweep_file(path: str | Path) -> tuple[Path | None, dict[str, list[str]], list[str], str | None]:
+    """A config path -> (base config, grid, overrides, name).
+
+    If the YAML has a `grid:` key it is a sweep file: `base:` is resolved against the sweep file's
+    folder (like a config's own `base:`), then the working directory, then the folders above.
+    Otherwise the file itself is the base.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict) or "grid" not in raw:
+        return path, {}, [], None
+    unknown = set(raw) - {"base", "grid", "overrides", "name", "description"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown sweep key(s) {sorted(unknown)}; expected base, grid, overrides, name")
+    if not isinstance(raw["grid"], dict):
+        raise ConfigError(f"{path}: `grid:` must be a mapping key -> list of values")
+    base = raw.get("base")
+    base_path = _resolve_base(base, path) if base else None
+    overrides = raw.get("overrides") or []
+    if not isinstance(overrides, list):
+        raise ConfigError(f"{path}: `overrides:` must be a list of dotted key=value")
+    return base_path, parse_grid(raw["grid"]), [str(o) for o in overrides], raw.get("name")
+
+
+def _resolve_base(base: str, sweep_file: Path) -> Path:
+    candidate = Path(base)
+    if candidate.is_absolute():
+        tried = [candidate]
+    else:
+        here = sweep_file.resolve().parent
+        tried = [here / candidate, Path.cwd() / candidate] + [d / candidate for d in here.parents]
+    for p in tried:
+        if p.is_file():
+            return p
+    raise ConfigError(f"{sweep_file}: base config {base!r} not found (looked beside {sweep_file}, "
+                      f"in the working directory and above)")
+
+
+# ------------------------------------------------------------------------------------------- status
+
+
+def run_status(run_dir: Path) -> str:
+    """`done` (metrics.json with a test result), `partial` (something to resume from) or `new`."""
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.json"
+    if metrics.is_file():
+        try:
+            data = json.loads(metrics.read_text())
+        except (OSError, ValueError):
+            data = {}
+        if isinstance(data, dict) and _has_test(data):
+            return "done"
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        return "partial"
+    return "new"
+
+
+def _has_test(data: dict) -> bool:
+    for key in ("test_cer", "test/cer"):
+        if data.get(key) is not None:
+            return True
+    test = data.get("test")
+    return isinstance(test, dict) and test.get("cer") is not None
+
+
+def _can_resume(run_dir: Path) -> bool:
+    return any((run_dir / d).exists() for d in ("last", "last.ckpt", "checkpoints"))
+
+
+# -------------------------------------------------------------------------------------------- train
+
+
+def _train_function():
+    """The trainer's in-process entry point: `train(cfg, resume=...)` in bridgeocr.train.run."""
+    try:
+        from bridgeocr.train import run as train_run
+    except ImportError as exc:
+        raise BridgeOCRError(f"training is not available: {exc}") from None
+    for name in ("train", "run_training", "run"):
+        fn = getattr(train_run, name, None)
+        if callable(fn):
+            return fn
+    raise BridgeOCRError("bridgeocr.train.run has no train(cfg) function")
+
+
+def _call_train(fn, cfg, resume: bool):
+    params = inspect.signature(fn).parameters
+    if "resume" in params:
+        return fn(cfg, resume=resume)
+    return fn(cfg)
+
+
+# ---------------------------------------------------------------------------------------------- cli
+
+
+def plan_sweep(config: str, grid: list[str] | None = None, overrides: list[str] | None = None,
+               out: str | None = None) -> tuple[Path, list[Cell], Path | None, list[str]]:
+    """Resolve everything a sweep needs and validate every cell's config (fail before training).
+
+    Returns (sweep dir, cells, base config path, common overrides).
+    """
+    base, file_grid, file_overrides, name = read_sweep_file(config)
+    cli_grid = parse_grid(grid or [])
+    both = set(file_grid) & set(cli_grid)
+    merged = dict(file_grid)
+    merged.update(cli_grid)  # --grid replaces a file's axis of the same key
+    common = list(file_overrides) + list(overrides or [])
+    for item in common:
+        key = item.partition("=")[0]
+        if key in merged:
+            raise ConfigError(f"override {item!r}: {key} is also a grid axis")
+    if both:
+        print(f"note: --grid replaces the sweep file's axis {sorted(both)}")
+    sweep_name = name or Path(config).stem
+    sweep_dir = Path(out) if out else Path("runs/sweep") / sweep_name
+    cells = []
+    for cname, cell_overrides, values in expand_grid(merged):
+        run_dir = sweep_dir / cname
+        # validate now: a typo in one axis must not surface after hours of training
+        load_config(base, common + cell_overrides + _placement(sweep_dir, cname))
+        cells.append(Cell(cname, cell_overrides, run_dir, run_status(run_dir), values))
+    return sweep_dir, cells, base, common
+
+
+def _placement(sweep_dir: Path, name: str) -> list[str]:
+    return [f"train.out_dir={sweep_dir}", f"train.name={name}"]
+
+
+def sweep_cli(config: str, grid: list[str] | None = None, overrides: list[str] | None = None,
+              out: str | None = None, dry_run: bool = False) -> int:
+    sweep_dir, cells, base, common = plan_sweep(config, grid, overrides, out)
+    n = len(cells)
+    print(f"sweep {sweep_dir}: {n} cell(s) over base {base if base else 'defaults'}"
+          + (f" with {' '.join(common)}" if common else ""))
+    for i, cell in enumerate(cells, 1):
+        print(f"  [{i}/{n}] {cell.status:<7} {cell.name}")
+    if dry_run:
+        return 0
+
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    _write_plan(sweep_dir, config, base, common, cells)
+    train = _train_function()
+    failed = []
+    for i, cell in enumerate(cells, 1):
+        status = run_status(cell.run_dir)
+        if status == "done":
+            print(f"[{i}/{n}] {cell.name}: finished before (metrics.json has test results), skipped")
+            continue
+        resume = status == "partial" and _can_resume(cell.run_dir)
+        verb = "resuming" if resume else "training"
+        print(f"[{i}/{n}] {cell.name}: {verb} -> {cell.run_dir}", flush=True)
+        cfg = load_config(base, common + cell.overrides + _placement(sweep_dir, cell.name))
+        start = time.time()
+        try:
+            _call_train(train, cfg, resume)
+        except KeyboardInterrupt:
+            raise
+        except BridgeOCRError as exc:
+            failed.append(cell.name)
+            print(f"[{i}/{n}] {cell.name}: failed: {exc}")
+            continue
+        except Exception as exc:  # one broken cell must not lose the rest of the sweep
+            failed.append(cell.name)
+            (cell.run_dir).mkdir(parents=True, exist_ok=True)
+            (cell.run_dir / "sweep_error.txt").write_text(traceback.format_exc())
+            print(f"[{i}/{n}] {cell.name}: failed: {type(exc).__name__}: {exc} "
+                  f"(traceback in {cell.run_dir / 'sweep_error.txt'})")
+            continue
+        print(f"[{i}/{n}] {cell.name}: done in {time.time() - start:.0f} s", flush=True)
+
+    finished = [c.run_dir for c in cells if (c.run_dir / "metrics.json").is_file()]
+    if finished:
+        from bridgeocr.eval.compare import compare_cli
+
+        compare_cli([str(p) for p in finished], out=str(sweep_dir / "compare"))
+    if failed:
+        print(f"{len(failed)} of {n} cell(s) failed: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+def _write_plan(sweep_dir: Path, config: str, base: Path | None, common: list[str], cells: list[Cell]):
+    plan = {
+        "config": str(config),
+        "base": str(base) if base else None,
+        "overrides": common,
+        "cells": [{"name": c.name, "overrides": c.overrides, "values": c.values} for c in cells],
+    }
+    (sweep_dir / "sweep.json").write_text(json.dumps(plan, indent=2) + "\n")

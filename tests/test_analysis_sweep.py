@@ -1,0 +1,143 @@
+"""Sweeps: grid parsing/expansion, cell naming, sweep files, resume/skip logic (fake trainer)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bridgeocr.errors import ConfigError
+from bridgeocr.eval import sweep as sw
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_parse_grid_cli_and_mapping_forms():
+    assert sw.parse_grid(["model.connector.reduce_k=1,2, 4", "loss.kd_alpha=0.3"]) == {
+        "model.connector.reduce_k": ["1", "2", "4"], "loss.kd_alpha": ["0.3"]}
+    assert sw.parse_grid({"a.b": [0, 0.1, None, True], "c": "x"}) == {
+        "a.b": ["0", "0.1", "null", "true"], "c": ["x"]}
+    # commas inside brackets stay inside one value
+    assert sw.parse_grid(["optim.freeze_schedule=[],[{until_step: 5, train: [connector]}]"]) == {
+        "optim.freeze_schedule": ["[]", "[{until_step: 5, train: [connector]}]"]}
+    for bad in (["nokey"], ["a=1", "a=2"], ["a="], ["a=1,1"]):
+        with pytest.raises(ConfigError):
+            sw.parse_grid(bad)
+
+
+def test_expand_grid_is_cartesian_first_axis_slowest_with_safe_names():
+    cells = sw.expand_grid({"model.connector.reduce_k": ["1", "4"], "loss.kd_alpha": ["0", "0.3"]})
+    names = [c[0] for c in cells]
+    assert names == ["model.connector.reduce_k=1__loss.kd_alpha=0",
+                     "model.connector.reduce_k=1__loss.kd_alpha=0.3",
+                     "model.connector.reduce_k=4__loss.kd_alpha=0",
+                     "model.connector.reduce_k=4__loss.kd_alpha=0.3"]
+    assert cells[1][1] == ["model.connector.reduce_k=1", "loss.kd_alpha=0.3"]
+    assert sw.expand_grid({}) == [("base", [], {})]
+    # unsafe characters and long names
+    name = sw.cell_name([("data.source", "/tmp/a b/c.tsv")])
+    assert "/" not in name and " " not in name
+    long = sw.cell_name([(f"k{i}", "v" * 30) for i in range(10)])
+    assert len(long) <= sw.MAX_NAME
+    assert long != sw.cell_name([(f"k{i}", "v" * 30) for i in range(9)] + [("k9", "w" * 30)])
+
+
+def _base(tmp_path: Path) -> Path:
+    base = tmp_path / "base.yaml"
+    base.write_text("optim:\n  max_steps: 2\ntrain:\n  name: basename\n")
+    return base
+
+
+def test_sweep_file_with_grid_base_and_overrides(tmp_path, monkeypatch):
+    _base(tmp_path)
+    (tmp_path / "sweeps").mkdir()
+    f = tmp_path / "sweeps" / "s.yaml"
+    f.write_text("name: mysweep\nbase: base.yaml\noverrides: [optim.batch_size=4]\n"
+                 "grid:\n  loss.kd_alpha: [0, 0.3]\n  loss.kd_tau: [1, 2]\n")
+    monkeypatch.chdir(tmp_path)  # base found relative to the sweep file's parents
+    sweep_dir, cells, base, common = sw.plan_sweep(str(f), grid=[], overrides=["optim.max_steps=3"])
+    assert Path(base).resolve() == (tmp_path / "base.yaml").resolve()
+    assert common == ["optim.batch_size=4", "optim.max_steps=3"]
+    assert sweep_dir == Path("runs/sweep/mysweep")
+    assert [c.name for c in cells] == ["loss.kd_alpha=0__loss.kd_tau=1", "loss.kd_alpha=0__loss.kd_tau=2",
+                                       "loss.kd_alpha=0.3__loss.kd_tau=1", "loss.kd_alpha=0.3__loss.kd_tau=2"]
+    # --grid replaces the file's axis
+    _, cells, _, _ = sw.plan_sweep(str(f), grid=["loss.kd_tau=4"], out=str(tmp_path / "o"))
+    assert [c.name for c in cells] == ["loss.kd_alpha=0__loss.kd_tau=4", "loss.kd_alpha=0.3__loss.kd_tau=4"]
+    # a bad value fails before anything trains
+    with pytest.raises(ConfigError):
+        sw.plan_sweep(str(f), grid=["optim.max_steps=many"], out=str(tmp_path / "o"))
+    with pytest.raises(ConfigError):
+        sw.plan_sweep(str(f), overrides=["loss.kd_tau=3"], out=str(tmp_path / "o"))
+
+
+@pytest.mark.parametrize("name", ["no_gelu", "downsample", "attach", "kd"])
+def test_shipped_sweep_files_expand(name, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    path = ROOT / "configs" / "sweeps" / f"{name}.yaml"
+    base, grid, overrides, sname = sw.read_sweep_file(path)
+    if base is None or not Path(base).is_file():
+        pytest.skip(f"base config of {path.name} not written yet")
+    _, cells, _, _ = sw.plan_sweep(str(path), out="/tmp/never-written")
+    assert len(cells) == {"no_gelu": 2, "downsample": 4, "attach": 3, "kd": 8}[name]
+    assert sname == name
+
+
+def _finish(run_dir: Path, test=True):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text("train:\n  name: x\n")
+    m = {"val_cer": 0.1, "val_wer": 0.2, "step": 2}
+    if test:
+        m.update(test_cer=0.12, test_wer=0.25)
+    (run_dir / "metrics.json").write_text(json.dumps(m))
+
+
+def test_sweep_skips_done_resumes_partial_trains_new(tmp_path, monkeypatch, capsys):
+    base = _base(tmp_path)
+    out = tmp_path / "sweep"
+    calls = []
+
+    def fake_train(cfg, resume=False):
+        calls.append((cfg.train.name, cfg.loss.kd_alpha, resume, cfg.train.out_dir, cfg.optim.max_steps))
+        _finish(Path(cfg.train.out_dir) / cfg.train.name)
+
+    monkeypatch.setattr(sw, "_train_function", lambda: fake_train)
+    names = ["loss.kd_alpha=0", "loss.kd_alpha=0.1", "loss.kd_alpha=0.3", "loss.kd_alpha=1"]
+    _finish(out / names[0])  # finished: skipped
+    (out / names[1] / "last").mkdir(parents=True)  # partial with a checkpoint: resumed
+    _finish(out / names[2], test=False)  # val only (stopped before test), no checkpoint: retrained
+
+    assert sw.sweep_cli(str(base), ["loss.kd_alpha=0,0.1,0.3,1"], [], str(out), dry_run=True) == 0
+    text = capsys.readouterr().out
+    assert "4 cell(s)" in text and "done" in text and "partial" in text and not calls
+
+    assert sw.sweep_cli(str(base), ["loss.kd_alpha=0,0.1,0.3,1"], [], str(out), dry_run=False) == 0
+    text = capsys.readouterr().out
+    assert [c[0] for c in calls] == names[1:]
+    assert [c[2] for c in calls] == [True, False, False]
+    assert all(c[3] == str(out) and c[4] == 2 for c in calls)
+    assert "skipped" in text
+    assert (out / "compare" / "compare.md").is_file()
+    plan = json.loads((out / "sweep.json").read_text())
+    assert [c["name"] for c in plan["cells"]] == names
+    # second time round everything is done
+    calls.clear()
+    assert sw.sweep_cli(str(base), ["loss.kd_alpha=0,0.1,0.3,1"], [], str(out), dry_run=False) == 0
+    assert calls == []
+
+
+def test_failed_cell_does_not_stop_the_sweep(tmp_path, monkeypatch, capsys):
+    base = _base(tmp_path)
+
+    def fake_train(cfg, resume=False):
+        if cfg.model.attach_layer == 1:
+            raise RuntimeError("boom")
+        _finish(Path(cfg.train.out_dir) / cfg.train.name)
+
+    monkeypatch.setattr(sw, "_train_function", lambda: fake_train)
+    assert sw.sweep_cli(str(base), ["model.attach_layer=0,1,2"], [], str(tmp_path / "s"), False) == 1
+    out = capsys.readouterr().out
+    assert "1 of 3 cell(s) failed: model.attach_layer=1" in out
+    assert (tmp_path / "s" / "model.attach_layer=1" / "sweep_error.txt").is_file()
+    assert (tmp_path / "s" / "model.attach_layer=2" / "metrics.json").is_file()
