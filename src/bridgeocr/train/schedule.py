@@ -1,0 +1,24 @@
+"""Learning-rate schedule: linear warm-up, then cosine decay to `floor` x the peak."""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["warmup_cosine", "lr_factor"]
+
+
+def lr_factor(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
+    """Multiplier of the peak learning rate at optimizer step `step` (0-based)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_cosine(optimizer, warmup: int, total: int, floor: float = 0.1, last_step: int = -1):
+    import torch
+
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup, total, floor), last_epoch=last_step)

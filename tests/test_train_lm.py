@@ -1,0 +1,83 @@
+import json
+
+import pytest
+import torch
+
+from bridgeocr.train.checkpoint import atomic_dir, load_optimizer, save_optimizer
+from bridgeocr.train.lm import train_lm
+from bridgeocr.train.schedule import lr_factor
+
+DOCS = ["the quick brown fox jumps over the lazy dog. " * 8, "hello world, a tiny text corpus here. " * 8]
+TINY = dict(n_layer=1, n_embd=32, n_head=2, context=24, batch_size=4, progress=False)
+
+
+def test_lr_schedule_shape():
+    assert lr_factor(0, 10, 100) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 100) == pytest.approx(1.0)
+    assert lr_factor(100, 10, 100) == pytest.approx(0.1)
+    assert lr_factor(55, 10, 100) < lr_factor(20, 10, 100)
+
+
+def test_atomic_dir_keeps_old_on_failure(tmp_path):
+    target = tmp_path / "ck"
+    atomic_dir(target, lambda d: (d / "a.txt").write_text("1"))
+    assert (target / "a.txt").read_text() == "1"
+
+    def boom(d):
+        (d / "a.txt").write_text("2")
+        raise RuntimeError("crash while writing")
+
+    with pytest.raises(RuntimeError):
+        atomic_dir(target, boom)
+    assert (target / "a.txt").read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no temp dirs left
+
+
+def test_optimizer_roundtrip_safetensors(tmp_path):
+    torch.manual_seed(0)
+    m = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW([{"params": [m.weight], "lr": 0.1}, {"params": [m.bias], "lr": 0.2}])
+    m(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    save_optimizer(opt, tmp_path / "opt.safetensors", extra={"step": 1})
+    opt2 = torch.optim.AdamW([{"params": [m.weight], "lr": 0.5}, {"params": [m.bias], "lr": 0.5}])
+    assert load_optimizer(opt2, tmp_path / "opt.safetensors") == {"step": 1}
+    a, b = opt.state_dict(), opt2.state_dict()
+    assert [g["lr"] for g in b["param_groups"]] == [0.1, 0.2]
+    for i in a["state"]:
+        for k in a["state"][i]:
+            assert torch.equal(torch.as_tensor(a["state"][i][k]), torch.as_tensor(b["state"][i][k]))
+
+
+def test_train_lm_saves_hf_dir_and_resumes(tmp_path, capsys):
+    from transformers import GPT2LMHeadModel
+
+    from bridgeocr.data.tokenizers import load_tokenizer
+    from bridgeocr.models.decoder import GPT
+
+    out = tmp_path / "lm"
+    card = train_lm(docs=DOCS, val_docs=None, out=out, steps=4, eval_every=2, **TINY)
+    assert card["steps"] == 4 and card["val_loss"] > 0 and card["val_ppl"] > 1
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    on_disk = json.loads((out / "lm_card.json").read_text())
+    assert on_disk["steps"] == 4 and "val_ppl" in on_disk and "time_s" in on_disk
+    tok = load_tokenizer(out)
+    assert tok.decode(tok.encode("fox")) == "fox"
+    hf = GPT2LMHeadModel.from_pretrained(str(out), local_files_only=True)
+    gpt = GPT.from_hf(out)
+    ids = torch.tensor([[tok.bos_id, *tok.encode("the lazy")]])
+    ours, _ = gpt(ids)
+    torch.testing.assert_close(ours, hf(ids).logits, atol=1e-4, rtol=1e-4)
+    assert not list((out / "last").glob("*.pt")) and not list((out / "last").glob("*.ckpt"))
+
+    card2 = train_lm(docs=DOCS, val_docs=None, out=out, steps=6, resume=True, **TINY)
+    assert "resuming from" in capsys.readouterr().out
+    assert card2["steps"] == 6
+    assert json.loads((out / "last" / "train_state.json").read_text())["step"] == 6
+
+
+def test_train_lm_bpe_and_minutes(tmp_path):
+    card = train_lm(docs=DOCS * 3, val_docs=["the quick dog says hello world"], out=tmp_path / "bpe",
+                    tokenizer_kind="bpe", vocab_size=300, steps=1000, minutes=0.0, **TINY)
+    assert card["stopped_by"] == "minutes" and card["steps"] == 0
+    assert card["tokenizer"] == "bpe"
