@@ -1,0 +1,164 @@
+"""loss gap: reference = the LM's own loss (checked against HF GPT-2), token weighting, KL, output."""
+
+from __future__ import annotations
+
+import csv
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from torch import nn
+
+from bridgeocr.config import DecoderConfig, ImageConfig
+from bridgeocr.data.sample import LineSample
+from bridgeocr.data.tokenizers import CharTokenizer
+from bridgeocr.eval import loss_gap as lg
+from bridgeocr.models.decoder import GPT
+from bridgeocr.train.losses import kd_loss
+
+TEXTS = ["ab", "hello world", "a much longer line of text, here.", "mid line"]
+IMG = ImageConfig(height=16, max_width=96, resize_width=24, width_multiple=4)
+
+
+def _image(text: str) -> Image.Image:
+    img = Image.new("L", (8 * len(text) + 6, 20), 255)
+    ImageDraw.Draw(img).text((2, 4), text, fill=0)
+    return img
+
+
+def _source():
+    return [LineSample(f"s{i}", t, image=_image(t), origin=f"mem:{i}") for i, t in enumerate(TEXTS)]
+
+
+class FakeOCR(nn.Module):
+    """The OCRModel surface loss_gap uses: tokenizer, cfg.max_text_tokens, decoder (GPT), forward(batch)."""
+
+    def __init__(self, tok, blind: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.tokenizer = tok
+        self.cfg = SimpleNamespace(max_text_tokens=160)
+        self.decoder = GPT(DecoderConfig(n_layer=2, n_embd=32, n_head=2, n_positions=128), tok.vocab_size)
+        self.proj = nn.Linear(IMG.height, 32)
+        self.blind = blind
+
+    def forward(self, batch):
+        if self.blind:  # the image path ignores the image: must equal the reference exactly
+            logits, _ = self.decoder(batch.input_ids, batch.attention_mask)
+            return SimpleNamespace(logits=logits, visual_mask=None)
+        prefix = self.proj(batch.images[:, 0].transpose(1, 2))  # one token per column
+        logits, _ = self.decoder(batch.input_ids, batch.attention_mask, prefix=prefix,
+                                 prefix_mask=batch.image_mask)
+        return SimpleNamespace(logits=logits, visual_mask=batch.image_mask)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return CharTokenizer.build(TEXTS)
+
+
+def test_reference_is_the_lms_own_loss_token_weighted(tok, tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    model = FakeOCR(tok)
+    res = lg.compute_loss_gaps(model, _source(), IMG, batch_size=3, progress=False)
+    assert res["total_samples"] == len(TEXTS) and res["skipped"] == 0
+
+    # independently: the decoder saved as a HF GPT-2, each line's own mean loss (HF shifts labels)
+    model.decoder.save_hf(tmp_path / "hf")
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    losses, counts = [], []
+    for text in TEXTS:
+        ids = torch.tensor([[tok.bos_id, *tok.encode(text), tok.eos_id]])
+        with torch.no_grad():
+            losses.append(float(hf(input_ids=ids, labels=ids).loss))
+        counts.append(ids.shape[1] - 1)
+    weighted = sum(x * n for x, n in zip(losses, counts)) / sum(counts)
+    assert res["reference"] == pytest.approx(weighted, abs=1e-5)
+    assert res["tokens"] == sum(counts)
+    # token weighting differs from a mean of line means (lengths 3..34 tokens)
+    assert abs(weighted - sum(losses) / len(losses)) > 1e-3
+    by_id = {s["id"]: s for s in res["samples"]}
+    for i, (x, n) in enumerate(zip(losses, counts)):
+        assert by_id[f"s{i}"]["n_tokens"] == n
+        assert by_id[f"s{i}"]["reference"] == pytest.approx(x, abs=1e-5)
+
+    # gaps are the differences; the image paths differ from the text path; KL >= 0
+    g = res["gaps"]
+    assert g["connector_minus_reference"] == pytest.approx(res["connector"] - res["reference"])
+    assert g["downsampled_minus_reference"] == pytest.approx(res["downsampled"] - res["reference"])
+    assert g["connector_minus_downsampled"] == pytest.approx(res["connector"] - res["downsampled"])
+    assert res["connector"] != pytest.approx(res["reference"]) and res["kl"] > 0
+    # visual tokens: pad keeps the aspect (wider lines, more columns), resize gives resize_width each
+    assert res["visual_tokens"]["resize"] == pytest.approx(IMG.resize_width)
+    assert res["visual_tokens"]["pad"] != pytest.approx(IMG.resize_width)
+    # batch size does not change the result (masking and weighting are exact)
+    res1 = lg.compute_loss_gaps(model, _source(), IMG, batch_size=1, progress=False)
+    for k in ("reference", "connector", "downsampled", "kl"):
+        assert res1[k] == pytest.approx(res[k], abs=1e-5)
+
+
+def test_kl_is_kd_loss_and_zero_for_a_blind_image_path(tok):
+    blind = FakeOCR(tok, blind=True)
+    res = lg.compute_loss_gaps(blind, _source(), IMG, batch_size=2, progress=False)
+    assert res["connector"] == pytest.approx(res["reference"], abs=1e-6)
+    assert res["kl"] == pytest.approx(0.0, abs=1e-6)
+
+    model = FakeOCR(tok)
+    one = _source()[2:3]
+    res = lg.compute_loss_gaps(model, one, IMG, batch_size=1, progress=False)
+    ids = torch.tensor([[tok.bos_id, *tok.encode(TEXTS[2]), tok.eos_id]])
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    from bridgeocr.data.preprocess import Collator, preprocess_image
+
+    batch = Collator.for_tokenizer(tok, IMG.width_multiple)(
+        [{"image": preprocess_image(one[0].load_image(), IMG, "pad"), "ids": ids[0, 1:-1].tolist(),
+          "text": TEXTS[2], "id": "s2"}])
+    with torch.no_grad():
+        con = model(batch).logits
+        ref, _ = model.decoder(ids, mask)
+    tmask = torch.zeros_like(mask)
+    tmask[:, :-1] = True
+    assert res["kl"] == pytest.approx(float(kd_loss(con, ref, tmask, tau=1.0)), abs=1e-5)
+
+
+def test_bad_lines_are_skipped_and_counted(tok, tmp_path):
+    src = _source() + [LineSample("gone", "ab", image_path=tmp_path / "missing.png", origin="x.tsv:9"),
+                       LineSample("empty", "  ", image=_image("x"), origin="x.tsv:10")]
+    res = lg.compute_loss_gaps(FakeOCR(tok), src, IMG, batch_size=4, max_samples=None, progress=False)
+    assert res["total_samples"] == len(TEXTS) and res["skipped"] == 2
+    assert any("x.tsv:9" in m for m in res["skip_messages"])
+    res = lg.compute_loss_gaps(FakeOCR(tok), src, IMG, batch_size=4, max_samples=2, progress=False)
+    assert res["total_samples"] == 2
+
+
+def test_seed_layout_and_files(tok, tmp_path):
+    res = lg.compute_loss_gaps(FakeOCR(tok), _source(), IMG, batch_size=4, progress=False)
+    text = lg.format_loss_gaps(res)
+    lines = text.splitlines()
+    assert lines[0] == f"Total samples: {len(TEXTS)}"
+    assert lines[1].startswith("◆ Reference Loss (GT Text → Text): ")
+    assert lines[2].startswith("◆ Connector Loss (Image → Text, padding): ")
+    assert lines[3].startswith("◆ Downsampled Loss (Image → Text, resized): ")
+    assert lines[4].startswith("◆ KL(Q || P) (reference → connector): ")
+    assert lines[5] == "✗ Gaps:"
+    assert lines[6] == f"  Connector - Reference: {res['gaps']['connector_minus_reference']:.4f}"
+    assert lines[1].endswith(f"{res['reference']:.4f}") and len(lines) == 9
+    fake = {**res, "total_samples": 2915, "reference": 5.7355, "connector": 6.9723, "downsampled": 8.3487,
+            "gaps": {"connector_minus_reference": 1.2368, "downsampled_minus_reference": 2.6132,
+                     "connector_minus_downsampled": -1.3764}}
+    seed = lg.format_loss_gaps(fake)
+    assert "◆ Connector Loss (Image → Text, padding): 6.9723\n" in seed
+    assert "  Downsampled - Reference: 2.6132\n" in seed
+
+    jpath, cpath = lg.write_loss_gaps(res, tmp_path / "out", {"split": "val"})
+    data = json.loads(jpath.read_text())
+    assert data["split"] == "val" and "samples" not in data and data["total_samples"] == len(TEXTS)
+    with cpath.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["id", "n_tokens", "reference", "connector", "downsampled", "kl"]
+    n = sum(int(r["n_tokens"]) for r in rows)
+    assert sum(float(r["connector"]) * int(r["n_tokens"]) for r in rows) / n == pytest.approx(
+        res["connector"], abs=1e-5)
