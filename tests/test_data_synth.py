@@ -1,0 +1,82 @@
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import matplotlib
+import pytest
+from PIL import Image
+
+from bridgeocr.cli import main
+from bridgeocr.data.corpus import cut_lines, read_corpus
+from bridgeocr.data.sources import open_source
+from bridgeocr.data.synth import make_dataset
+from bridgeocr.data.synth.fonts import covers, find_fonts
+from bridgeocr.errors import DataError
+
+TTF = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+FONTS = [str(TTF / f) for f in ("DejaVuSans.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSansMono.ttf")]
+
+
+def _hashes(d: Path) -> dict:
+    return {p.relative_to(d).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((d / "images").rglob("*")) if p.is_file()}
+
+
+def test_corpus_builtin_and_cut_lines(tmp_path):
+    docs = read_corpus()
+    assert len(docs) >= 5 and sum(map(len, docs)) > 5000
+    lines = cut_lines(docs, random.Random(0), min_chars=15, max_chars=80)
+    assert len(lines) > 100
+    assert all(15 <= len(x) <= 80 and x == x.strip() and "  " not in x for x in lines)
+    words = set(" ".join(docs).split())
+    assert all(w in words for x in lines[:50] for w in x.split())  # cut at word boundaries
+    (tmp_path / "c.txt").write_text("one two three four five six seven\n<|endoftext|>\n\nsecond doc here ok")
+    assert read_corpus([tmp_path / "c.txt"]) == ["one two three four five six seven", "second doc here ok"]
+    with pytest.raises(DataError, match="nope.txt"):
+        read_corpus([tmp_path / "nope.txt"])
+
+
+def test_fonts_and_glyph_coverage():
+    fonts, _ = find_fonts(FONTS)
+    assert len(fonts) == 3
+    assert covers(FONTS[0], "Hello, world!") and not covers(FONTS[0], "\ue000")
+    with pytest.raises(DataError, match="nope.ttf"):
+        find_fonts(["/nope.ttf"])
+
+
+def test_synth_deterministic_disjoint(tmp_path):
+    kw = dict(corpus=None, n=12, fonts=FONTS, val_fraction=0.25, test_fraction=0.25, height=24, seed=5,
+              progress=False)
+    s1 = make_dataset(out=tmp_path / "a", **kw)
+    make_dataset(out=tmp_path / "b", **kw)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert (a / "manifest.tsv").read_bytes() == (b / "manifest.tsv").read_bytes()
+    assert (a / "split.tsv").read_bytes() == (b / "split.tsv").read_bytes()
+    assert _hashes(a) == _hashes(b) and len(_hashes(a)) == 12
+    assert s1["counts"] == {"train": 6, "val": 3, "test": 3}
+    settings = json.loads((a / "settings.json").read_text())
+    assert settings["seed"] == 5 and settings["counts"]["train"] == 6 and len(settings["fonts"]) == 3
+    splits = {name: open_source(a, name) for name in ("train", "val", "test")}
+    texts = {k: {s.text for s in v} for k, v in splits.items()}
+    assert len(texts["train"]) == 6 and not (texts["train"] & texts["val"] or texts["train"] & texts["test"]
+                                             or texts["val"] & texts["test"])
+    img = splits["val"][0].load_image()
+    assert img.height == 24 and img.width > 24
+    make_dataset(out=tmp_path / "c", **{**kw, "seed": 6})
+    assert (tmp_path / "c" / "manifest.tsv").read_bytes() != (a / "manifest.tsv").read_bytes()
+
+
+def test_synth_holdout_fonts_and_cli(tmp_path, capsys):
+    out = tmp_path / "h"
+    code = main(["data", "synth", "--out", str(out), "--n", "10", "--fonts", *FONTS, "--holdout-fonts", "mono",
+                 "--height", "20", "--val-fraction", "0.2", "--test-fraction", "0.2", "--seed", "1"])
+    assert code == 0 and "wrote 10 lines" in capsys.readouterr().out
+    rows = [r.split("\t") for r in (out / "split.tsv").read_text().splitlines()]
+    assert {f for _, s, f in rows if s != "train"} == {"DejaVu Sans Mono Book"}
+    assert all("Mono" not in f for _, s, f in rows if s == "train")
+    with Image.open(out / rows[0][0]) as im:
+        assert im.height == 20
+    assert main(["data", "synth", "--out", str(out), "--n", "4", "--fonts", *FONTS,
+                 "--holdout-fonts", "nosuchfont"]) == 2
+    assert "nosuchfont" in capsys.readouterr().err
