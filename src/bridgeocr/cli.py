@@ -78,9 +78,13 @@ def _add_lm(sub):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last if present")
+    p.add_argument("--line-mode", action="store_true",
+                   help="train on text lines (15-80 characters, each BOS line EOS) as the OCR decoder reads "
+                   "them, instead of running documents")
     p.set_defaults(target="bridgeocr.train.lm:train_lm_cli",
                    keys=["corpus", "val_corpus", "out", "tokenizer", "vocab_size", "n_layer", "n_embd",
-                         "n_head", "context", "steps", "minutes", "batch_size", "lr", "seed", "resume"])
+                         "n_head", "context", "steps", "minutes", "batch_size", "lr", "seed", "resume",
+                         "line_mode"])
 
 
 def _add_encoder(sub):

@@ -227,14 +227,18 @@ def train_lm(*, docs: list[str], val_docs: list[str] | None, out: str | Path, to
 
 
 def train_lm_cli(corpus, val_corpus, out, tokenizer, vocab_size, n_layer, n_embd, n_head, context, steps,
-                 minutes, batch_size, lr, seed, resume) -> int:
-    from bridgeocr.data.corpus import read_corpus
+                 minutes, batch_size, lr, seed, resume, line_mode=False) -> int:
+    from bridgeocr.data.corpus import cut_lines, read_corpus
 
     docs = read_corpus(corpus)
     val_docs = read_corpus(val_corpus) if val_corpus else None
     desc = "built-in corpus" if not corpus else ", ".join(map(str, corpus))
     if val_corpus:
         desc += f" (val: {', '.join(map(str, val_corpus))})"
+    if line_mode:  # each line its own BOS ... EOS document: what the OCR decoder (and KD teacher) reads
+        docs = cut_lines(docs, random.Random(seed))
+        val_docs = cut_lines(val_docs, random.Random(seed + 1)) if val_docs else None
+        desc += " (cut into 15-80 character lines)"
     train_lm(docs=list(docs), val_docs=list(val_docs) if val_docs is not None else None, out=out,
              tokenizer_kind=tokenizer, vocab_size=vocab_size, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
              context=context, steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, seed=seed,
