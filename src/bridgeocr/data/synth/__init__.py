@@ -133,7 +133,7 @@ def make_dataset(corpus=None, out="runs/data/synth", n: int = 2000, fonts=None, 
     _prepare_out(out)
     results: dict[int, tuple[str, dict]] = {}
     if workers is None:
-        workers = 1 if len(jobs) < 400 else min(8, os.cpu_count() or 1)
+        workers = 1 if len(jobs) < 2000 else min(8, os.cpu_count() or 1)
     bar = tqdm(total=len(jobs), desc="synth", unit="line", disable=not progress, dynamic_ncols=True)
     if workers > 1:
         with get_context("spawn").Pool(workers) as pool:
