@@ -1,0 +1,164 @@
+"""Batched greedy and beam search over the GPT with its KV cache, prefilled with the visual prefix.
+
+Finished lines (greedy) and finished items (beam) are dropped from the batch, so their rows cost nothing
+afterwards. `use_cache=False` recomputes the full sequence every step: the tests compare it with the cached
+path token for token. Confidence = mean log-prob of the generated tokens (EOS included when produced).
+Beam scores are sum log-prob / length**length_penalty (length counts EOS), HF's convention; an item stops
+once it has `beam` finished hypotheses and its best live beam cannot beat the worst of them at its current
+length (HF's `early_stopping=False` heuristic), or at `max_new_tokens`. PAD and BOS are never generated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Hypothesis:
+    ids: list[int]  # generated tokens, without BOS / EOS
+    text: str
+    confidence: float  # mean token log-prob
+
+
+class _Stepper:
+    """Feeds the decoder one token per row per step, with the cache or by full recomputation."""
+
+    def __init__(self, gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, use_cache: bool):
+        self.gpt, self.prefix, self.prefix_mask = gpt, prefix, prefix_mask
+        self.attach, self.bos, self.use_cache = attach_layer, bos_id, use_cache
+
+    def start(self) -> torch.Tensor:
+        B = self.prefix.shape[0]
+        self.rows = torch.arange(B, device=self.prefix.device)
+        self.seqs = torch.full((B, 1), self.bos, dtype=torch.long, device=self.prefix.device)
+        logits, self.cache = self.gpt(self.seqs, prefix=self.prefix, prefix_mask=self.prefix_mask,
+                                      attach_layer=self.attach)
+        return logits[:, -1]
+
+    def step(self, parents: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Row i of the next step continues row parents[i] of this one with tokens[i] -> logits [R, V]."""
+        self.seqs = torch.cat([self.seqs[parents], tokens[:, None]], dim=1)
+        self.rows = self.rows[parents]
+        if self.use_cache:
+            logits, self.cache = self.gpt(tokens[:, None], past=self.cache.select(parents))
+        else:
+            logits, _ = self.gpt(self.seqs, prefix=self.prefix[self.rows], prefix_mask=self.prefix_mask[self.rows],
+                                 attach_layer=self.attach)
+        return logits[:, -1]
+
+
+def _log_probs(logits: torch.Tensor, suppress: tuple[int, ...]) -> torch.Tensor:
+    """Log-softmax in float32 with never-generated ids (PAD, BOS) removed from the distribution."""
+    logits = logits.float()
+    if suppress:
+        logits = logits.index_fill(-1, torch.tensor(suppress, device=logits.device), float("-inf"))
+    return F.log_softmax(logits, dim=-1)
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+@torch.no_grad()
+def greedy_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_id: int, max_new_tokens: int,
+                  use_cache: bool = True, suppress: tuple[int, ...] = ()) -> list[tuple[list[int], list[float]]]:
+    """-> per item (token ids without EOS, per-token log-probs incl. EOS)."""
+    B = prefix.shape[0]
+    st = _Stepper(gpt, prefix, prefix_mask, attach_layer, bos_id, use_cache)
+    logits = st.start()
+    ids: list[list[int]] = [[] for _ in range(B)]
+    lps: list[list[float]] = [[] for _ in range(B)]
+    alive = list(range(B))  # row r of the batch is item alive[r]
+    for t in range(max_new_tokens):
+        lp, tok = _log_probs(logits, suppress).max(-1)
+        for r, b in enumerate(alive):
+            lps[b].append(lp[r].item())
+            if tok[r].item() != eos_id:
+                ids[b].append(tok[r].item())
+        keep = (tok != eos_id).nonzero().squeeze(1)
+        if t == max_new_tokens - 1 or keep.numel() == 0:
+            break
+        alive = [alive[i] for i in keep.tolist()]
+        logits = st.step(keep, tok[keep])
+    return list(zip(ids, lps))
+
+
+@torch.no_grad()
+def beam_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_id: int, max_new_tokens: int,
+                beam: int = 4, length_penalty: float = 1.0, use_cache: bool = True,
+                suppress: tuple[int, ...] = ()) -> list[tuple[list[int], list[float]]]:
+    """-> per item the best hypothesis (ids without EOS, per-token log-probs)."""
+    B, K = prefix.shape[0], beam
+    st = _Stepper(gpt, prefix, prefix_mask, attach_layer, bos_id, use_cache)
+    logits = st.start()
+    live = {b: [(0.0, [], [])] for b in range(B)}  # item -> beams (sum log-prob, ids, log-probs); rows in order
+    finished: dict[int, list] = {b: [] for b in range(B)}  # item -> (normalised score, ids, log-probs)
+    for t in range(max_new_tokens):
+        logp = _log_probs(logits, suppress)
+        V = logp.shape[-1]
+        parents, tokens, new_live, row = [], [], {}, 0
+        for b, beams in live.items():
+            n = len(beams)
+            scores = torch.tensor([s for s, _, _ in beams], device=logp.device)[:, None] + logp[row:row + n]
+            vals, idx = scores.flatten().topk(min(2 * K, n * V))
+            nxt = []
+            for rank, (v, i) in enumerate(zip(vals.tolist(), idx.tolist())):
+                if v == float("-inf"):
+                    break
+                p, tok = divmod(i, V)
+                _, ids, lps = beams[p]
+                lp = logp[row + p, tok].item()
+                if tok == eos_id:
+                    if rank < K:
+                        finished[b].append((v / (len(ids) + 1) ** length_penalty, ids, lps + [lp]))
+                else:
+                    nxt.append((v, ids + [tok], lps + [lp], row + p))
+                    if len(nxt) == K:
+                        break
+            row += n
+            finished[b] = sorted(finished[b], key=lambda h: h[0], reverse=True)[:K]
+            last = t == max_new_tokens - 1
+            done = not nxt or (len(finished[b]) >= K and finished[b][-1][0] >= nxt[0][0] / (t + 1) ** length_penalty)
+            if last and not done:  # out of length: live beams become hypotheses
+                finished[b].extend((v / len(ids) ** length_penalty, ids, lps) for v, ids, lps, _ in nxt)
+            elif not done:
+                new_live[b] = [(v, ids, lps) for v, ids, lps, _ in nxt]
+                parents += [r for *_, r in nxt]
+                tokens += [ids[-1] for _, ids, _, _ in nxt]
+        if not new_live:
+            break
+        live = new_live
+        dev = logits.device
+        logits = st.step(torch.tensor(parents, device=dev), torch.tensor(tokens, device=dev))
+    out = []
+    for b in range(B):
+        best = max(finished[b], key=lambda h: h[0]) if finished[b] else (0.0, [], [])
+        out.append((best[1], best[2]))
+    return out
+
+
+@torch.no_grad()
+def generate(model, images, image_mask, beam: int = 1, max_new_tokens: int | None = None,
+             length_penalty: float = 1.0, use_cache: bool = True) -> list[Hypothesis]:
+    """OCRModel -> one Hypothesis per image (eval mode for the call; the caller's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        visual, vmask = model.encode(images, image_mask)
+        gpt = model.decoder
+        limit = gpt.cfg.n_positions
+        n = min(max_new_tokens or model.cfg.max_text_tokens, limit)
+        args = (gpt, visual, vmask, model.cfg.attach_layer, model.bos_id, model.eos_id, n)
+        suppress = tuple(sorted({model.pad_id, model.bos_id} - {model.eos_id}))
+        if beam <= 1:
+            results = greedy_search(*args, use_cache=use_cache, suppress=suppress)
+        else:
+            results = beam_search(*args, beam=beam, length_penalty=length_penalty, use_cache=use_cache,
+                                  suppress=suppress)
+    finally:
+        model.train(was_training)
+    tok = model.tokenizer
+    return [Hypothesis(ids, tok.decode(ids) if tok is not None else "", _mean(lps)) for ids, lps in results]

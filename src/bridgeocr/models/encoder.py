@@ -1,0 +1,302 @@
+"""Line encoders: a ViT over rectangular patches (LineEncoder), or a pretrained HF ViT/DeiT/BEiT wrapped
+behind the same interface (HFLineEncoder). Both: `forward(images, image_mask) -> (tokens, token_mask)`.
+
+Padding never changes an item's tokens in LineEncoder: the conv stem re-zeroes padded columns after every
+conv (so a real column next to padding sees exactly the zeros of a narrower batch), position embeddings are
+a function of the column index only (sin-cos, or a learned table sliced, never resized to the batch
+width), and attention ignores padded keys.
+
+An encoder directory (`save_pretrained` / `load_encoder`) holds `config.json` + `model.safetensors`, plus
+the CTC head when one was trained with it (encoder pretraining); `encoder.pretrained=DIR` reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bridgeocr.config import EncoderConfig, config_from_dict
+from bridgeocr.errors import ConfigError
+from bridgeocr.models.ctc import CTCHead
+
+ENCODER_FORMAT = "bridgeocr-encoder"
+ENCODER_FORMAT_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------- ViT blocks
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ConfigError(f"encoder: dim {dim} is not divisible by heads {heads}")
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, key_mask):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        mask = key_mask[:, None, None, :] | torch.eye(N, dtype=torch.bool, device=x.device)  # self: finite
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, N, C))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim), nn.Dropout(dropout))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, key_mask):
+        x = x + self.drop(self.attn(self.norm1(x), key_mask))
+        return x + self.mlp(self.norm2(x))
+
+
+def sincos_1d(n: int, dim: int, device=None) -> torch.Tensor:
+    """[n, dim] sin-cos embedding of positions 0..n-1 (dim even)."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float32, device=device) / max(1, dim // 2))
+    ang = torch.arange(n, dtype=torch.float32, device=device)[:, None] * omega[None]
+    return torch.cat([ang.sin(), ang.cos()], dim=1)
+
+
+def sincos_2d(rows: int, cols: int, dim: int, device=None) -> torch.Tensor:
+    """[rows, cols, dim]: the first half of the channels encode the column, the second half the row."""
+    dx = dim // 2 + (dim // 2) % 2
+    dy = dim - dx
+    ex = sincos_1d(cols, dx, device)[None].expand(rows, cols, dx)
+    ey = sincos_1d(rows, dy, device)[:, None].expand(rows, cols, dy) if dy else ex[..., :0]
+    return torch.cat([ex, ey], dim=-1)
+
+
+# ---------------------------------------------------------------------------------------- LineEncoder
+
+
+class LineEncoder(nn.Module):
+    """Optional conv stem -> rectangular patches -> position embeddings -> pre-LN blocks -> LayerNorm.
+
+    Tokens run left to right (column-major when patch_height < image height: all rows of column 0 first).
+    A token is real if any of its image columns is real.
+    """
+
+    stem_channels = 32
+
+    def __init__(self, cfg: EncoderConfig, image_height: int):
+        super().__init__()
+        if cfg.patch_height > image_height or image_height % cfg.patch_height:
+            raise ConfigError(f"encoder.patch_height {cfg.patch_height} must divide the image height {image_height}")
+        self.cfg, self.image_height = cfg, image_height
+        self.rows = image_height // cfg.patch_height
+        self.max_cols = math.ceil(cfg.max_width / cfg.patch_width)
+        in_ch = 1
+        if cfg.conv_stem:
+            c = self.stem_channels
+            self.stem = nn.ModuleList([nn.Conv2d(1, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)])
+            in_ch = c
+        else:
+            self.stem = nn.ModuleList()
+        self.patch = nn.Conv2d(in_ch, cfg.dim, (cfg.patch_height, cfg.patch_width),
+                               stride=(cfg.patch_height, cfg.patch_width))
+        if cfg.pos_embedding == "learned":
+            self.pos = nn.Parameter(torch.randn(self.rows, self.max_cols, cfg.dim) * 0.02)
+        elif cfg.pos_embedding == "sincos":
+            self.register_buffer("pos", None, persistent=False)
+        else:
+            raise ConfigError(f"encoder.pos_embedding: {cfg.pos_embedding!r} is not one of sincos | learned")
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.dim)
+
+    @property
+    def d_out(self) -> int:
+        return self.cfg.dim
+
+    def token_mask(self, image_mask: torch.Tensor) -> torch.Tensor:
+        """[B, W] real columns -> [B, N] real tokens (any real column in the patch)."""
+        pw = self.cfg.patch_width
+        B, W = image_mask.shape
+        m = F.pad(image_mask, (0, (-W) % pw)).view(B, -1, pw).any(-1)  # [B, C]
+        return m.repeat_interleave(self.rows, dim=1)
+
+    def forward(self, images: torch.Tensor, image_mask: torch.Tensor):
+        """images [B, 1, H, W] (ink 1, pad 0), image_mask [B, W] -> (tokens [B, N, dim], mask [B, N])."""
+        B, _, H, W = images.shape
+        if H != self.image_height:
+            raise ValueError(f"LineEncoder: image height {H} != {self.image_height}")
+        image_mask = image_mask.to(torch.bool)
+        pad = (-W) % self.cfg.patch_width
+        x, col = F.pad(images, (0, pad)), F.pad(image_mask, (0, pad))[:, None, None, :].to(images.dtype)
+        x = x * col
+        for conv in self.stem:
+            x = F.gelu(conv(x)) * col  # re-zero padding: the next conv sees what a narrower batch sees
+        x = self.patch(x)  # [B, dim, R, C]
+        R, C = x.shape[2], x.shape[3]
+        if self.cfg.pos_embedding == "learned":
+            if C > self.max_cols:
+                raise ValueError(f"LineEncoder: width {W} > encoder.max_width {self.cfg.max_width}")
+            pos = self.pos[:, :C]
+        else:
+            pos = sincos_2d(R, C, self.cfg.dim, x.device).to(x.dtype)
+        x = x.permute(0, 3, 2, 1) + pos.transpose(0, 1)[None]  # [B, C, R, dim]
+        x = self.drop(x.reshape(B, C * R, -1))
+        mask = self.token_mask(image_mask)
+        for blk in self.blocks:
+            x = blk(x, mask)
+        return self.norm(x) * mask[..., None], mask
+
+    def save_pretrained(self, path, ctc_head: CTCHead | None = None) -> None:
+        save_encoder(path, self, ctc_head)
+
+    @classmethod
+    def from_pretrained(cls, path) -> nn.Module:
+        return load_encoder(path)[0]
+
+
+# ------------------------------------------------------------------------------------ HF ViT wrapper
+
+
+class HFLineEncoder(nn.Module):
+    """A pretrained HF ViT / DeiT / BEiT behind the LineEncoder interface, TrOCR-style.
+
+    Each line is cropped to its real columns and resized to the model's square `image_size` (as TrOCR
+    does), so padding cannot change an item's tokens and the checkpoint's position embeddings are used
+    as trained. Ink is flipped back to dark-on-light, gray is repeated to the model's channels, then
+    normalised with the checkpoint's mean/std (0.5/0.5 if it has no preprocessor_config.json). All
+    output tokens are real (mask all True).
+    """
+
+    def __init__(self, hf_model: nn.Module, image_height: int, mean=0.5, std=0.5, cfg: EncoderConfig | None = None):
+        super().__init__()
+        self.hf = hf_model
+        self.image_height = image_height
+        hc = hf_model.config
+        self.image_size = hc.image_size if isinstance(hc.image_size, int) else hc.image_size[0]
+        self.channels = getattr(hc, "num_channels", 3)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(-1)[:, None, None], persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(-1)[:, None, None], persistent=False)
+        self.cfg = replace(cfg or EncoderConfig(), kind="hf", dim=hc.hidden_size)
+
+    @property
+    def d_out(self) -> int:
+        return self.hf.config.hidden_size
+
+    @classmethod
+    def from_hf(cls, path, image_height: int, cfg: EncoderConfig | None = None) -> HFLineEncoder:
+        from transformers import AutoModel
+
+        path = Path(path)
+        model = AutoModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
+        mean, std = 0.5, 0.5
+        pp = path / "preprocessor_config.json"
+        if pp.is_file():
+            data = json.loads(pp.read_text())
+            mean, std = data.get("image_mean", mean), data.get("image_std", std)
+        return cls(model, image_height, mean, std, cfg)
+
+    def forward(self, images: torch.Tensor, image_mask: torch.Tensor):
+        S = self.image_size
+        widths = image_mask.to(torch.long).sum(1).clamp(min=1).tolist()
+        pix = torch.cat([F.interpolate(1.0 - images[b:b + 1, :, :, :w], size=(S, S), mode="bilinear",
+                                       align_corners=False, antialias=True) for b, w in enumerate(widths)])
+        pix = (pix.expand(-1, self.channels, -1, -1) - self.mean) / self.std
+        tokens = self.hf(pixel_values=pix).last_hidden_state
+        return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+
+    def save_pretrained(self, path, ctc_head: CTCHead | None = None) -> None:
+        save_encoder(path, self, ctc_head)
+
+
+# ------------------------------------------------------------------------------------ build / save / load
+
+
+def is_encoder_dir(path) -> bool:
+    cfg = Path(path) / "config.json"
+    return cfg.is_file() and json.loads(cfg.read_text()).get("format") == ENCODER_FORMAT
+
+
+def build_encoder(cfg: EncoderConfig, image_height: int) -> nn.Module:
+    """A fresh encoder, or the one `cfg.pretrained` names (our encoder dir, or an HF ViT/DeiT/BEiT dir)."""
+    if cfg.pretrained:
+        return load_encoder(cfg.pretrained, image_height)[0]
+    if cfg.kind != "vit":
+        raise ConfigError(f"encoder.kind: {cfg.kind!r} is not one of vit (or set encoder.pretrained to an HF dir)")
+    return LineEncoder(cfg, image_height)
+
+
+def encoder_meta(encoder: nn.Module, ctc_vocab_size: int | None = None) -> dict:
+    """What `encoder_from_meta` needs to rebuild the encoder's structure (JSON-able)."""
+    hf = isinstance(encoder, HFLineEncoder)
+    meta = {"format": ENCODER_FORMAT, "version": ENCODER_FORMAT_VERSION, "kind": "hf" if hf else "line",
+            "encoder": asdict(replace(encoder.cfg, pretrained=None)), "image_height": encoder.image_height,
+            "ctc_vocab_size": ctc_vocab_size}
+    if hf:
+        meta["hf_config"] = encoder.hf.config.to_dict()
+        meta["norm"] = {"mean": encoder.mean.flatten().tolist(), "std": encoder.std.flatten().tolist()}
+    return meta
+
+
+def save_encoder(path, encoder: nn.Module, ctc_head: CTCHead | None = None) -> None:
+    """config.json + model.safetensors (keys `encoder.*`, `ctc_head.*`)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    meta = encoder_meta(encoder, None if ctc_head is None else ctc_head.vocab_size)
+    tensors = {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    if ctc_head is not None:
+        tensors.update({f"ctc_head.{k}": v.detach().cpu().contiguous() for k, v in ctc_head.state_dict().items()})
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps(meta, indent=2))
+
+
+def encoder_from_meta(meta: dict) -> nn.Module:
+    """Rebuild an encoder's structure (random weights) from its saved config."""
+    cfg = config_from_dict(meta["encoder"], EncoderConfig)
+    if meta.get("kind") == "hf":
+        from transformers import AutoConfig, AutoModel
+
+        hc = dict(meta["hf_config"])
+        hf_cfg = AutoConfig.for_model(hc.pop("model_type"), **hc)
+        model = AutoModel.from_config(hf_cfg, add_pooling_layer=False)
+        norm = meta.get("norm", {"mean": 0.5, "std": 0.5})
+        return HFLineEncoder(model, meta["image_height"], norm["mean"], norm["std"], cfg)
+    return LineEncoder(cfg, meta["image_height"])
+
+
+def load_encoder(path, image_height: int | None = None) -> tuple[nn.Module, CTCHead | None]:
+    """Our encoder dir -> (encoder, CTC head or None); an HF ViT/DeiT/BEiT dir -> (HFLineEncoder, None)."""
+    from safetensors.torch import load_file
+
+    from bridgeocr.shipped import resolve_pretrained
+
+    path = resolve_pretrained(path)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{path}: not an encoder directory (no config.json)")
+    meta = json.loads((path / "config.json").read_text())
+    if meta.get("format") != ENCODER_FORMAT:
+        if meta.get("model_type") in ("vit", "deit", "beit", "dinov2", "vit_mae"):
+            return HFLineEncoder.from_hf(path, image_height or 32), None
+        raise ConfigError(f"{path}: neither a bridgeocr encoder nor an HF ViT/DeiT/BEiT directory")
+    if image_height is not None and meta["image_height"] != image_height:
+        raise ConfigError(f"{path}: encoder was trained on height {meta['image_height']}, data has {image_height}")
+    encoder = encoder_from_meta(meta)
+    tensors = load_file(str(path / "model.safetensors"))
+    encoder.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")}, strict=True)
+    head = None
+    if meta.get("ctc_vocab_size"):
+        head = CTCHead(encoder.d_out, meta["ctc_vocab_size"])
+        head.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("ctc_head.")}, strict=True)
+    return encoder, head

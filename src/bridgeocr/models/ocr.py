@@ -1,0 +1,168 @@
+"""OCRModel: encoder -> connector -> GPT (+ an optional CTC head on the encoder).
+
+A model directory (`save_pretrained`) holds `config.json` (the ModelConfig as a dict, vocab size, image
+height, special ids, the encoder's structure, format version), `model.safetensors` and, when a tokenizer is
+attached, `tokenizer.json`. `from_pretrained` rebuilds the structure from config.json alone (the pretrained
+part directories named in the config need not exist any more) and loads the weights exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from bridgeocr.config import ModelConfig, config_from_dict
+from bridgeocr.errors import ConfigError
+from bridgeocr.models.connectors import build_connector
+from bridgeocr.models.ctc import CTCHead
+from bridgeocr.models.decoder import GPT, apply_freeze
+from bridgeocr.models.decoding import Hypothesis, generate
+from bridgeocr.models.encoder import LineEncoder, encoder_from_meta, encoder_meta, load_encoder
+
+OCR_FORMAT = "bridgeocr-ocr"
+OCR_FORMAT_VERSION = 1
+DEFAULT_SPECIAL_IDS = {"pad_id": 0, "bos_id": 1, "eos_id": 2}  # CharTokenizer's, used without a tokenizer
+
+__all__ = ["OCRModel", "OCROutput", "Hypothesis"]
+
+
+@dataclass
+class OCROutput:
+    logits: torch.Tensor  # [B, T, V]; logits[:, t] predicts input_ids[:, t+1]
+    visual: torch.Tensor  # [B, M, d_model] connector output
+    visual_mask: torch.Tensor  # [B, M]
+    enc_tokens: torch.Tensor  # [B, N, d_enc]
+    enc_mask: torch.Tensor  # [B, N]
+    ctc_logits: torch.Tensor | None = None  # [B, N, V] (blank = 0) when the model has a CTC head
+
+    @property
+    def visual_tokens(self) -> torch.Tensor:
+        return self.visual
+
+
+class OCRModel(nn.Module):
+    """Reads a batch of line images into text. Parts are built from `cfg` (loading `pretrained` dirs) unless
+    given ready-made (`encoder=`, `decoder=`, `ctc_head=`: how `from_pretrained` rebuilds a saved model)."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, image_height: int = 32, tokenizer=None, *,
+                 encoder: nn.Module | None = None, decoder: GPT | None = None, ctc_head: CTCHead | None = None):
+        super().__init__()
+        from bridgeocr.shipped import resolve_pretrained
+
+        cfg = copy.deepcopy(cfg)
+        if encoder is None:
+            if cfg.encoder.pretrained:
+                encoder, head = load_encoder(cfg.encoder.pretrained, image_height)
+                cfg.encoder = replace(encoder.cfg, pretrained=cfg.encoder.pretrained, freeze=cfg.encoder.freeze)
+                if cfg.ctc_head and ctc_head is None and head is not None:
+                    if head.vocab_size != vocab_size:
+                        raise ConfigError(f"{cfg.encoder.pretrained}: CTC head has {head.vocab_size} classes, "
+                                          f"the tokenizer {vocab_size} (pretrain the encoder with this tokenizer)")
+                    ctc_head = head
+            else:
+                encoder = LineEncoder(cfg.encoder, image_height)
+        if decoder is None:
+            if cfg.decoder.pretrained:
+                path = resolve_pretrained(cfg.decoder.pretrained)
+                decoder = GPT.from_hf(path, n_layer=cfg.decoder.n_layer, dropout=cfg.decoder.dropout)
+                d = decoder.cfg
+                cfg.decoder = replace(cfg.decoder, n_layer=d.n_layer, n_embd=d.n_embd, n_head=d.n_head,
+                                      n_positions=d.n_positions)
+            else:
+                decoder = GPT(cfg.decoder, vocab_size)
+        if decoder.vocab_size < vocab_size:
+            raise ConfigError(f"decoder vocabulary ({decoder.vocab_size}) is smaller than the tokenizer's "
+                              f"({vocab_size}): use the tokenizer the decoder was trained with")
+        if not 0 <= cfg.attach_layer < decoder.cfg.n_layer:
+            raise ConfigError(f"model.attach_layer: {cfg.attach_layer} not in [0, {decoder.cfg.n_layer - 1}]")
+        if cfg.ctc_head and ctc_head is None:
+            ctc_head = CTCHead(encoder.d_out, vocab_size)
+        self.cfg, self.image_height, self.vocab_size = cfg, image_height, decoder.vocab_size
+        self.encoder = encoder
+        self.connector = build_connector(cfg.connector, encoder.d_out, decoder.cfg.n_embd)
+        self.decoder = decoder
+        self.ctc_head = ctc_head if cfg.ctc_head else None
+        self.tokenizer = tokenizer
+        ids = {k: getattr(tokenizer, k) for k in DEFAULT_SPECIAL_IDS} if tokenizer is not None else DEFAULT_SPECIAL_IDS
+        self.pad_id, self.bos_id, self.eos_id = ids["pad_id"], ids["bos_id"], ids["eos_id"]
+        self.encoder.requires_grad_(not cfg.encoder.freeze)
+        apply_freeze(self.decoder, cfg.decoder.freeze)
+
+    # ------------------------------------------------------------------------------------- forward
+
+    def encode(self, images: torch.Tensor, image_mask: torch.Tensor):
+        """-> (visual [B, M, d_model], visual_mask [B, M]): the connector's output."""
+        enc, enc_mask = self.encoder(images, image_mask)
+        return self.connector(enc, enc_mask)
+
+    def forward(self, batch) -> OCROutput:
+        enc, enc_mask = self.encoder(batch.images, batch.image_mask)
+        visual, vmask = self.connector(enc, enc_mask)
+        logits, _ = self.decoder(batch.input_ids, batch.attention_mask, prefix=visual, prefix_mask=vmask,
+                                 attach_layer=self.cfg.attach_layer)
+        ctc = self.ctc_head(enc) if self.ctc_head is not None else None
+        return OCROutput(logits, visual, vmask, enc, enc_mask, ctc)
+
+    def text_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder reading text alone (the LM / KD reference path), same text positions as with an image."""
+        return self.decoder(input_ids, attention_mask)[0]
+
+    def generate(self, images, image_mask, beam: int = 1, max_new_tokens: int | None = None,
+                 length_penalty: float = 1.0) -> list[Hypothesis]:
+        return generate(self, images, image_mask, beam=beam, max_new_tokens=max_new_tokens,
+                        length_penalty=length_penalty)
+
+    # ------------------------------------------------------------------------------------ save/load
+
+    def save_pretrained(self, path) -> None:
+        from safetensors.torch import save_model
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"format": OCR_FORMAT, "version": OCR_FORMAT_VERSION, "model": asdict(self.cfg),
+                "vocab_size": self.vocab_size, "image_height": self.image_height,
+                "special_ids": {"pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id},
+                "encoder": encoder_meta(self.encoder),
+                "decoder": {"layer_norm_epsilon": self.decoder.layer_norm_epsilon}}
+        save_model(self, str(path / "model.safetensors"), metadata={"format": "pt"})
+        (path / "config.json").write_text(json.dumps(meta, indent=2))
+        if self.tokenizer is not None:
+            self.tokenizer.save(path / "tokenizer.json")
+
+    @classmethod
+    def from_pretrained(cls, path, tokenizer=None, map_location: str | torch.device = "cpu") -> OCRModel:
+        """Restore a `save_pretrained` directory exactly (tokenizer.json is loaded when present)."""
+        from safetensors.torch import load_model
+
+        from bridgeocr.shipped import resolve_pretrained
+
+        path = resolve_pretrained(path)
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise ConfigError(f"{path}: not a model directory (no config.json)")
+        meta = json.loads(cfg_file.read_text())
+        if meta.get("format") != OCR_FORMAT:
+            raise ConfigError(f"{path}: not a bridgeocr OCR model directory")
+        if meta.get("version", 0) > OCR_FORMAT_VERSION:
+            raise ConfigError(f"{path}: format version {meta['version']} is newer than this bridgeocr reads")
+        cfg = config_from_dict(meta["model"], ModelConfig)
+        vocab = meta["vocab_size"]
+        encoder = encoder_from_meta(meta["encoder"])
+        eps = meta.get("decoder", {}).get("layer_norm_epsilon", 1e-5)
+        decoder = GPT(replace(cfg.decoder, pretrained=None), vocab, layer_norm_epsilon=eps)
+        ctc = CTCHead(encoder.d_out, vocab) if cfg.ctc_head else None
+        if tokenizer is None and (path / "tokenizer.json").is_file():
+            from bridgeocr.data.tokenizers import load_tokenizer
+
+            tokenizer = load_tokenizer(path / "tokenizer.json")
+        model = cls(cfg, vocab, meta["image_height"], tokenizer, encoder=encoder, decoder=decoder, ctc_head=ctc)
+        if tokenizer is None:
+            ids = meta.get("special_ids", DEFAULT_SPECIAL_IDS)
+            model.pad_id, model.bos_id, model.eos_id = ids["pad_id"], ids["bos_id"], ids["eos_id"]
+        load_model(model, str(path / "model.safetensors"), strict=True, device=str(map_location))
+        return model
