@@ -189,6 +189,9 @@ def make_dataset_cli(corpus=None, out="runs/data/synth", n=2000, fonts=None, sty
           f"{s['jpeg']} JPEG, {s['skipped_no_glyph']} texts skipped (no glyphs)")
     print(f"{s['elapsed_s']} s, {s['lines_per_s']} lines/s with {s['workers']} process(es); settings: "
           f"{Path(s['out']) / 'settings.json'}")
+    if sum(c.values()) < n:
+        print(f"warning: only {sum(c.values())} of {n} lines: the corpus has too few distinct lines "
+              "(give a bigger --corpus)")
     return 0
 
 
