@@ -1,0 +1,93 @@
+"""Connectors: registry, shapes and masks, token reduction, padding invariance for every kind."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from bridgeocr.config import ConnectorConfig
+from bridgeocr.errors import ConfigError
+from bridgeocr.models.connectors import (
+    CONNECTORS,
+    Projector,
+    build_connector,
+    masked_adaptive_pool,
+    register_connector,
+)
+
+D_ENC, D_MODEL = 24, 32
+SETTINGS = [
+    dict(kind="linear"), dict(kind="linear_ln"), dict(kind="linear_gelu_ln"), dict(kind="mlp"),
+    dict(kind="linear_ln", reduce="pool", reduce_k=4), dict(kind="linear_ln", reduce="concat", reduce_k=4),
+    dict(kind="mlp", reduce="concat", reduce_k=3),
+    dict(kind="qformer", num_queries=6, layers=2, heads=4),
+    dict(kind="cabstractor", num_queries=5, layers=1),
+]
+
+
+def tokens(B, N, seed=0):
+    return torch.randn(B, N, D_ENC, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: "-".join(str(v) for v in s.values()))
+def test_shapes_masks_and_padding_invariance(setting):
+    torch.manual_seed(0)
+    conn = build_connector(ConnectorConfig(**setting), D_ENC, D_MODEL).eval()
+    x_alone = tokens(1, 9)
+    m_alone = torch.ones(1, 9, dtype=torch.bool)
+    # the same item in a batch with a wider one: its tail is masked junk
+    x = torch.cat([torch.cat([x_alone, 100 * tokens(1, 7, seed=5)], 1), tokens(1, 16, seed=1)])
+    m = torch.ones(2, 16, dtype=torch.bool)
+    m[0, 9:] = False
+    with torch.no_grad():
+        a, am = conn(x_alone, m_alone)
+        b, bm = conn(x, m)
+    assert b.shape[0] == 2 and b.shape[2] == D_MODEL and bm.shape == b.shape[:2] and bm.dtype == torch.bool
+    k = setting.get("reduce_k", 1)
+    if setting["kind"] in ("qformer", "cabstractor"):
+        assert b.shape[1] == setting["num_queries"] and bm.all()
+    else:
+        assert b.shape[1] == -(-16 // k) and int(bm[0].sum()) == -(-9 // k) and bm[1].all()
+    n = int(am[0].sum())
+    assert bool(bm[0, :n].all())
+    torch.testing.assert_close(b[0, :n], a[0, :n], atol=1e-5, rtol=0)
+
+
+def test_reduce_pool_is_masked_mean():
+    conn = build_connector(ConnectorConfig(kind="linear", reduce="pool", reduce_k=2), D_ENC, D_MODEL)
+    x = tokens(1, 3)
+    m = torch.tensor([[True, True, True]])
+    pooled, pm = conn.reduce(x, m)
+    torch.testing.assert_close(pooled[0, 0], x[0, :2].mean(0))
+    torch.testing.assert_close(pooled[0, 1], x[0, 2])  # the half-empty window averages its real token only
+    assert pm.tolist() == [[True, True]]
+
+
+def test_masked_adaptive_pool_matches_torch_on_real_tokens():
+    x = tokens(1, 7)
+    m = torch.ones(1, 10, dtype=torch.bool)
+    m[0, 7:] = False
+    xp = torch.cat([x, torch.randn(1, 3, D_ENC)], 1)
+    for M in (3, 7, 10):
+        ref = nn.functional.adaptive_avg_pool1d(x.transpose(1, 2), M).transpose(1, 2)
+        torch.testing.assert_close(masked_adaptive_pool(xp, m, M), ref)
+
+
+def test_unknown_kind_lists_known_ones():
+    with pytest.raises(ConfigError, match="qformer") as err:
+        build_connector(ConnectorConfig(kind="nope"), D_ENC, D_MODEL)
+    assert "nope" in str(err.value) and "linear_gelu_ln" in str(err.value)
+    with pytest.raises(ConfigError, match="reduce"):
+        build_connector(ConnectorConfig(kind="linear", reduce="max", reduce_k=2), D_ENC, D_MODEL)
+
+
+def test_register_connector():
+    @register_connector("test_tanh")
+    def _tanh(cfg, d_in, d_model):
+        return Projector([nn.Linear(d_in, d_model), nn.Tanh()])
+
+    try:
+        conn = build_connector(ConnectorConfig(kind="test_tanh"), D_ENC, D_MODEL)
+        out, _ = conn(tokens(2, 5), torch.ones(2, 5, dtype=torch.bool))
+        assert out.abs().max() <= 1
+    finally:
+        CONNECTORS.pop("test_tanh")
