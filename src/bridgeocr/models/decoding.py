@@ -74,10 +74,10 @@ def greedy_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_
     alive = list(range(B))  # row r of the batch is item alive[r]
     for t in range(max_new_tokens):
         lp, tok = _log_probs(logits, suppress).max(-1)
-        for r, b in enumerate(alive):
-            lps[b].append(lp[r].item())
-            if tok[r].item() != eos_id:
-                ids[b].append(tok[r].item())
+        for b, lp_r, tok_r in zip(alive, lp.tolist(), tok.tolist()):  # one device sync per step
+            lps[b].append(lp_r)
+            if tok_r != eos_id:
+                ids[b].append(tok_r)
         keep = (tok != eos_id).nonzero().squeeze(1)
         if t == max_new_tokens - 1 or keep.numel() == 0:
             break
@@ -102,15 +102,15 @@ def beam_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_id
         parents, tokens, new_live, row = [], [], {}, 0
         for b, beams in live.items():
             n = len(beams)
-            scores = torch.tensor([s for s, _, _ in beams], device=logp.device)[:, None] + logp[row:row + n]
-            vals, idx = scores.flatten().topk(min(2 * K, n * V))
+            rows_logp = logp[row:row + n].flatten()
+            scores = torch.tensor([s for s, _, _ in beams], device=logp.device).repeat_interleave(V) + rows_logp
+            vals, idx = scores.topk(min(2 * K, n * V))
             nxt = []
-            for rank, (v, i) in enumerate(zip(vals.tolist(), idx.tolist())):
+            for rank, (v, i, lp) in enumerate(zip(vals.tolist(), idx.tolist(), rows_logp[idx].tolist())):
                 if v == float("-inf"):
                     break
                 p, tok = divmod(i, V)
                 _, ids, lps = beams[p]
-                lp = logp[row + p, tok].item()
                 if tok == eos_id:
                     if rank < K:
                         finished[b].append((v / (len(ids) + 1) ** length_penalty, ids, lps + [lp]))

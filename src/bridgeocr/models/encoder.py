@@ -198,7 +198,10 @@ class HFLineEncoder(nn.Module):
         from transformers import AutoModel
 
         path = Path(path)
-        model = AutoModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
+        try:  # ViT / DeiT / BEiT build a pooler we do not use
+            model = AutoModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
+        except TypeError:
+            model = AutoModel.from_pretrained(str(path), local_files_only=True)
         mean, std = 0.5, 0.5
         pp = path / "preprocessor_config.json"
         if pp.is_file():
@@ -270,7 +273,10 @@ def encoder_from_meta(meta: dict) -> nn.Module:
 
         hc = dict(meta["hf_config"])
         hf_cfg = AutoConfig.for_model(hc.pop("model_type"), **hc)
-        model = AutoModel.from_config(hf_cfg, add_pooling_layer=False)
+        try:
+            model = AutoModel.from_config(hf_cfg, add_pooling_layer=False)
+        except TypeError:
+            model = AutoModel.from_config(hf_cfg)
         norm = meta.get("norm", {"mean": 0.5, "std": 0.5})
         return HFLineEncoder(model, meta["image_height"], norm["mean"], norm["std"], cfg)
     return LineEncoder(cfg, meta["image_height"])
@@ -287,7 +293,7 @@ def load_encoder(path, image_height: int | None = None) -> tuple[nn.Module, CTCH
         raise ConfigError(f"{path}: not an encoder directory (no config.json)")
     meta = json.loads((path / "config.json").read_text())
     if meta.get("format") != ENCODER_FORMAT:
-        if meta.get("model_type") in ("vit", "deit", "beit", "dinov2", "vit_mae"):
+        if meta.get("model_type") in ("vit", "deit", "beit", "dinov2"):
             return HFLineEncoder.from_hf(path, image_height or 32), None
         raise ConfigError(f"{path}: neither a bridgeocr encoder nor an HF ViT/DeiT/BEiT directory")
     if image_height is not None and meta["image_height"] != image_height:
