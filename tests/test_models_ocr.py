@@ -148,3 +148,17 @@ def test_generate_returns_hypotheses():
         assert h.text == StubTokenizer().decode(h.ids) and h.confidence <= 0
     beams = model.generate(b.images, b.image_mask, beam=3, max_new_tokens=5)
     assert len(beams) == 2 and all(h.confidence <= 0 for h in beams)
+
+
+def test_gradients_reach_encoder_and_connector_through_frozen_decoder():
+    torch.manual_seed(0)
+    cfg = tiny_cfg(attach_layer=1)
+    cfg.decoder.freeze = "all"
+    model = OCRModel(cfg, V, 32)
+    b = make_batch()
+    logits = model(b).logits
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, V), b.input_ids[:, 1:].reshape(-1))
+    loss.backward()
+    assert all(p.grad is None for p in model.decoder.parameters())
+    assert model.connector.body.proj[0].weight.grad.abs().sum() > 0
+    assert model.encoder.patch.weight.grad.abs().sum() > 0

@@ -103,7 +103,7 @@ class KVCache:
         return KVCache([(k[rows], v[rows]) for k, v in self.kv], self.text_mask[rows], pm, self.attach_layer)
 
 
-def _attn_mask(text_q: torch.Tensor, key_valid: torch.Tensor, n_prefix_keys: int, n_prefix_q: int,
+def _attn_mask(text_q: int, key_valid: torch.Tensor, n_prefix_keys: int, n_prefix_q: int,
                text_offset: int) -> torch.Tensor:
     """Boolean SDPA mask [B, 1, Lq, Lk] (True = attend) for queries [prefix?; new text], keys [prefix?; text].
 
