@@ -162,3 +162,40 @@ def test_seed_layout_and_files(tok, tmp_path):
     n = sum(int(r["n_tokens"]) for r in rows)
     assert sum(float(r["connector"]) * int(r["n_tokens"]) for r in rows) / n == pytest.approx(
         res["connector"], abs=1e-5)
+
+
+def test_cli_on_a_saved_ocr_model_writes_into_the_run_dir(tok, tmp_path, capsys):
+    from bridgeocr.cli import main
+    from bridgeocr.config import ConnectorConfig, EncoderConfig, ModelConfig
+    from bridgeocr.models.ocr import OCRModel
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder=EncoderConfig(dim=32, depth=1, heads=2, patch_width=8),
+                      connector=ConnectorConfig(kind="linear_gelu_ln"),
+                      decoder=DecoderConfig(n_layer=2, n_embd=32, n_head=2, n_positions=160))
+    run = tmp_path / "run"
+    OCRModel(cfg, tok.vocab_size, 32, tok).save_pretrained(run / "best")
+    (run / "config.yaml").write_text("train:\n  name: run\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = []
+    for i, t in enumerate(TEXTS):
+        _image(t).save(data / f"{i}.png")
+        rows.append(f"{i}.png\t{t}")
+    (data / "m.tsv").write_text("\n".join(rows) + "\n")
+    assert main(["loss-gap", "--checkpoint", str(run), "--data", str(data / "m.tsv"), "--split", "test"]) == 2
+    assert "no split file" in capsys.readouterr().err  # one-line error, no traceback
+    code = main(["loss-gap", "--checkpoint", str(run), "--data", str(data / "m.tsv"), "--split", "all",
+                 "--batch-size", "3"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert f"Total samples: {len(TEXTS)}" in out.out and "✗ Gaps:" in out.out
+    data_json = json.loads((run / "loss_gap.json").read_text())
+    assert data_json["checkpoint"].endswith("best") and data_json["total_samples"] == len(TEXTS)
+    assert (run / "loss_gap_samples.csv").is_file()
+    # and compare picks it up
+    (run / "metrics.json").write_text(json.dumps({"test_cer": 0.5}))
+    from bridgeocr.eval.compare import load_run
+
+    row = load_run(run)
+    assert row["reference_loss"] == pytest.approx(data_json["reference"])

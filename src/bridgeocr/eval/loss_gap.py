@@ -247,7 +247,7 @@ def loss_gap_cli(checkpoint, data, split="test", batch_size=32, max_samples=None
 
     model_dir, run_dir = _resolve_checkpoint(checkpoint)
     model, image_cfg, _meta = load_checkpoint(model_dir)
-    source = open_source(data, split)
+    source = open_source(data, None if split in (None, "all") else split)
     if len(source) == 0:
         raise BridgeOCRError(f"{data}: split {split!r} has no lines")
     result = compute_loss_gaps(model, source, image_cfg, batch_size=batch_size, max_samples=max_samples)
