@@ -1,0 +1,190 @@
+"""Decode a split with a trained OCRModel: CER/WER (the seed's lines), predictions TSV, metrics.json.
+
+`evaluate_model` is shared with training (end-of-run test, `bridgeocr evaluate`).
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from bridgeocr.config import ImageConfig
+from bridgeocr.errors import BridgeOCRError
+from bridgeocr.eval.metrics import cer as corpus_cer
+from bridgeocr.eval.metrics import line_cers, print_seed_metrics
+from bridgeocr.eval.metrics import wer as corpus_wer
+
+__all__ = ["evaluate_model", "evaluate_cli", "load_checkpoint", "write_predictions", "print_worst",
+           "TRAINING_META"]
+
+TRAINING_META = "training.json"  # written by the trainer beside an OCRModel's own files
+
+
+def model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device | None = None):
+    """OCRModel.from_pretrained(path) + its image settings + training metadata (epoch, step, ...)."""
+    from bridgeocr.models.ocr import OCRModel
+    from bridgeocr.train.checkpoint import read_json
+
+    path = Path(path)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise BridgeOCRError(f"{path}: not a model checkpoint directory (no config.json)")
+    model = OCRModel.from_pretrained(path)
+    meta = {}
+    if (path / TRAINING_META).is_file():
+        try:
+            meta = read_json(path / TRAINING_META)
+        except ValueError:
+            meta = {}
+    image_cfg = image_config_for(model, meta)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).eval()
+    return model, image_cfg, meta
+
+
+def image_config_for(model, meta: dict | None = None) -> ImageConfig:
+    """The preprocessing a model was trained with: training metadata, else the model's own, else defaults
+    with the encoder's patch height."""
+    meta = meta or {}
+    img = meta.get("image")
+    if isinstance(img, dict):
+        known = {k: v for k, v in img.items() if k in ImageConfig.__dataclass_fields__}
+        return ImageConfig(**known)
+    for attr in ("image_cfg", "image_config"):
+        val = getattr(model, attr, None)
+        if isinstance(val, ImageConfig):
+            return val
+        if isinstance(val, dict):
+            return ImageConfig(**{k: v for k, v in val.items() if k in ImageConfig.__dataclass_fields__})
+    cfg = ImageConfig()
+    height = getattr(model, "image_height", None)
+    if height:
+        cfg.height = int(height)
+    try:
+        cfg.width_multiple = int(model.cfg.encoder.patch_width)
+    except (AttributeError, TypeError, ValueError):
+        pass
+    return cfg
+
+
+@torch.no_grad()
+def decode_loader(model, loader, beam: int = 1, progress: bool = True, desc: str = "decode",
+                  total: int | None = None):
+    """Greedy/beam decode every batch of a loader -> (ids, refs, hyps, confidences)."""
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    ids, refs, hyps, confs = [], [], [], []
+    bar = tqdm(total=total, desc=desc, disable=not progress, dynamic_ncols=True, leave=True)
+    for batch in loader:
+        if batch is None:
+            continue
+        out = model.generate(batch.images.to(device), batch.image_mask.to(device), beam=beam)
+        ids.extend(batch.ids)
+        refs.extend(batch.texts)
+        hyps.extend(h.text for h in out)
+        confs.extend(float(h.confidence) for h in out)
+        bar.update(len(batch))
+    bar.close()
+    if was_training:
+        model.train()
+    return ids, refs, hyps, confs
+
+
+def evaluate_model(model, source, image_cfg: ImageConfig, beam: int = 1, batch_size: int = 32,
+                   progress: bool = True, desc: str = "decode", num_workers: int = 0) -> dict:
+    """Decode every line of `source` -> dict(cer, wer, n, skipped, skip_messages, lines_per_s,
+    ids, refs, hyps, confidences, line_cer). Bad samples are skipped and counted, never fatal."""
+    from bridgeocr.data.preprocess import make_loader
+
+    tokenizer = model.tokenizer
+    loader = make_loader(source, image_cfg, tokenizer, batch_size=batch_size, shuffle=False,
+                         num_workers=num_workers)
+    t0 = time.perf_counter()
+    ids, refs, hyps, confs = decode_loader(model, loader, beam=beam, progress=progress, desc=desc,
+                                           total=len(source))
+    dt = time.perf_counter() - t0
+    dataset = loader.dataset
+    return {
+        "cer": corpus_cer(refs, hyps),
+        "wer": corpus_wer(refs, hyps),
+        "n": len(refs),
+        "skipped": int(getattr(dataset, "skipped", 0)),
+        "skip_messages": list(getattr(dataset, "skip_messages", []))[:20],
+        "seconds": dt,
+        "lines_per_s": len(refs) / dt if dt > 0 else 0.0,
+        "ids": ids, "refs": refs, "hyps": hyps, "confidences": confs,
+        "line_cer": line_cers(refs, hyps),
+    }
+
+
+def write_predictions(path: str | Path, result: dict) -> Path:
+    """TSV `id, reference, hypothesis, cer, confidence`, worst lines (highest CER) first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = list(zip(result["ids"], result["refs"], result["hyps"], result["line_cer"],
+                    result.get("confidences") or [float("nan")] * len(result["ids"])))
+    rows.sort(key=lambda r: (-r[3], str(r[0])))
+    with path.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+        w.writerow(["id", "reference", "hypothesis", "cer", "confidence"])
+        for i, ref, hyp, c, conf in rows:
+            w.writerow([i, ref, hyp, f"{c:.4f}", f"{conf:.4f}"])
+    return path
+
+
+def print_worst(result: dict, k: int = 5, label: str = "") -> None:
+    rows = sorted(zip(result["ids"], result["refs"], result["hyps"], result["line_cer"]),
+                  key=lambda r: (-r[3], str(r[0])))[:k]
+    if not rows:
+        return
+    print(f"{label}worst {len(rows)} lines (by CER):", flush=True)
+    for i, ref, hyp, c in rows:
+        print(f"  {c:.3f}  {i}\n    ref: {ref}\n    hyp: {hyp}", flush=True)
+
+
+def summary(result: dict) -> dict:
+    """The JSON-friendly part of an evaluate_model result."""
+    return {k: result[k] for k in ("cer", "wer", "n", "skipped", "seconds", "lines_per_s") if k in result}
+
+
+def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out) -> int:
+    from bridgeocr.data.sources import open_source
+    from bridgeocr.train.checkpoint import write_json
+
+    model, image_cfg, meta = load_checkpoint(checkpoint)
+    source = open_source(data, split)
+    if max_samples is not None:
+        source = list(source)[: max(0, int(max_samples))]
+    if len(source) == 0:
+        raise BridgeOCRError(f"{data}: split {split!r} has no lines")
+    result = evaluate_model(model, source, image_cfg, beam=beam, batch_size=batch_size,
+                            desc=f"decode {split}")
+    if result["skipped"]:
+        print(f"skipped {result['skipped']} bad sample(s), e.g. {result['skip_messages'][0]}", flush=True)
+    label = split if split in ("val", "test", "train") else "test"
+    epoch = int(meta.get("epoch", 0) or 0)
+    print_seed_metrics(label, epoch, result["cer"], result["wer"])
+    print(f"{result['n']} lines, {result['lines_per_s']:.1f} lines/s (beam {beam})", flush=True)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_predictions(out / "predictions.tsv", result)
+        write_json(out / "metrics.json", {
+            "checkpoint": str(checkpoint), "data": str(data), "split": split, "beam": beam,
+            "epoch": epoch, **summary(result), f"{label}_cer": result["cer"], f"{label}_wer": result["wer"],
+        })
+        print(f"wrote {out / 'predictions.tsv'} and {out / 'metrics.json'}", flush=True)
+    print_worst(result)
+    return 0

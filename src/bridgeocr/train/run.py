@@ -1,0 +1,439 @@
+"""`bridgeocr train`: one experiment config -> a finished run directory.
+
+OUT/NAME/ holds `config.yaml`, `tokenizer.json`, `best/` (by val CER) and `last/` (OCRModel dirs:
+safetensors + JSON, written atomically), `last.ckpt` (Lightning's resume state, for `--resume` only),
+`metrics.csv` (all CSV log parts merged), `tb/`, `predictions_{val,test}.tsv` and `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from bridgeocr.config import ExperimentConfig, load_config, save_config
+from bridgeocr.errors import BridgeOCRError, ConfigError
+from bridgeocr.eval.evaluate import TRAINING_META, evaluate_model, print_worst, summary, write_predictions
+from bridgeocr.eval.metrics import print_seed_metrics
+from bridgeocr.train.checkpoint import atomic_dir, read_json, write_json
+
+__all__ = ["train", "train_cli", "build_tokenizer", "build_model", "load_teacher", "shard"]
+
+
+# ------------------------------------------------------------------------------------------ pieces
+
+
+def _resolve(path):
+    from bridgeocr.shipped import resolve_pretrained
+
+    return resolve_pretrained(path)
+
+
+def build_tokenizer(cfg: ExperimentConfig, train_texts: list[str]):
+    """tokenizer.path, else the pretrained decoder's tokenizer, else built from the training texts."""
+    from bridgeocr.data.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
+
+    if cfg.tokenizer.path:
+        return load_tokenizer(_resolve(cfg.tokenizer.path))
+    dec = _resolve(cfg.model.decoder.pretrained)
+    if dec is not None:
+        dec = Path(dec)
+        if (dec / "tokenizer.json").is_file() or (dec / "vocab.json").is_file():
+            return load_tokenizer(dec)
+        raise ConfigError(f"model.decoder.pretrained: {dec} has no tokenizer; set tokenizer.path")
+    if cfg.tokenizer.kind == "char":
+        return CharTokenizer.build(train_texts)
+    if cfg.tokenizer.kind == "bpe":
+        return BPETokenizer.train(train_texts, vocab_size=2000)
+    raise ConfigError(f"tokenizer.kind: expected char or bpe, got {cfg.tokenizer.kind!r}")
+
+
+def build_model(cfg: ExperimentConfig, tokenizer):
+    """OCRModel for the config (it loads pretrained parts and applies encoder/decoder freezing)."""
+    from bridgeocr.models.ocr import OCRModel
+
+    return OCRModel(cfg.model, tokenizer.vocab_size, image_height=cfg.data.image.height, tokenizer=tokenizer)
+
+
+def load_teacher(cfg: ExperimentConfig, tokenizer):
+    """The frozen text-only LM for KD: loss.kd_teacher, else the decoder's pretrained dir; None if KD off."""
+    if cfg.loss.kd_alpha <= 0:
+        return None
+    from bridgeocr.models.decoder import GPT
+
+    path = _resolve(cfg.loss.kd_teacher or cfg.model.decoder.pretrained)
+    if path is None:
+        raise ConfigError("loss.kd_alpha > 0 needs a teacher LM: set loss.kd_teacher or model.decoder.pretrained")
+    teacher = GPT.from_hf(path)
+    if teacher.vocab_size < tokenizer.vocab_size:
+        raise ConfigError(f"loss.kd_teacher: {path} has vocabulary {teacher.vocab_size} < the tokenizer's "
+                          f"{tokenizer.vocab_size} (teacher and OCR model must share the tokenizer)")
+    return teacher.eval().requires_grad_(False)
+
+
+def shard(samples: list, rank: int, world: int, even: bool) -> list:
+    """Every `world`-th line from `rank` (DDP). `even` (training): the same number of lines on every rank
+    (a remainder < world is dropped), so every rank runs the same number of batches."""
+    if world <= 1:
+        return list(samples)
+    if even:
+        samples = samples[: len(samples) // world * world]
+    part = list(samples[rank::world])
+    if not part:
+        raise BridgeOCRError(f"{len(samples)} line(s) cannot be shared among {world} processes")
+    return part
+
+
+def _make_loader(source, cfg: ExperimentConfig, tokenizer, shuffle: bool, rank: int, world: int,
+                 batch_size: int | None = None) -> DataLoader:
+    """Width-bucketed loader over this rank's share of the lines."""
+    from bridgeocr.data.preprocess import make_loader
+
+    return make_loader(shard(source, rank, world, even=shuffle), cfg.data.image, tokenizer,
+                       batch_size=batch_size or cfg.optim.batch_size, shuffle=shuffle, seed=cfg.train.seed,
+                       num_workers=cfg.data.num_workers, max_text_tokens=cfg.model.max_text_tokens)
+
+
+def _open(cfg: ExperimentConfig, split: str, limit: int | None):
+    from bridgeocr.data.sources import open_source
+
+    d = cfg.data
+    src = open_source(d.source, split, split_file=d.split_file, iam_split_dir=d.iam_split_dir,
+                      drop_err=d.drop_err)
+    name = getattr(src, "name", str(d.source))
+    missing = getattr(src, "missing", 0)
+    problems = getattr(src, "problems", [])
+    if missing or problems:
+        print(f"{name} [{split}]: {missing} missing image(s), {len(problems)} problem(s)"
+              + (f", e.g. {problems[0]}" if problems else ""), flush=True)
+    samples = list(src)
+    if limit is not None:
+        samples = samples[: max(0, int(limit))]
+    return samples
+
+
+def _precision(cfg: ExperimentConfig) -> str:
+    p = str(cfg.train.precision)
+    if p != "auto":
+        return p
+    gpu = torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda")
+    if gpu and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "16-mixed" if gpu else "32-true"
+
+
+def _devices(value):
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text)
+    if text.startswith("[") or "," in text:
+        return [int(x) for x in text.strip("[]").split(",") if x.strip()]
+    return text  # auto / -1
+
+
+def merge_csv_logs(run_dir: Path) -> Path | None:
+    """csv/part*/metrics.csv (one part per start or resume) -> run_dir/metrics.csv."""
+    parts = sorted((run_dir / "csv").glob("part*/metrics.csv"),
+                   key=lambda p: int(p.parent.name[4:]) if p.parent.name[4:].isdigit() else 0)
+    if not parts:
+        return None
+    rows, keys = [], []
+    for p in parts:
+        with p.open(newline="") as f:
+            r = csv.DictReader(f)
+            for k in r.fieldnames or []:
+                if k not in keys:
+                    keys.append(k)
+            rows.extend(r)
+    keys = ["step"] + sorted(k for k in keys if k != "step") if "step" in keys else sorted(keys)
+    out = run_dir / "metrics.csv"
+    tmp = run_dir / ".metrics.csv.tmp"
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(out)
+    return out
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+
+def _model_params(model) -> dict:
+    total = sum(p.numel() for p in model.parameters())
+    groups = {}
+    from bridgeocr.train.module import param_group_name
+
+    for name, p in model.named_parameters():
+        g = param_group_name(name)
+        groups[g] = groups.get(g, 0) + p.numel()
+    return {"total": total, **groups}
+
+
+def save_model_dir(model, final: Path, meta: dict) -> None:
+    """OCRModel.save_pretrained + training.json, atomically (write a temp dir, then rename)."""
+    was_training = model.training
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        write_json(tmp / TRAINING_META, meta)
+
+    atomic_dir(final, write)
+    model.train(was_training)
+
+
+def _make_callback(run_dir: Path, cfg: ExperimentConfig):
+    import lightning.pytorch as pl
+
+    class RunCheckpoints(pl.Callback):
+        """best/ on a new best val CER (rank 0), last/ + last.ckpt after each validation and at the end."""
+
+        def __init__(self):
+            self.best_cer = math.inf
+            self.best_epoch = None
+            self.ckpt_step = None
+
+        def state_dict(self):
+            return {"best_cer": self.best_cer, "best_epoch": self.best_epoch}
+
+        def load_state_dict(self, state):
+            self.best_cer = float(state.get("best_cer", math.inf))
+            self.best_epoch = state.get("best_epoch")
+
+        def meta(self, trainer, module, epoch=None, **extra) -> dict:
+            if epoch is None:
+                epoch = module.last_train_epoch if module.last_train_epoch is not None else trainer.current_epoch
+            return {"epoch": int(epoch), "step": int(trainer.global_step),
+                    "run": cfg.train.name, "image": asdict(cfg.data.image), **extra}
+
+        def on_val_result(self, trainer, module, result, epoch, step):
+            c = result["cer"]
+            if not math.isnan(c) and c < self.best_cer:
+                self.best_cer, self.best_epoch = c, epoch
+                save_model_dir(module.model, run_dir / "best",
+                               self.meta(trainer, module, epoch, val_cer=c, val_wer=result["wer"]))
+                write_predictions(run_dir / "predictions_val.tsv", result)
+
+        def _save_last(self, trainer, module):
+            if trainer.is_global_zero:
+                save_model_dir(module.model, run_dir / "last", self.meta(trainer, module))
+            if self.ckpt_step != trainer.global_step:  # not twice for one step: keeps the epoch count
+                trainer.save_checkpoint(run_dir / "last.ckpt")
+                self.ckpt_step = trainer.global_step
+            if trainer.is_global_zero:
+                merge_csv_logs(run_dir)
+
+        def on_fit_start(self, trainer, module):
+            module.on_val_result = lambda r, e, s: self.on_val_result(trainer, module, r, e, s)
+            if module.teacher is not None:
+                module.teacher.to(module.device)
+
+        def on_validation_end(self, trainer, module):
+            if trainer.sanity_checking or trainer.state.fn != "fit":
+                return
+            self._save_last(trainer, module)
+
+        def on_train_end(self, trainer, module):
+            if self.ckpt_step == trainer.global_step:
+                return  # saved by the validation at this very step (same decision on every rank)
+            self._save_last(trainer, module)
+
+    return RunCheckpoints()
+
+
+class _DataModule:
+    """Builds the loaders lazily, once the trainer knows its rank and world size."""
+
+    def __init__(self, cfg, tokenizer, train_src, val_src):
+        import lightning.pytorch as pl
+
+        outer = self
+
+        class DM(pl.LightningDataModule):
+            def train_dataloader(self):
+                outer.train_loader = _make_loader(train_src, cfg, tokenizer, True, self.trainer.global_rank,
+                                                  self.trainer.world_size)
+                return outer.train_loader
+
+            def val_dataloader(self):
+                outer.val_loader = _make_loader(val_src, cfg, tokenizer, False, self.trainer.global_rank,
+                                                self.trainer.world_size)
+                return outer.val_loader
+
+        self.dm = DM()
+        self.train_loader = None
+        self.val_loader = None
+
+
+# ------------------------------------------------------------------------------------------- train
+
+
+def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=None) -> dict:
+    """Train, validate (printing the seed's lines), test the best checkpoint; returns metrics.json's dict
+    (on global rank 0; other ranks return {})."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from bridgeocr.data.tokenizers import load_tokenizer
+    from bridgeocr.train.module import OCRLightningModule, parse_freeze_schedule
+
+    t_start = time.time()
+    oc, tc = cfg.optim, cfg.train
+    if oc.max_steps < 1:
+        raise ConfigError(f"optim.max_steps: must be >= 1, got {oc.max_steps}")
+    if oc.accumulate < 1:
+        raise ConfigError(f"optim.accumulate: must be >= 1, got {oc.accumulate}")
+    parse_freeze_schedule(oc.freeze_schedule)  # fail early on a bad schedule
+    run_dir = Path(tc.out_dir) / tc.name
+    ckpt = run_dir / "last.ckpt"
+    resuming = bool(resume) and ckpt.is_file()
+    if resume and not resuming:
+        print(f"--resume: no {ckpt}; starting a new run", flush=True)
+    pl.seed_everything(tc.seed, workers=True, verbose=False)
+
+    train_src = _open(cfg, cfg.data.train_split, cfg.data.max_train_samples)
+    val_src = _open(cfg, cfg.data.val_split, cfg.data.max_eval_samples)
+    if not train_src:
+        raise BridgeOCRError(f"{cfg.data.source}: split {cfg.data.train_split!r} has no lines")
+    if not val_src:
+        raise BridgeOCRError(f"{cfg.data.source}: split {cfg.data.val_split!r} has no lines")
+
+    if resuming and (run_dir / "tokenizer.json").is_file():
+        tokenizer = load_tokenizer(run_dir / "tokenizer.json")
+    else:
+        tokenizer = build_tokenizer(cfg, [s.text for s in train_src])
+    model = build_model(cfg, tokenizer)
+    teacher = load_teacher(cfg, tokenizer)
+    module = OCRLightningModule(model, cfg, tokenizer, teacher=teacher, total_steps=oc.max_steps)
+    callback = _make_callback(run_dir, cfg)
+    data = _DataModule(cfg, tokenizer, train_src, val_src)
+
+    part = 0
+    if resuming:
+        part = 1 + max([int(p.name[4:]) for p in (run_dir / "csv").glob("part*") if p.name[4:].isdigit()],
+                       default=-1)
+    loggers = [CSVLogger(save_dir=str(run_dir), name="csv", version=f"part{part}"),
+               TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)]
+    devices = _devices(devices if devices is not None else tc.devices)
+    val_kwargs = {}
+    if tc.val_every_steps:
+        val_kwargs = {"val_check_interval": int(tc.val_every_steps) * oc.accumulate,
+                      "check_val_every_n_epoch": None}
+    trainer = pl.Trainer(
+        accelerator=tc.accelerator, devices=devices, num_nodes=num_nodes or tc.num_nodes,
+        strategy=tc.strategy, precision=_precision(cfg), max_steps=oc.max_steps, max_epochs=oc.max_epochs,
+        max_time={"minutes": oc.max_minutes} if oc.max_minutes else None,
+        gradient_clip_val=oc.grad_clip or None, accumulate_grad_batches=oc.accumulate,
+        logger=loggers, callbacks=[callback], enable_checkpointing=False, use_distributed_sampler=False,
+        log_every_n_steps=max(1, tc.log_every_steps), num_sanity_val_steps=0, deterministic=False,
+        enable_model_summary=False, **val_kwargs)
+
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resuming and (run_dir / "config.yaml").is_file():
+            old = (run_dir / "config.yaml").read_text()
+            save_config(cfg, run_dir / ".config.new.yaml")
+            if (run_dir / ".config.new.yaml").read_text() != old:
+                print(f"note: the config differs from {run_dir / 'config.yaml'} (overwritten)", flush=True)
+            (run_dir / ".config.new.yaml").unlink()
+        save_config(cfg, run_dir / "config.yaml")
+        tokenizer.save(run_dir / "tokenizer.json")
+        print(f"train: {len(train_src)} lines, val: {len(val_src)} lines, vocab {tokenizer.vocab_size}, "
+              f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params -> {run_dir}"
+              + (f" (resuming from {ckpt})" if resuming else ""), flush=True)
+
+    trainer.fit(module, datamodule=data.dm, ckpt_path=str(ckpt) if resuming else None)
+    if module.last_val_step != trainer.global_step or not (run_dir / "best").is_dir():
+        module.on_val_result = lambda r, e, s: callback.on_val_result(trainer, module, r, e, s)
+        trainer.validate(module, datamodule=data.dm, verbose=False)
+        if trainer.is_global_zero:
+            merge_csv_logs(run_dir)
+
+    stopped_by = "max_steps" if trainer.global_step >= oc.max_steps else (
+        "max_minutes" if oc.max_minutes else "max_epochs")
+    if not trainer.is_global_zero:
+        return {}
+    return _finish(cfg, run_dir, module, data, trainer, callback, tokenizer, t_start, stopped_by)
+
+
+def _finish(cfg, run_dir: Path, module, data, trainer, callback, tokenizer, t_start, stopped_by) -> dict:
+    from bridgeocr.eval.evaluate import load_checkpoint
+
+    skipped = {"train": getattr(getattr(data.train_loader, "dataset", None), "skipped", 0),
+               "val": getattr(getattr(data.val_loader, "dataset", None), "skipped", 0)}
+    for split in ("train", "val"):
+        loader = data.train_loader if split == "train" else data.val_loader
+        msgs = getattr(getattr(loader, "dataset", None), "skip_messages", [])
+        if skipped[split]:
+            print(f"skipped {skipped[split]} bad {split} sample(s), e.g. {msgs[0] if msgs else '?'}", flush=True)
+
+    best_dir = run_dir / "best" if (run_dir / "best").is_dir() else run_dir / "last"
+    best, image_cfg, meta = load_checkpoint(best_dir, device=module.device if module.device.type != "meta"
+                                            else None)
+    best_epoch = int(meta.get("epoch", 0) or 0)
+    test_src = _open(cfg, cfg.data.test_split, cfg.data.max_eval_samples)
+    test = None
+    if test_src:
+        test = evaluate_model(best, test_src, cfg.data.image, beam=cfg.train.eval_beam,
+                              batch_size=cfg.optim.batch_size, desc="decode test")
+        skipped["test"] = test["skipped"]
+        print_seed_metrics("test", best_epoch, test["cer"], test["wer"])
+        write_predictions(run_dir / "predictions_test.tsv", test)
+        print_worst(test, 5, label="test: ")
+    else:
+        print(f"{cfg.data.source}: split {cfg.data.test_split!r} is empty; no test metrics", flush=True)
+
+    val_best = {"cer": meta.get("val_cer"), "wer": meta.get("val_wer")}
+    train_lines_per_s = (module.train_lines * trainer.world_size / module.train_seconds
+                         if module.train_seconds > 0 else None)
+    visual = module.visual_tokens_sum / module.visual_tokens_n if module.visual_tokens_n else None
+    metrics = {
+        "name": cfg.train.name,
+        "val_cer": val_best["cer"], "val_wer": val_best["wer"],
+        "test_cer": test["cer"] if test else None, "test_wer": test["wer"] if test else None,
+        "val": {**val_best, "epoch": best_epoch, "n": module.val_history[-1]["n"] if module.val_history else None},
+        "test": summary(test) if test else None,
+        "best_epoch": best_epoch, "best_step": meta.get("step"),
+        "epoch": int(trainer.current_epoch), "step": int(trainer.global_step), "stopped_by": stopped_by,
+        "val_history": module.val_history,
+        "params": _model_params(module.model)["total"], "params_by_group": _model_params(module.model),
+        "train_lines_per_s": train_lines_per_s,
+        "decode_lines_per_s": test["lines_per_s"] if test else None,
+        "visual_tokens": visual,
+        "skipped": skipped,
+        "unk_count": getattr(tokenizer, "unk_count", None),
+        "wall_time_s": round(time.time() - t_start, 1),
+        "devices": trainer.world_size, "precision": str(trainer.precision),
+        "connector": cfg.model.connector.kind, "attach_layer": cfg.model.attach_layer,
+        "width_policy": cfg.data.image.width_policy,
+        "config": {"data": cfg.data.source, "connector": asdict(cfg.model.connector),
+                   "encoder": {k: getattr(cfg.model.encoder, k) for k in ("dim", "depth", "patch_width",
+                                                                           "pretrained")},
+                   "decoder": {k: getattr(cfg.model.decoder, k) for k in ("n_layer", "n_embd", "pretrained")},
+                   "loss": asdict(cfg.loss), "max_steps": cfg.optim.max_steps,
+                   "batch_size": cfg.optim.batch_size, "tokenizer": cfg.tokenizer.kind},
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    merge_csv_logs(run_dir)
+    print(f"run finished ({stopped_by}, step {trainer.global_step}); wrote {run_dir / 'metrics.json'}",
+          flush=True)
+    return metrics
+
+
+def train_cli(config, overrides, resume, devices, num_nodes) -> int:
+    cfg = load_config(config, overrides)
+    train(cfg, resume=bool(resume), devices=devices, num_nodes=num_nodes)
+    return 0
+
+
+def read_metrics(run_dir) -> dict:
+    return read_json(Path(run_dir) / "metrics.json")
