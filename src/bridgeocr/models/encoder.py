@@ -101,15 +101,16 @@ class LineEncoder(nn.Module):
         self.cfg, self.image_height = cfg, image_height
         self.rows = image_height // cfg.patch_height
         self.max_cols = math.ceil(cfg.max_width / cfg.patch_width)
-        in_ch = 1
-        if cfg.conv_stem:
+        in_ch, ph, pw = 1, cfg.patch_height, cfg.patch_width
+        if cfg.conv_stem:  # a cheap stem: 3x3 conv at full resolution, then a stride-2 3x3 conv (4x fewer pixels)
+            if ph % 2 or pw % 2:
+                raise ConfigError(f"encoder.conv_stem needs even patch sizes, got {ph}x{pw}")
             c = self.stem_channels
-            self.stem = nn.ModuleList([nn.Conv2d(1, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)])
-            in_ch = c
+            self.stem = nn.ModuleList([nn.Conv2d(1, c // 2, 3, padding=1), nn.Conv2d(c // 2, c, 3, stride=2, padding=1)])
+            in_ch, ph, pw = c, ph // 2, pw // 2
         else:
             self.stem = nn.ModuleList()
-        self.patch = nn.Conv2d(in_ch, cfg.dim, (cfg.patch_height, cfg.patch_width),
-                               stride=(cfg.patch_height, cfg.patch_width))
+        self.patch = nn.Conv2d(in_ch, cfg.dim, (ph, pw), stride=(ph, pw))
         if cfg.pos_embedding == "learned":
             self.pos = nn.Parameter(torch.randn(self.rows, self.max_cols, cfg.dim) * 0.02)
         elif cfg.pos_embedding == "sincos":
@@ -141,7 +142,9 @@ class LineEncoder(nn.Module):
         x, col = F.pad(images, (0, pad)), F.pad(image_mask, (0, pad))[:, None, None, :].to(images.dtype)
         x = x * col
         for conv in self.stem:
-            x = F.gelu(conv(x)) * col  # re-zero padding: the next conv sees what a narrower batch sees
+            x = F.gelu(conv(x))
+            col = col[..., :: conv.stride[1]]  # output column j is centred on input column j * stride
+            x = x * col  # re-zero padding: the next conv sees what a narrower batch sees
         x = self.patch(x)  # [B, dim, R, C]
         R, C = x.shape[2], x.shape[3]
         if self.cfg.pos_embedding == "learned":
