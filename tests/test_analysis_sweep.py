@@ -141,3 +141,70 @@ def test_failed_cell_does_not_stop_the_sweep(tmp_path, monkeypatch, capsys):
     assert "1 of 3 cell(s) failed: model.attach_layer=1" in out
     assert (tmp_path / "s" / "model.attach_layer=1" / "sweep_error.txt").is_file()
     assert (tmp_path / "s" / "model.attach_layer=2" / "metrics.json").is_file()
+
+
+def test_final_metrics_without_a_test_split_counts_as_done(tmp_path):
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "metrics.json").write_text(json.dumps({"val_cer": 0.1, "test_cer": None, "test": None,
+                                                "stopped_by": "max_steps"}))
+    assert sw.run_status(d) == "done"
+    (d / "metrics.json").write_text(json.dumps({"val_cer": 0.1}))  # e.g. an evaluate --out on val
+    assert sw.run_status(d) == "partial"
+    assert sw.run_status(tmp_path / "nothing") == "new"
+
+
+# ------------------------------------------------------------------ a real sweep: 2 cells x 2 steps
+
+TINY_YAML = """
+data:
+  source: {src}
+  image: {{height: 16, width_policy: pad, max_width: 128, resize_width: 48, width_multiple: 4}}
+model:
+  encoder: {{dim: 32, depth: 1, heads: 2, patch_height: 16, patch_width: 4, conv_stem: false, max_width: 256}}
+  connector: {{kind: linear}}
+  decoder: {{n_layer: 2, n_embd: 32, n_head: 2, n_positions: 64}}
+  max_text_tokens: 32
+optim: {{batch_size: 4, max_steps: 2, warmup_steps: 1}}
+train: {{name: tiny, out_dir: {out}, accelerator: cpu, log_every_steps: 1}}
+"""
+
+
+def _tiny_data(root: Path) -> Path:
+    from PIL import Image, ImageDraw
+
+    (root / "img").mkdir(parents=True)
+    words = ["ab", "cd", "abc", "dab"]
+    rows, split = [], []
+    for i in range(12):
+        text = " ".join(words[(i + j) % 4] for j in range(1 + i % 3))
+        img = Image.new("L", (8 + 10 * len(text), 16), 255)
+        d = ImageDraw.Draw(img)
+        for j, ch in enumerate(text):
+            if ch != " ":
+                d.rectangle([3 + 10 * j, 2 + (ord(ch) % 4) * 2, 10 + 10 * j, 14 - (ord(ch) % 3) * 2], fill=0)
+        img.save(root / f"img/{i}.png")
+        rows.append(f"img/{i}.png\t{text}")
+        split.append(f"img/{i}.png\t{['train', 'train', 'val', 'test'][i % 4]}")
+    (root / "manifest.tsv").write_text("\n".join(rows) + "\n")
+    (root / "split.tsv").write_text("\n".join(split) + "\n")
+    return root / "manifest.tsv"
+
+
+@pytest.mark.slow
+def test_tiny_real_sweep_trains_two_cells_then_skips_them(tmp_path, capsys):
+    pytest.importorskip("bridgeocr.train.run")
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY_YAML.format(src=_tiny_data(tmp_path / "data"), out=tmp_path / "unused"))
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text("base: tiny.yaml\ngrid:\n  model.connector.kind: [linear, linear_ln]\n")
+    out = tmp_path / "sweep"
+    assert sw.sweep_cli(str(sweep_file), [], [], str(out), False) == 0
+    for kind in ("linear", "linear_ln"):
+        m = json.loads((out / f"model.connector.kind={kind}" / "metrics.json").read_text())
+        assert m["test_cer"] is not None and m["step"] == 2 and m["connector"] == kind
+    md = (out / "compare" / "compare.md").read_text()
+    assert "model.connector.kind=linear_ln" in md and "linear_ln" in md
+    capsys.readouterr()
+    assert sw.sweep_cli(str(sweep_file), [], [], str(out), False) == 0
+    assert capsys.readouterr().out.count("skipped") == 2

@@ -194,7 +194,11 @@ def _resolve_base(base: str, sweep_file: Path) -> Path:
 
 
 def run_status(run_dir: Path) -> str:
-    """`done` (metrics.json with a test result), `partial` (something to resume from) or `new`."""
+    """`done`, `partial` (something there: resumed from `last.ckpt` if present) or `new`.
+
+    Done: metrics.json holds a test result, or it is the trainer's final one (`stopped_by`) and the
+    test is empty because the source has no test split (a re-run could add nothing).
+    """
     run_dir = Path(run_dir)
     metrics = run_dir / "metrics.json"
     if metrics.is_file():
@@ -202,7 +206,7 @@ def run_status(run_dir: Path) -> str:
             data = json.loads(metrics.read_text())
         except (OSError, ValueError):
             data = {}
-        if isinstance(data, dict) and _has_test(data):
+        if isinstance(data, dict) and (_has_test(data) or ("stopped_by" in data and data.get("test") is None)):
             return "done"
     if run_dir.is_dir() and any(run_dir.iterdir()):
         return "partial"
