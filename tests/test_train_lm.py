@@ -81,3 +81,21 @@ def test_train_lm_bpe_and_minutes(tmp_path):
                     tokenizer_kind="bpe", vocab_size=300, steps=1000, minutes=0.0, **TINY)
     assert card["stopped_by"] == "minutes" and card["steps"] == 0
     assert card["tokenizer"] == "bpe"
+
+
+def test_lm_cli_on_corpus_files(tmp_path, capsys):
+    from bridgeocr.cli import main
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(DOCS[0] + "\n<|endoftext|>\n" + DOCS[1])
+    out = tmp_path / "lm"
+    args = ["lm", "train", "--corpus", str(corpus), "--out", str(out), "--steps", "3", "--n-layer", "1",
+            "--n-embd", "32", "--n-head", "2", "--context", "16", "--batch-size", "4"]
+    assert main(args) == 0
+    assert "perplexity" in capsys.readouterr().out
+    card = json.loads((out / "lm_card.json").read_text())
+    assert card["steps"] == 3 and str(corpus) in card["data"]
+    assert main([a if a != "3" else "4" for a in args] + ["--resume"]) == 0
+    assert json.loads((out / "lm_card.json").read_text())["steps"] == 4
+    assert main(["lm", "train", "--corpus", str(corpus), "--out", str(out), "--n-embd", "30",
+                 "--n-head", "4"]) == 2  # a one-line config error

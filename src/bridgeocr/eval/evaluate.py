@@ -164,7 +164,7 @@ def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out) ->
     from bridgeocr.train.checkpoint import write_json
 
     model, image_cfg, meta = load_checkpoint(checkpoint)
-    source = open_source(data, split)
+    source = open_source(data, None if split in (None, "all") else split)  # `all`: every line of the source
     if max_samples is not None:
         source = list(source)[: max(0, int(max_samples))]
     if len(source) == 0:

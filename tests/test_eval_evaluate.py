@@ -1,0 +1,96 @@
+import json
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from bridgeocr.cli import main
+from bridgeocr.config import ModelConfig
+from bridgeocr.data.tokenizers import CharTokenizer
+from bridgeocr.errors import BridgeOCRError
+from bridgeocr.eval.evaluate import evaluate_model, load_checkpoint, write_predictions
+
+
+def tiny_model(ctc: bool = False):
+    from bridgeocr.models.ocr import OCRModel
+
+    torch.manual_seed(0)
+    m = ModelConfig()
+    m.encoder.dim, m.encoder.depth, m.encoder.heads = 32, 1, 2
+    m.encoder.patch_height, m.encoder.patch_width, m.encoder.conv_stem = 16, 4, False
+    m.connector.kind = "linear"
+    m.decoder.n_layer, m.decoder.n_embd, m.decoder.n_head, m.decoder.n_positions = 1, 32, 2, 64
+    m.max_text_tokens = 12
+    m.ctc_head = ctc
+    tok = CharTokenizer.build(["abcd xyz"])
+    return OCRModel(m, tok.vocab_size, image_height=16, tokenizer=tok)
+
+
+def make_lines(root, n=6):
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rows, texts = [], ["ab", "cd ab", "abc", "d", "ba dc", "cab"]
+    for i in range(n):
+        img = Image.new("L", (10 + 9 * len(texts[i]), 20), 255)
+        ImageDraw.Draw(img).rectangle([3, 4, 6 + 8 * len(texts[i]), 15], fill=0)
+        img.save(root / "img" / f"{i}.png")
+        rows.append(f"img/{i}.png\t{texts[i]}")
+    (root / "img" / "broken.png").write_bytes(b"\x89PNG broken")
+    rows.append("img/broken.png\tab")
+    (root / "lines.tsv").write_text("\n".join(rows) + "\n")
+    return root / "lines.tsv"
+
+
+@pytest.fixture()
+def ckpt(tmp_path):
+    model = tiny_model()
+    d = tmp_path / "ckpt"
+    model.save_pretrained(d)
+    image = {"height": 16, "width_policy": "pad", "max_width": 128, "resize_width": 64, "width_multiple": 4}
+    (d / "training.json").write_text(json.dumps({"epoch": 7, "step": 99, "image": image}))
+    return d
+
+
+def test_load_checkpoint_reads_image_settings_and_epoch(ckpt, tmp_path):
+    model, image_cfg, meta = load_checkpoint(ckpt, device="cpu")
+    assert image_cfg.height == 16 and image_cfg.width_multiple == 4 and image_cfg.max_width == 128
+    assert meta["epoch"] == 7 and not model.training
+    (ckpt / "training.json").unlink()
+    _, image_cfg, meta = load_checkpoint(ckpt, device="cpu")
+    assert image_cfg.height == 16 and meta == {}  # from the model's own image height
+    with pytest.raises(BridgeOCRError):
+        load_checkpoint(tmp_path / "nope")
+
+
+def test_evaluate_model_skips_bad_lines_and_counts(ckpt, tmp_path):
+    from bridgeocr.data.sources import open_source
+
+    src = open_source(make_lines(tmp_path))
+    model, image_cfg, _ = load_checkpoint(ckpt, device="cpu")
+    res = evaluate_model(model, src, image_cfg, beam=1, batch_size=4, progress=False)
+    assert res["n"] == 6 and res["skipped"] == 1 and "broken.png" in res["skip_messages"][0]
+    assert 0 <= res["wer"] and res["cer"] >= 0 and res["lines_per_s"] > 0
+    assert sorted(res["ids"]) == sorted(s.id for s in src if "broken" not in str(s.image_path))
+    path = write_predictions(tmp_path / "p.tsv", res)
+    rows = [r.split("\t") for r in path.read_text().splitlines()[1:]]
+    assert [float(r[3]) for r in rows] == sorted((float(r[3]) for r in rows), reverse=True)
+    beam = evaluate_model(model, src, image_cfg, beam=2, batch_size=3, progress=False)
+    assert beam["n"] == 6
+
+
+def test_evaluate_cli_prints_seed_lines_with_checkpoint_epoch(ckpt, tmp_path, capsys):
+    data = make_lines(tmp_path)
+    out = tmp_path / "ev"
+    code = main(["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--split", "all",
+                 "--batch-size", "2", "--max-samples", "4", "--out", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "[test] CER at epoch 7: " in text and "[test] WER at epoch 7: " in text
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 4 and m["epoch"] == 7 and "test_cer" in m and m["split"] == "all"
+    assert (out / "predictions.tsv").read_text().startswith("id\treference\thypothesis\tcer")
+
+
+def test_evaluate_cli_bad_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    code = main(["evaluate", "--checkpoint", str(tmp_path), "--data", str(tmp_path / "x.tsv")])
+    assert code == 2
+    assert capsys.readouterr().err.startswith("error: ")
