@@ -277,8 +277,19 @@ def _plt():
     return plt
 
 
+def short_label(name: str) -> str:
+    """Plot label: a sweep cell `model.connector.reduce_k=4__loss.kd_alpha=0.3` -> `reduce_k=4 kd_alpha=0.3`."""
+    if "=" not in name:
+        return name
+    parts = []
+    for part in name.split("__"):
+        key, _, value = part.partition("=")
+        parts.append(f"{key.rsplit('.', 1)[-1]}={value}" if value else part)
+    return " ".join(parts)
+
+
 def plot_frontier(rows: list[dict], path: Path) -> bool:
-    data = [(r["decode_lines_per_s"], r["test_cer"], r["run"]) for r in rows
+    data = [(r["decode_lines_per_s"], r["test_cer"], short_label(r["run"])) for r in rows
             if r.get("decode_lines_per_s") is not None and r.get("test_cer") is not None]
     if not data:
         return False
@@ -315,7 +326,7 @@ def plot_curves(rows: list[dict], path: Path) -> bool:
             pts = r["_curves"][key]
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 20 else None,
-                        ms=3, lw=1, label=r["run"])
+                        ms=3, lw=1, label=short_label(r["run"]))
     a1.set_title("train loss")
     a2.set_title("val CER")
     for ax in (a1, a2):
@@ -345,7 +356,7 @@ def plot_loss_gaps(rows: list[dict], path: Path) -> bool:
         xs = [i + (j - 1) * width for i in range(len(rows))]
         ax.bar(xs, [r.get(key) or 0.0 for r in rows], width, label=label)
     ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([r["run"] for r in rows], rotation=20, ha="right", fontsize=7)
+    ax.set_xticklabels([short_label(r["run"]) for r in rows], rotation=20, ha="right", fontsize=7)
     ax.axhline(0, color="black", lw=0.5)
     ax.set_ylabel("loss gap (nats / token)")
     ax.set_title("loss gaps (lower: the image path is closer to the text-only LM)")
