@@ -10,7 +10,7 @@ The script runs in the project's environment (it reads the data and scores with 
 not importable here runs in the peers' environment (`--peer-python`, default `.venv-peers/bin/python`)
 as a worker subprocess of this same file. A peer that is available nowhere is skipped with a message.
 
-  python benchmarks/peers.py --data ../shared/data/hooker_htr --split val --max-samples 200 \
+  python benchmarks/peers.py --data runs/data/synth@test --data ../shared/data/hooker_htr@val --max-samples 200 \
       [--checkpoint runs/train/x/best] [--out runs/peers]
 """
 
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         return _worker(argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", action="append", required=True, metavar="SOURCE",
-                   help="a line source (synth dir, manifest, Hooker dir); repeat for several sets")
+                   help="a line source (synth dir, manifest, Hooker dir), optionally SOURCE@SPLIT; repeatable")
     p.add_argument("--split", default="val", help="split of every source (default val; 'all' for all lines)")
     p.add_argument("--max-samples", type=int, default=200)
     p.add_argument("--peers", default=",".join(PEERS), help=f"comma list from {PEERS} (default all)")
@@ -208,13 +208,15 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     from bridgeocr.eval.metrics import cer, wer
 
-    split = None if a.split == "all" else a.split
     peers = [x.strip() for x in a.peers.split(",") if x.strip()]
     rows = []
     with tempfile.TemporaryDirectory() as tmpname:
         tmp = Path(tmpname)
-        for data in a.data:
-            label = f"{Path(data).name}:{a.split}"
+        for spec in a.data:
+            data, _, own = spec.rpartition("@") if "@" in spec else (spec, "", "")
+            set_split = own or a.split
+            split = None if set_split == "all" else set_split
+            label = f"{Path(data).name}:{set_split}"
             ids, paths, refs = _lines(data, split, a.max_samples, tmp)
             print(f"{label}: {len(paths)} lines", flush=True)
             systems = [(peer, None) for peer in peers]
