@@ -49,7 +49,7 @@ model:
   encoder: {{dim: 32, depth: 1, heads: 2, patch_height: 16, patch_width: 4, conv_stem: false, max_width: 512}}
   connector: {{kind: linear}}
   decoder: {{n_layer: 1, n_embd: 32, n_head: 2, n_positions: 64}}
-  max_text_tokens: 40
+  max_text_tokens: 20
 optim: {{batch_size: 4, max_steps: 3, warmup_steps: 1}}
 train: {{name: tiny, out_dir: {out}, accelerator: cpu, log_every_steps: 1}}
 """

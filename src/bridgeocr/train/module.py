@@ -230,9 +230,12 @@ class OCRLightningModule(pl.LightningModule):
                "n": len(rows)}
         self.val_history.append(rec)
         if self.trainer.is_global_zero:
-            from bridgeocr.eval.metrics import print_seed_metrics
+            from tqdm.auto import tqdm
 
-            print_seed_metrics("val", epoch, c, w)
+            from bridgeocr.eval.metrics import format_seed_metrics
+
+            for line in format_seed_metrics("val", epoch, c, w).splitlines():
+                tqdm.write(line)  # above the progress bars, on a line of its own
             if self.on_val_result is not None:
                 result = {"ids": [r[0] for r in rows], "refs": refs, "hyps": hyps,
                           "confidences": [r[3] for r in rows], "line_cer": line_cers(refs, hyps),

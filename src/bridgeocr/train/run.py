@@ -250,6 +250,20 @@ def _make_callback(run_dir: Path, cfg: ExperimentConfig):
     return RunCheckpoints()
 
 
+def _progress_bar():
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    class Bar(TQDMProgressBar):
+        """tqdm bar without Lightning's logger version number."""
+
+        def get_metrics(self, trainer, pl_module):
+            metrics = super().get_metrics(trainer, pl_module)
+            metrics.pop("v_num", None)
+            return metrics
+
+    return Bar(refresh_rate=1)
+
+
 class _DataModule:
     """Builds the loaders lazily, once the trainer knows its rank and world size."""
 
@@ -333,7 +347,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=N
         strategy=tc.strategy, precision=_precision(cfg), max_steps=oc.max_steps, max_epochs=oc.max_epochs,
         max_time={"minutes": oc.max_minutes} if oc.max_minutes else None,
         gradient_clip_val=oc.grad_clip or None, accumulate_grad_batches=oc.accumulate,
-        logger=loggers, callbacks=[callback], enable_checkpointing=False, use_distributed_sampler=False,
+        logger=loggers, callbacks=[callback, _progress_bar()], enable_checkpointing=False, use_distributed_sampler=False,
         log_every_n_steps=max(1, tc.log_every_steps), num_sanity_val_steps=0, deterministic=False,
         enable_model_summary=False, **val_kwargs)
 
