@@ -1,0 +1,224 @@
+"""`bridgeocr demo` (what `make demo` runs): the seed's study end to end on built-in data, in a time budget.
+
+1. synthesise lines from the built-in corpus (or --corpus),
+2. take the shipped CTC-pretrained encoder and GPT LM (or, where a package has none, pretrain an LM here),
+3. train the seed's three settings -- `linear_gelu_ln`, `qformer`, `qformer` + KD -- each in an equal
+   share of the budget,
+4. evaluate them and write `report.md`: the seed's numbers, curves, and where the checkpoints are.
+
+Rerunning the same command resumes: finished settings are kept, the dataset is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bridgeocr.errors import BridgeOCRError
+from bridgeocr.shipped import SHIPPED_DIR
+
+# The seed's settings (its report, "Experiment: which connector layer is better").
+SEED_SETTINGS: dict[str, list[str]] = {
+    "linear_gelu_ln": ["model.connector.kind=linear_gelu_ln"],
+    "qformer": ["model.connector.kind=qformer", "model.connector.num_queries=32", "model.connector.layers=2"],
+    "qformer_kd": ["model.connector.kind=qformer", "model.connector.num_queries=32", "model.connector.layers=2",
+                   "loss.kd_alpha=0.3", "loss.kd_tau=2.0"],
+}
+
+# What every demo run shares: CPU-sized, parts from the shipped checkpoints, connector first then all.
+DEMO_OVERRIDES = [
+    "data.image.height=32", "data.image.max_width=1024",
+    "optim.batch_size=16", "optim.max_steps=100000", "optim.warmup_steps=60",
+    "optim.lr_encoder=1e-4", "optim.lr_connector=1e-3", "optim.lr_decoder=3e-4",
+    "loss.ctc_weight=0.0", "train.val_every_steps=150", "train.log_every_steps=10",
+]
+FREEZE_SCHEDULE = "optim.freeze_schedule=[{until_step: 100, train: [connector]}]"
+
+
+@dataclass
+class DemoPlan:
+    """Where everything goes and how the budget is shared (written to plan.json)."""
+
+    out: Path
+    minutes: float
+    n: int
+    corpus: list[str] | None
+    encoder: str | None = None
+    lm: str | None = None
+    settings: list[str] = field(default_factory=lambda: list(SEED_SETTINGS))
+    log: list[str] = field(default_factory=list)
+
+
+def default_lines(minutes: float) -> int:
+    """Enough lines that a run sees few repeats at CPU speed (~15 lines/s), within the built-in corpus."""
+    return int(min(4000, max(600, 200 * minutes)))
+
+
+def _shipped(name: str) -> str | None:
+    return f"shipped:{name}" if (SHIPPED_DIR / name / "config.json").is_file() else None
+
+
+def _say(plan: DemoPlan, text: str) -> None:
+    print(f"[demo] {text}", flush=True)
+    plan.log.append(text)
+
+
+def make_data(plan: DemoPlan) -> Path:
+    from bridgeocr.data.synth import make_dataset
+
+    data = plan.out / "data"
+    settings = data / "settings.json"
+    if settings.is_file():
+        have = json.loads(settings.read_text())
+        if have.get("n") == plan.n and have.get("seed") == 0:
+            _say(plan, f"reusing {sum(have['counts'].values())} synthetic lines in {data}")
+            return data
+        raise BridgeOCRError(f"{data}: holds a dataset made with other settings; remove it or use --out")
+    t0 = time.time()
+    summary = make_dataset(corpus=plan.corpus, out=data, n=plan.n, seed=0, height=48)
+    c = summary["counts"]
+    _say(plan, f"synthesised {sum(c.values())} lines (train {c['train']}, val {c['val']}, test {c['test']}) "
+               f"with {len(summary['fonts'])} fonts in {time.time() - t0:.0f} s -> {data}")
+    return data
+
+
+def pretrain_lm_here(plan: DemoPlan, minutes: float) -> str:
+    """No shipped LM: a small one from the corpus lines (what `bridgeocr lm train --line-mode` does)."""
+    import random
+
+    from bridgeocr.data.corpus import cut_lines, read_corpus
+    from bridgeocr.train.lm import train_lm
+
+    out = plan.out / "lm"
+    if (out / "lm_card.json").is_file():
+        _say(plan, f"reusing the LM in {out}")
+        return str(out)
+    docs = cut_lines(read_corpus(plan.corpus), random.Random(0))
+    card = train_lm(docs=docs, val_docs=None, out=out, steps=100000, minutes=minutes, batch_size=32,
+                    data_desc="demo corpus lines", command="bridgeocr demo")
+    _say(plan, f"pretrained an LM here ({card['steps']} steps, val ppl {card['val_ppl']:.2f}) -> {out}")
+    return str(out)
+
+
+def run_overrides(plan: DemoPlan, name: str, minutes: float, data: Path, extra: list[str] | None = None) -> list[str]:
+    parts = [f"model.encoder.pretrained={plan.encoder}" if plan.encoder else "model.ctc_head=true",
+             f"model.decoder.pretrained={plan.lm}"]
+    if not plan.encoder:
+        parts.append("loss.ctc_weight=0.3")  # no pretrained encoder: CTC makes it read sooner
+    return (DEMO_OVERRIDES + [FREEZE_SCHEDULE] + parts + SEED_SETTINGS[name]
+            + [f"data.source={data}", f"train.out_dir={plan.out / 'runs'}", f"train.name={name}",
+               f"optim.max_minutes={minutes:.3f}"] + list(extra or []))
+
+
+def _finished(run_dir: Path) -> dict | None:
+    path = run_dir / "metrics.json"
+    if path.is_file():
+        metrics = json.loads(path.read_text())
+        if metrics.get("test_cer") is not None:
+            return metrics
+    return None
+
+
+def run_demo(minutes: float = 20.0, out: str | Path = "runs/demo", corpus: list[str] | None = None,
+             n: int | None = None, encoder: str | None = "shipped", lm: str | None = "shipped",
+             extra_overrides: list[str] | None = None) -> dict:
+    """The whole study; returns {setting: metrics}. `encoder`/`lm`: "shipped", a directory, or None."""
+    from bridgeocr.config import load_config
+    from bridgeocr.eval.loss_gap import loss_gap_cli
+    from bridgeocr.train.run import train
+
+    t_start = time.time()
+    if minutes <= 0:
+        raise BridgeOCRError(f"--minutes must be positive, got {minutes}")
+    plan = DemoPlan(out=Path(out), minutes=minutes, n=n or default_lines(minutes), corpus=corpus)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    deadline = t_start + minutes * 60
+    data = make_data(plan)
+
+    plan.encoder = _shipped("encoder_ctc") if encoder == "shipped" else encoder
+    plan.lm = _shipped("gpt_lm") if lm == "shipped" else lm
+    _say(plan, f"encoder: {plan.encoder or 'trained from scratch here (with a CTC loss)'}; "
+               f"decoder: {plan.lm or 'an LM pretrained here'}")
+    if not plan.lm:
+        plan.lm = pretrain_lm_here(plan, minutes=max(0.5, 0.15 * (deadline - time.time()) / 60))
+
+    results: dict[str, dict] = {}
+    todo = []
+    for name in plan.settings:
+        done = _finished(plan.out / "runs" / name)
+        if done:
+            _say(plan, f"{name}: already finished (test CER {done['test_cer']:.4f}); kept")
+            results[name] = done
+        else:
+            todo.append(name)
+    for i, name in enumerate(todo):
+        # equal shares of what is left; ~12% of each share goes to validation, test decoding and saving
+        share = (deadline - time.time()) / 60 / (len(todo) - i)
+        train_minutes = max(0.2, 0.88 * share)
+        _say(plan, f"{name}: training for {train_minutes:.1f} min")
+        cfg = load_config(None, run_overrides(plan, name, train_minutes, data, extra_overrides))
+        run_dir = plan.out / "runs" / name
+        results[name] = train(cfg, resume=(run_dir / "last.ckpt").is_file())
+    for name in results:  # the seed's loss diagnostic on the test lines, per setting
+        run_dir = plan.out / "runs" / name
+        if not (run_dir / "loss_gap.json").is_file():
+            loss_gap_cli(checkpoint=run_dir / "best", data=str(data), split="test", out=str(run_dir))
+
+    report = write_report(plan, results, time.time() - t_start)
+    _say(plan, f"report: {report}")
+    return results
+
+
+def _fmt(value, spec=".4f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def write_report(plan: DemoPlan, results: dict[str, dict], seconds: float) -> Path:
+    """report.md: the seed's result lines per setting, one table, curves and where the checkpoints are."""
+    from bridgeocr.eval.compare import compare
+
+    runs = [plan.out / "runs" / name for name in results]
+    figures = compare(runs, plan.out / "compare")
+    best = min(results, key=lambda k: results[k].get("test_cer") if results[k].get("test_cer") is not None
+               else float("inf"))
+    lines = [
+        "# bridgeocr demo report", "",
+        f"The seed's connector study on {plan.n} synthetic lines (`{plan.out / 'data'}`), "
+        f"{plan.minutes:g}-minute budget, {seconds / 60:.1f} minutes used.",
+        f"Encoder: `{plan.encoder}`; decoder and KD teacher: `{plan.lm}`.", "",
+        "## Results in the seed's form", "",
+    ]
+    for name, m in results.items():
+        epoch = m.get("best_epoch", 0) or 0
+        lines += [f"### {name}", "```",
+                  f"[val] CER at epoch {epoch}: {_fmt(m.get('val_cer'))}",
+                  f"[val] WER at epoch {epoch}: {_fmt(m.get('val_wer'))}",
+                  f"[test] CER at epoch {epoch}: {_fmt(m.get('test_cer'))}",
+                  f"[test] WER at epoch {epoch}: {_fmt(m.get('test_wer'))}", "```", ""]
+    lines += ["## All settings", "", (plan.out / "compare" / "compare.md").read_text(), "",
+              f"Best setting: **{best}** (test CER {_fmt(results[best].get('test_cer'))}).", ""]
+    for png, title in (("curves.png", "Training loss and validation CER"),
+                       ("frontier.png", "Test CER against decode speed")):
+        if any(Path(f).name == png for f in figures["files"]):
+            lines += [f"## {title}", "", f"![{title}](compare/{png})", ""]
+    lines += ["## Checkpoints", ""]
+    for name in results:
+        run = plan.out / "runs" / name
+        lines.append(f"- {name}: `{run / 'best'}` (best by val CER), `{run / 'last'}`; "
+                     f"predictions: `{run / 'predictions_test.tsv'}`")
+    lines += ["", "Transcribe with the best one:", "```",
+              f"bridgeocr recognize LINE.png --checkpoint {plan.out / 'runs' / best / 'best'}", "```", "",
+              "## Log", ""] + [f"- {entry}" for entry in plan.log] + [""]
+    report = plan.out / "report.md"
+    report.write_text("\n".join(lines))
+    (plan.out / "plan.json").write_text(json.dumps(
+        {"minutes": plan.minutes, "n": plan.n, "encoder": plan.encoder, "lm": plan.lm, "settings": plan.settings,
+         "seconds": round(seconds, 1), "best": best}, indent=2))
+    return report
+
+
+def demo_cli(minutes, out, corpus, n) -> int:
+    run_demo(minutes=minutes, out=out, corpus=corpus, n=n)
+    return 0

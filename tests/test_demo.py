@@ -1,0 +1,34 @@
+"""The demo end to end at toy size: data, three seed settings, loss gaps, report; a rerun resumes."""
+
+import json
+
+from bridgeocr.demo import SEED_SETTINGS, run_demo
+from bridgeocr.train.lm import train_lm
+
+TINY = ["model.encoder.dim=32", "model.encoder.depth=1", "model.encoder.heads=2", "optim.batch_size=8",
+        "train.val_every_steps=4", "model.max_text_tokens=40", "model.connector.num_queries=8",
+        "model.connector.layers=1", "model.decoder.n_layer=1"]
+
+
+def test_demo_end_to_end_and_resume(tmp_path, capsys):
+    lm_dir = tmp_path / "lm"
+    train_lm(docs=["the cat sat on the mat. " * 20, "a dog ran in the fog. " * 20], val_docs=None, out=lm_dir,
+             n_layer=1, n_embd=32, n_head=2, context=32, steps=3, batch_size=4, progress=False)
+    out = tmp_path / "demo"
+    results = run_demo(minutes=0.6, out=out, n=48, encoder=None, lm=str(lm_dir), extra_overrides=TINY)
+    assert set(results) == set(SEED_SETTINGS)
+    printed = capsys.readouterr().out
+    assert "[test] CER at epoch" in printed and "◆ Reference Loss (GT Text → Text)" in printed
+    report = (out / "report.md").read_text()
+    for name in SEED_SETTINGS:
+        assert f"### {name}" in report
+        assert (out / "runs" / name / "best" / "model.safetensors").is_file()
+        assert (out / "runs" / name / "loss_gap.json").is_file()
+    assert "[val] CER at epoch" in report and "Best setting" in report
+    assert (out / "compare" / "compare.md").is_file()
+    metrics = json.loads((out / "runs" / "qformer_kd" / "metrics.json").read_text())
+    assert metrics["config"]["loss"]["kd_alpha"] == 0.3
+
+    again = run_demo(minutes=0.6, out=out, n=48, encoder=None, lm=str(lm_dir), extra_overrides=TINY)
+    assert "already finished" in capsys.readouterr().out
+    assert {k: v["test_cer"] for k, v in again.items()} == {k: v["test_cer"] for k, v in results.items()}
