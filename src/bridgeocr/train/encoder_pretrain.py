@@ -26,10 +26,6 @@ from bridgeocr.train.schedule import lr_factor
 __all__ = ["train_encoder", "train_encoder_cli", "ctc_evaluate"]
 
 
-class _Concat(list):
-    """Several sources as one sequence of samples (for the training split)."""
-
-
 def _tokenizer_for(cfg: ExperimentConfig, texts: list[str]):
     from bridgeocr.data.tokenizers import CharTokenizer, load_tokenizer
     from bridgeocr.shipped import resolve_pretrained
@@ -85,7 +81,7 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     opts = {"split_file": cfg.data.split_file, "iam_split_dir": cfg.data.iam_split_dir, "drop_err": cfg.data.drop_err}
-    train = _Concat()
+    train: list = []  # the train splits of all sources, as one sequence of samples
     for spec in data:
         train.extend(open_source(spec, cfg.data.train_split, **opts))
     if not train:
