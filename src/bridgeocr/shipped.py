@@ -32,3 +32,50 @@ def resolve_pretrained(path: str | Path | None) -> Path | None:
         known = ", ".join(shipped_names()) or "none in this install"
         raise ConfigError(f"{text}: no shipped model of that name (shipped: {known})")
     return target
+
+
+CARD_FILES = ("encoder_card.json", "lm_card.json", "metrics.json", "model_card.json")
+
+
+def export_shipped(src: str | Path, dest: str | Path, title: str, how: str) -> Path:
+    """Copy a model directory into the package, weights as float16 (half the bytes; loaders upcast).
+
+    Keeps config.json, tokenizer.json and the run's card JSON; writes MODEL_CARD.md from `how` (the exact
+    commands) and the card's numbers.
+    """
+    import json
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    src, dest = Path(src), Path(dest)
+    if not (src / "model.safetensors").is_file():
+        raise ConfigError(f"{src}: no model.safetensors to ship")
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous()
+               for k, v in load_file(str(src / "model.safetensors")).items()}
+    save_file(tensors, str(dest / "model.safetensors"), metadata={"format": "pt", "dtype": "float16"})
+    for name in ("config.json", "tokenizer.json", "generation_config.json") + CARD_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dest / name)
+    card = {}
+    for name in CARD_FILES:
+        for folder in (src, src.parent):
+            if (folder / name).is_file() and not card:
+                card = json.loads((folder / name).read_text())
+                if folder != src:
+                    shutil.copy2(folder / name, dest / name)
+    params = sum(v.numel() for v in tensors.values())
+    lines = [f"# {title}", "", how.strip(), "", "## Numbers", "",
+             f"- parameters (tensors stored): {params:,} ({torch.finfo(torch.float16).bits}-bit floats, "
+             f"{(dest / 'model.safetensors').stat().st_size / 2**20:.1f} MiB)"]
+    for key, value in card.items():
+        if isinstance(value, (int, float, str)) and key not in ("command",):
+            lines.append(f"- {key}: {value}")
+    if card.get("command"):
+        lines += ["", "Command as recorded by the run:", "", "```", str(card["command"]), "```"]
+    (dest / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+    return dest

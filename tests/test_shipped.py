@@ -1,0 +1,42 @@
+"""Shipped parts: `shipped:` names resolve, and a float16 export loads back with the same predictions."""
+
+import pytest
+import torch
+
+from bridgeocr.config import ModelConfig
+from bridgeocr.data.sample import Batch
+from bridgeocr.errors import ConfigError
+from bridgeocr.models.ocr import OCRModel
+from bridgeocr.shipped import SHIPPED_DIR, export_shipped, resolve_pretrained
+
+
+def test_resolve_passes_paths_and_rejects_unknown_names(tmp_path):
+    assert resolve_pretrained(None) is None
+    assert resolve_pretrained(tmp_path) == tmp_path
+    with pytest.raises(ConfigError, match="no shipped model"):
+        resolve_pretrained("shipped:does_not_exist")
+
+
+def test_every_shipped_part_has_a_card():
+    for folder in (p for p in SHIPPED_DIR.glob("*") if p.is_dir()):
+        assert (folder / "MODEL_CARD.md").is_file(), folder
+        assert (folder / "config.json").is_file(), folder
+
+
+def test_fp16_export_round_trip(tmp_path):
+    cfg = ModelConfig()
+    cfg.encoder.dim, cfg.encoder.depth, cfg.encoder.heads = 32, 1, 2
+    cfg.decoder.n_layer, cfg.decoder.n_embd, cfg.decoder.n_head = 1, 32, 2
+    cfg.connector.kind = "linear_ln"
+    torch.manual_seed(0)
+    model = OCRModel(cfg, vocab_size=20, image_height=32).eval()
+    model.save_pretrained(tmp_path / "full")
+    shipped = export_shipped(tmp_path / "full", tmp_path / "ship", "tiny", "made by a test")
+    assert (shipped / "MODEL_CARD.md").read_text().startswith("# tiny")
+    assert (shipped / "model.safetensors").stat().st_size < 0.6 * (tmp_path / "full" / "model.safetensors").stat().st_size
+    loaded = OCRModel.from_pretrained(shipped).eval()
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    images, mask = torch.rand(2, 1, 32, 64), torch.ones(2, 64, dtype=torch.bool)
+    ids = torch.tensor([[1, 5, 6, 2]])
+    batch = Batch(images[:1], mask[:1], ids, torch.ones_like(ids, dtype=torch.bool))
+    assert torch.allclose(model(batch).logits, loaded(batch).logits, atol=5e-2)
