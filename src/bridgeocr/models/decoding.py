@@ -38,12 +38,15 @@ class _Stepper:
                                       attach_layer=self.attach)
         return logits[:, -1]
 
-    def step(self, parents: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Row i of the next step continues row parents[i] of this one with tokens[i] -> logits [R, V]."""
+    def step(self, parents: torch.Tensor, tokens: torch.Tensor, same_rows: bool = False) -> torch.Tensor:
+        """Row i of the next step continues row parents[i] of this one with tokens[i] -> logits [R, V].
+
+        same_rows: parents is every row in order, so the KV cache is used as it is (no copy)."""
         self.seqs = torch.cat([self.seqs[parents], tokens[:, None]], dim=1)
         self.rows = self.rows[parents]
         if self.use_cache:
-            logits, self.cache = self.gpt(tokens[:, None], past=self.cache.select(parents))
+            past = self.cache if same_rows else self.cache.select(parents)
+            logits, self.cache = self.gpt(tokens[:, None], past=past)
         else:
             logits, _ = self.gpt(self.seqs, prefix=self.prefix[self.rows], prefix_mask=self.prefix_mask[self.rows],
                                  attach_layer=self.attach)
@@ -81,8 +84,9 @@ def greedy_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_
         keep = (tok != eos_id).nonzero().squeeze(1)
         if t == max_new_tokens - 1 or keep.numel() == 0:
             break
+        same_rows = keep.numel() == len(alive)  # no line finished: keep the cache as it is
         alive = [alive[i] for i in keep.tolist()]
-        logits = st.step(keep, tok[keep])
+        logits = st.step(keep, tok[keep], same_rows=same_rows)
     return list(zip(ids, lps))
 
 
