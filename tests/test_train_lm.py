@@ -99,3 +99,13 @@ def test_lm_cli_on_corpus_files(tmp_path, capsys):
     assert json.loads((out / "lm_card.json").read_text())["steps"] == 4
     assert main(["lm", "train", "--corpus", str(corpus), "--out", str(out), "--n-embd", "30",
                  "--n-head", "4"]) == 2  # a one-line config error
+
+
+def test_timed_runs_decay_by_the_clock():
+    from bridgeocr.train.schedule import lr_factor
+
+    # far from max_steps, but 90% of the time budget used: the factor follows the clock
+    assert lr_factor(150, 100, 100000) > 0.99
+    assert lr_factor(150, 100, 100000, time_fraction=0.9) < 0.2
+    assert lr_factor(150, 100, 100000, time_fraction=1.5) == lr_factor(100000, 100, 100000)
+    assert lr_factor(5, 100, 100000, time_fraction=0.9) == lr_factor(5, 100, 100000)  # warm-up untouched

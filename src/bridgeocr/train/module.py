@@ -194,7 +194,12 @@ class OCRLightningModule(pl.LightningModule):
             raise ConfigError("nothing to train: every parameter is frozen")
         opt = torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-8)
         warmup, total = oc.warmup_steps, self.total_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total))
+        budget_s = oc.max_minutes * 60 if oc.max_minutes else None
+
+        def factor(step: int) -> float:  # a timed run decays by its clock too (training time, kept on resume)
+            return lr_factor(step, warmup, total, time_fraction=self.train_seconds / budget_s if budget_s else None)
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --------------------------------------------------------------------------------- validation
