@@ -61,7 +61,9 @@ def test_forward_contract():
     assert out.visual.shape == (2, 6, 32) and out.visual_mask.shape == (2, 6)
     assert out.visual_tokens is out.visual
     assert out.visual_mask[1].tolist() == [True] * 3 + [False] * 3
-    assert out.ctc_logits.shape == (2, 6, V)
+    up = model.ctc_head.upsample
+    assert out.ctc_logits.shape == (2, 6 * up, V)
+    assert out.ctc_mask[1].tolist() == [True] * 3 * up + [False] * 3 * up
     # logits[:, t] predicts input_ids[:, t+1]: changing token t+1 leaves logits[:, :t+1] alone
     b2 = make_batch()
     b2.input_ids[:, 4] = 5

@@ -151,6 +151,7 @@ class BridgeOCR:
         tokens, tmask = self.model.encoder(images, image_mask)
         logits = head(tokens).float()
         logp = logits.log_softmax(-1)
+        tmask = head.frame_mask(tmask)
         seqs = ctc_greedy_decode(logits, tmask)
         best = logp.max(-1).values
         tok = self.model.tokenizer

@@ -101,6 +101,7 @@ class ModelConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     attach_layer: int = 0  # visual tokens enter before decoder block k (0: prefix at the embeddings)
     ctc_head: bool = False  # a CTC head on the encoder (fast decoding, joint loss)
+    ctc_upsample: int = 3  # CTC frames per encoder token
     max_text_tokens: int = 160
 
 

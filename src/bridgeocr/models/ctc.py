@@ -14,14 +14,22 @@ BLANK = 0
 
 
 class CTCHead(nn.Module):
-    def __init__(self, d_enc: int, vocab_size: int):
+    """Each encoder token emits `upsample` CTC frames: a line token is ~8 px wide, often narrower than two
+    letters, and CTC needs at least one frame per label (two between repeated letters)."""
+
+    def __init__(self, d_enc: int, vocab_size: int, upsample: int = 3):
         super().__init__()
-        self.d_enc, self.vocab_size = d_enc, vocab_size
-        self.proj = nn.Linear(d_enc, vocab_size)
+        self.d_enc, self.vocab_size, self.upsample = d_enc, vocab_size, upsample
+        self.proj = nn.Linear(d_enc, vocab_size * upsample)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [B, N, d_enc] -> logits [B, N, V] (blank = 0)."""
-        return self.proj(tokens)
+        """tokens [B, N, d_enc] -> logits [B, N * upsample, V] (blank = 0), frames in reading order."""
+        b, n, _ = tokens.shape
+        return self.proj(tokens).view(b, n * self.upsample, self.vocab_size)
+
+    def frame_mask(self, token_mask: torch.Tensor) -> torch.Tensor:
+        """[B, N] real tokens -> [B, N * upsample] real frames."""
+        return token_mask.repeat_interleave(self.upsample, dim=1)
 
 
 def ctc_greedy_decode(logits: torch.Tensor, mask: torch.Tensor | None = None, blank: int = BLANK) -> list[list[int]]:

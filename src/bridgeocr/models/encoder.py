@@ -242,12 +242,12 @@ def build_encoder(cfg: EncoderConfig, image_height: int) -> nn.Module:
     return LineEncoder(cfg, image_height)
 
 
-def encoder_meta(encoder: nn.Module, ctc_vocab_size: int | None = None) -> dict:
+def encoder_meta(encoder: nn.Module, ctc_vocab_size: int | None = None, ctc_upsample: int = 1) -> dict:
     """What `encoder_from_meta` needs to rebuild the encoder's structure (JSON-able)."""
     hf = isinstance(encoder, HFLineEncoder)
     meta = {"format": ENCODER_FORMAT, "version": ENCODER_FORMAT_VERSION, "kind": "hf" if hf else "line",
             "encoder": asdict(replace(encoder.cfg, pretrained=None)), "image_height": encoder.image_height,
-            "ctc_vocab_size": ctc_vocab_size}
+            "ctc_vocab_size": ctc_vocab_size, "ctc_upsample": ctc_upsample}
     if hf:
         meta["hf_config"] = encoder.hf.config.to_dict()
         meta["norm"] = {"mean": encoder.mean.flatten().tolist(), "std": encoder.std.flatten().tolist()}
@@ -260,7 +260,8 @@ def save_encoder(path, encoder: nn.Module, ctc_head: CTCHead | None = None) -> N
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    meta = encoder_meta(encoder, None if ctc_head is None else ctc_head.vocab_size)
+    meta = encoder_meta(encoder, None if ctc_head is None else ctc_head.vocab_size,
+                        1 if ctc_head is None else ctc_head.upsample)
     tensors = {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     if ctc_head is not None:
         tensors.update({f"ctc_head.{k}": v.detach().cpu().contiguous() for k, v in ctc_head.state_dict().items()})
@@ -306,6 +307,6 @@ def load_encoder(path, image_height: int | None = None) -> tuple[nn.Module, CTCH
     encoder.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")}, strict=True)
     head = None
     if meta.get("ctc_vocab_size"):
-        head = CTCHead(encoder.d_out, meta["ctc_vocab_size"])
+        head = CTCHead(encoder.d_out, meta["ctc_vocab_size"], meta.get("ctc_upsample", 1))
         head.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("ctc_head.")}, strict=True)
     return encoder, head

@@ -38,7 +38,8 @@ class OCROutput:
     visual_mask: torch.Tensor  # [B, M]
     enc_tokens: torch.Tensor  # [B, N, d_enc]
     enc_mask: torch.Tensor  # [B, N]
-    ctc_logits: torch.Tensor | None = None  # [B, N, V] (blank = 0) when the model has a CTC head
+    ctc_logits: torch.Tensor | None = None  # [B, N * upsample, V] (blank = 0) when the model has a CTC head
+    ctc_mask: torch.Tensor | None = None  # [B, N * upsample] real CTC frames
 
     @property
     def visual_tokens(self) -> torch.Tensor:
@@ -81,7 +82,9 @@ class OCRModel(nn.Module):
         if not 0 <= cfg.attach_layer < decoder.cfg.n_layer:
             raise ConfigError(f"model.attach_layer: {cfg.attach_layer} not in [0, {decoder.cfg.n_layer - 1}]")
         if cfg.ctc_head and ctc_head is None:
-            ctc_head = CTCHead(encoder.d_out, vocab_size)
+            ctc_head = CTCHead(encoder.d_out, vocab_size, cfg.ctc_upsample)
+        if ctc_head is not None:
+            cfg.ctc_upsample = ctc_head.upsample
         self.cfg, self.image_height, self.vocab_size = cfg, image_height, decoder.vocab_size
         self.encoder = encoder
         self.connector = build_connector(cfg.connector, encoder.d_out, decoder.cfg.n_embd)
@@ -105,8 +108,10 @@ class OCRModel(nn.Module):
         visual, vmask = self.connector(enc, enc_mask)
         logits, _ = self.decoder(batch.input_ids, batch.attention_mask, prefix=visual, prefix_mask=vmask,
                                  attach_layer=self.cfg.attach_layer)
-        ctc = self.ctc_head(enc) if self.ctc_head is not None else None
-        return OCROutput(logits, visual, vmask, enc, enc_mask, ctc)
+        ctc = ctc_mask = None
+        if self.ctc_head is not None:
+            ctc, ctc_mask = self.ctc_head(enc), self.ctc_head.frame_mask(enc_mask)
+        return OCROutput(logits, visual, vmask, enc, enc_mask, ctc, ctc_mask)
 
     def text_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder reading text alone (the LM / KD reference path), same text positions as with an image."""
@@ -155,7 +160,7 @@ class OCRModel(nn.Module):
         encoder = encoder_from_meta(meta["encoder"])
         eps = meta.get("decoder", {}).get("layer_norm_epsilon", 1e-5)
         decoder = GPT(replace(cfg.decoder, pretrained=None), vocab, layer_norm_epsilon=eps)
-        ctc = CTCHead(encoder.d_out, vocab) if cfg.ctc_head else None
+        ctc = CTCHead(encoder.d_out, vocab, cfg.ctc_upsample) if cfg.ctc_head else None
         if tokenizer is None and (path / "tokenizer.json").is_file():
             from bridgeocr.data.tokenizers import load_tokenizer
 

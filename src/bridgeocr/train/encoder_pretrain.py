@@ -55,7 +55,7 @@ def ctc_evaluate(encoder, head, loader, tokenizer, device, max_batches: int | No
             continue
         batch = batch.to(device)
         tokens, mask = encoder(batch.images, batch.image_mask)
-        for ids, ref in zip(ctc_greedy_decode(head(tokens), mask), batch.texts):
+        for ids, ref in zip(ctc_greedy_decode(head(tokens), head.frame_mask(mask)), batch.texts):
             hyps.append(tokenizer.decode(ids))
             refs.append(ref)
     seconds = time.time() - t0
@@ -102,8 +102,8 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
         head = None
         if cfg.model.encoder.pretrained:  # continue a pretrained encoder (its head if the vocab matches)
             encoder, head = load_encoder(cfg.model.encoder.pretrained, image_cfg.height)
-        if head is None or head.vocab_size != tokenizer.vocab_size:
-            head = CTCHead(encoder.d_out, tokenizer.vocab_size)
+        if head is None or head.vocab_size != tokenizer.vocab_size or head.upsample != cfg.model.ctc_upsample:
+            head = CTCHead(encoder.d_out, tokenizer.vocab_size, cfg.model.ctc_upsample)
     encoder.to(device).train()
     head.to(device).train()
     params = list(encoder.parameters()) + list(head.parameters())
@@ -175,7 +175,7 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
             else:
                 tokens, mask = encoder(batch.images, batch.image_mask)
                 logits = head(tokens)
-            loss = ctc_loss(logits, mask, targets, lengths)
+            loss = ctc_loss(logits, head.frame_mask(mask), targets, lengths)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -128,7 +128,7 @@ class OCRLightningModule(pl.LightningModule):
             tok = self.tokenizer
             targets, lengths = ctc_targets(batch.input_ids, batch.attention_mask,
                                            drop_ids=[tok.pad_id, tok.bos_id, tok.eos_id])
-            frame_mask = getattr(out, "enc_mask", None)
+            frame_mask = out.ctc_mask
             ctc = ctc_loss(ctc_logits, frame_mask, targets, lengths, blank=0)
             parts["ctc"] = ctc.detach()
             loss = loss + lc.ctc_weight * ctc
