@@ -30,3 +30,23 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not available: {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+def tiny_ocr_model(ctc: bool = False):
+    """A tiny untrained OCRModel (16 px lines, char vocabulary "abcd xyz") for API and evaluation tests."""
+    import torch
+
+    from bridgeocr.config import ModelConfig
+    from bridgeocr.data.tokenizers import CharTokenizer
+    from bridgeocr.models.ocr import OCRModel
+
+    torch.manual_seed(0)
+    m = ModelConfig()
+    m.encoder.dim, m.encoder.depth, m.encoder.heads = 32, 1, 2
+    m.encoder.patch_height, m.encoder.patch_width, m.encoder.conv_stem = 16, 4, False
+    m.connector.kind = "linear"
+    m.decoder.n_layer, m.decoder.n_embd, m.decoder.n_head, m.decoder.n_positions = 1, 32, 2, 64
+    m.max_text_tokens = 12
+    m.ctc_head = ctc
+    tok = CharTokenizer.build(["abcd xyz"])
+    return OCRModel(m, tok.vocab_size, image_height=16, tokenizer=tok)

@@ -1,29 +1,12 @@
 import json
 
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
 from bridgeocr.cli import main
-from bridgeocr.config import ModelConfig
-from bridgeocr.data.tokenizers import CharTokenizer
 from bridgeocr.errors import BridgeOCRError
 from bridgeocr.eval.evaluate import evaluate_model, load_checkpoint, write_predictions
-
-
-def tiny_model(ctc: bool = False):
-    from bridgeocr.models.ocr import OCRModel
-
-    torch.manual_seed(0)
-    m = ModelConfig()
-    m.encoder.dim, m.encoder.depth, m.encoder.heads = 32, 1, 2
-    m.encoder.patch_height, m.encoder.patch_width, m.encoder.conv_stem = 16, 4, False
-    m.connector.kind = "linear"
-    m.decoder.n_layer, m.decoder.n_embd, m.decoder.n_head, m.decoder.n_positions = 1, 32, 2, 64
-    m.max_text_tokens = 12
-    m.ctc_head = ctc
-    tok = CharTokenizer.build(["abcd xyz"])
-    return OCRModel(m, tok.vocab_size, image_height=16, tokenizer=tok)
+from conftest import tiny_ocr_model as tiny_model
 
 
 def make_lines(root, n=6):
