@@ -223,6 +223,9 @@ class GPT(nn.Module):
     def from_hf(cls, path: str | Path, n_layer: int | None = None, dropout: float = 0.0) -> GPT:
         """Load a local HF GPT-2-style directory (offline), keeping its first `n_layer` blocks."""
         from transformers import GPT2LMHeadModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a 40-tensor load needs no bar between our own progress lines
 
         path = Path(path)
         if not (path / "config.json").is_file():
