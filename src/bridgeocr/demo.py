@@ -30,6 +30,7 @@ SEED_SETTINGS: dict[str, list[str]] = {
 # What every demo run shares: CPU-sized, parts from the shipped checkpoints, connector first then all.
 DEMO_OVERRIDES = [
     "data.image.height=32", "data.image.max_width=1024",
+    "model.encoder.freeze=true",  # the shipped encoder already reads: on a CPU, spend the budget on the bridge
     "optim.batch_size=16", "optim.max_steps=100000", "optim.warmup_steps=60",
     "optim.lr_encoder=1e-4", "optim.lr_connector=1e-3", "optim.lr_decoder=3e-4",
     "loss.ctc_weight=0.0", "train.val_every_steps=150", "train.log_every_steps=10",
@@ -105,8 +106,8 @@ def pretrain_lm_here(plan: DemoPlan, minutes: float) -> str:
 def run_overrides(plan: DemoPlan, name: str, minutes: float, data: Path, extra: list[str] | None = None) -> list[str]:
     parts = [f"model.encoder.pretrained={plan.encoder}" if plan.encoder else "model.ctc_head=true",
              f"model.decoder.pretrained={plan.lm}"]
-    if not plan.encoder:
-        parts.append("loss.ctc_weight=0.3")  # no pretrained encoder: CTC makes it read sooner
+    if not plan.encoder:  # no pretrained encoder: train it here, with CTC to make it read sooner
+        parts += ["model.encoder.freeze=false", "loss.ctc_weight=0.3"]
     return (DEMO_OVERRIDES + [FREEZE_SCHEDULE] + parts + SEED_SETTINGS[name]
             + [f"data.source={data}", f"train.out_dir={plan.out / 'runs'}", f"train.name={name}",
                f"optim.max_minutes={minutes:.3f}"] + list(extra or []))
