@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# How the shipped pretrained parts (src/bridgeocr/resources/models/) were made, step by step, with the
+# project's own commands. Needs ../shared/data (Gutenberg text, Hooker lines). CPU times in MODEL_CARD.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+S=runs/shipped
+G=../shared/data/gutenberg_en
+H=../shared/data/hooker_htr
+B=.venv/bin/bridgeocr
+
+# 1. the GPT language model (decoder + KD teacher), character-level, on Gutenberg lines
+$B lm train --corpus $G/train.txt --val-corpus $G/val.txt --out $S/gpt_lm --line-mode \
+    --steps 2000 --minutes 40 --batch-size 32 --context 128 --lr 2e-3 --resume
+
+# 2. synthetic printed + handwriting-font lines from the Gutenberg text
+[ -f $S/synth_gutenberg/settings.json ] || $B data synth --corpus $G/train.txt --out $S/synth_gutenberg \
+    --n 24000 --seed 7 --val-fraction 0.04 --test-fraction 0.04
+
+# 3. the line encoder with its CTC head, on synthetic lines + Hooker train, with the LM's tokenizer
+cp $S/gpt_lm/tokenizer.json $S/char_tokenizer.json
+$B encoder train --data $S/synth_gutenberg $H --val-data $S/synth_gutenberg --out $S/encoder_ctc \
+    --steps 1800 --minutes 50 --batch-size 32 --lr 1e-3 --resume \
+    tokenizer.path=$S/char_tokenizer.json data.image.height=32 data.image.max_width=1024
+
+# 4. one manifest over both (synthetic and Hooker lines interleaved), then the full OCR model
+.venv/bin/python scripts/mixed_manifest.py $S/synth_gutenberg $H $S/mixed
+$B train --config configs/ocr_default.yaml --resume model.encoder.pretrained=$S/encoder_ctc \
+    model.decoder.pretrained=$S/gpt_lm
+
+# 5. float16 copies into the package, with model cards
+.venv/bin/python scripts/ship.py

@@ -1,0 +1,60 @@
+"""Copy the trained parts from runs/shipped/ into the package as float16, with their model cards.
+
+usage: python scripts/ship.py [gpt_lm] [encoder_ctc] [ocr_default]   (default: all that exist)
+The numbers in each card come from the run's own card JSON; the text below says how it was made
+(scripts/make_shipped.sh has the commands in order).
+"""
+
+import sys
+from pathlib import Path
+
+from bridgeocr.shipped import SHIPPED_DIR, export_shipped
+
+RUNS = Path("runs/shipped")
+HARDWARE = "2 shared CPU cores (other jobs were running on the same machine), float32, no GPU"
+
+PARTS = {
+    "gpt_lm": (RUNS / "gpt_lm", "gpt_lm: the shipped GPT language model", f"""
+A 3-block GPT (GPT-2 architecture, width 192, 3 heads, 1.49 M parameters) pretrained as a character-level
+causal language model on English text lines: the OCR decoder's starting point and the KD teacher.
+
+- Data: 14 Project Gutenberg books (bridgeocr's shared `gutenberg_en/train.txt`, public domain in the USA)
+  cut into 15-80 character lines, each read as `<bos> line <eos>`; validation: the 2 held-out books' lines.
+- Tokenizer: characters (279 symbols of the corpus + `<pad>` `<bos>` `<eos>` `<unk>`), `tokenizer.json`.
+- Hardware: {HARDWARE}.
+- Command: step 1 of `scripts/make_shipped.sh` (`bridgeocr lm train --line-mode ...`; the run was stopped by
+  its time limit at step 400 and resumed with `--resume`).
+"""),
+    "encoder_ctc": (RUNS / "encoder_ctc", "encoder_ctc: the shipped CTC-pretrained line encoder", f"""
+The line encoder (conv stem + ViT, 4 blocks of width 192, rectangular 32 x 8 px patches on 32 px lines, 3
+CTC frames per token) with its CTC head, trained with CTC so that it reads before it meets a GPT.
+`model.encoder.pretrained=shipped:encoder_ctc` loads it (and its head with `model.ctc_head=true`).
+
+- Data: 22,080 synthetic lines (`bridgeocr data synth` on Gutenberg text, 97 fonts of which 19
+  handwriting-style) + 5,248 lines of Joseph Hooker's letters (Hooker HTR train split, CC-BY-SA 4.0,
+  Schaefer & Litvine 2023); validation: 960 held-out synthetic lines.
+- Tokenizer: the shipped GPT's characters (blank = `<pad>` = 0).
+- Hardware: {HARDWARE}.
+- Command: steps 2-3 of `scripts/make_shipped.sh` (warm-started from an earlier 200-step run of the same
+  command with a 1-frame CTC head, which could not align lines narrower than 8 px per letter).
+- `val_cer_ctc_greedy` below: CER of greedy CTC decoding on the validation lines.
+"""),
+    "ocr_default": (RUNS / "ocr_default" / "best", "ocr_default: the shipped OCR model", f"""
+The shipped encoder and GPT joined by a `linear_gelu_ln` connector (the seed's setting 1), fine-tuned end to
+end with CE + KD (alpha 0.1, tau 2) + CTC (0.2): what `bridgeocr recognize` uses without `--checkpoint`.
+
+- Data: the synthetic Gutenberg lines and Hooker train lines above, interleaved
+  (`scripts/mixed_manifest.py`); selection on a mixed validation subset (600 lines).
+- Hardware: {HARDWARE}.
+- Command: steps 4-5 of `scripts/make_shipped.sh` (`bridgeocr train --config configs/ocr_default.yaml`).
+- Evaluations (`bridgeocr evaluate`): see `docs/benchmarks.md`, "Shipped models".
+"""),
+}
+
+if __name__ == "__main__":
+    for name in sys.argv[1:] or PARTS:
+        src, title, how = PARTS[name]
+        if (src / "model.safetensors").is_file():
+            print(export_shipped(src, SHIPPED_DIR / name, title, how))
+        else:
+            print(f"{name}: {src} has no model yet; skipped")
