@@ -4,14 +4,15 @@ Peers (none is a project dependency; see benchmarks/requirements-peers.txt):
   tesseract  Tesseract 5 LSTM, single-line mode: the `tesserocr` binding, else the `tesseract` CLI
   rapidocr   PP-OCRv6 recognition (ONNX, models in the `rapidocr` wheel), on the line crop (no detection)
   ours       a bridgeocr checkpoint (--checkpoint), greedy decoding
-  (trocr     a TrOCR-style encoder-decoder: not done yet)
+  trocr      a TrOCR-style encoder-decoder trained like one of our runs (--trocr DIR, made by
+             benchmarks/trocr_baseline.py train), greedy decoding; runs here (project deps only)
 
 The script runs in the project's environment (it reads the data and scores with bridgeocr); a peer that is
 not importable here runs in the peers' environment (`--peer-python`, default `.venv-peers/bin/python`)
 as a worker subprocess of this same file. A peer that is available nowhere is skipped with a message.
 
   python benchmarks/peers.py --data runs/data/synth@test --data ../shared/data/hooker_htr@val --max-samples 200 \
-      [--checkpoint runs/train/x/best] [--out runs/peers]
+      [--checkpoint runs/train/x/best] [--trocr runs/baselines/trocr_x] [--out runs/peers]
 """
 
 from __future__ import annotations
@@ -180,6 +181,20 @@ def _run_ours(checkpoint: str, data: str, split: str | None, max_samples: int | 
     return res["refs"], res["hyps"], res["seconds"], f"bridgeocr greedy ({Path(checkpoint).name})"
 
 
+def _run_trocr(model_dir: str, data: str, split: str | None, max_samples: int | None, threads: int):
+    import torch
+
+    from bridgeocr.data.sources import open_source
+    from bridgeocr.eval.encdec_baseline import evaluate_baseline, load_baseline
+
+    torch.set_num_threads(threads)
+    model, tok, image_cfg, card = load_baseline(model_dir)
+    source = [s for s in list(open_source(data, split))[: max_samples or None] if s.text.strip()]
+    res = evaluate_baseline(model, source, image_cfg, tok, batch_size=32,
+                            max_new_tokens=int(card.get("max_new_tokens", 160)))
+    return res["refs"], res["hyps"], res["seconds"], f"VisionEncoderDecoder greedy ({Path(model_dir).name})"
+
+
 def format_table(rows: list[dict]) -> str:
     out = ["| set | system | lines | CER | WER | lines/s | engine |", "|---|---|---:|---:|---:|---:|---|"]
     for r in rows:
@@ -202,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-samples", type=int, default=200)
     p.add_argument("--peers", default=",".join(PEERS), help=f"comma list from {PEERS} (default all)")
     p.add_argument("--checkpoint", default=None, help="our model dir, to score alongside")
+    p.add_argument("--trocr", default=None, metavar="DIR",
+                   help="a TrOCR-style baseline dir (benchmarks/trocr_baseline.py train), to score alongside")
     p.add_argument("--peer-python", default=None, help="python of the peers' environment")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/peers")
@@ -220,11 +237,15 @@ def main(argv: list[str] | None = None) -> int:
             ids, paths, refs = _lines(data, split, a.max_samples, tmp)
             print(f"{label}: {len(paths)} lines", flush=True)
             systems = [(peer, None) for peer in peers]
+            if a.trocr:
+                systems.append(("trocr", a.trocr))
             if a.checkpoint:
                 systems.append(("ours", a.checkpoint))
             for name, ckpt in systems:
                 try:
-                    if ckpt:
+                    if name == "trocr":
+                        r, hyps, seconds, how = _run_trocr(ckpt, data, split, a.max_samples, a.threads)
+                    elif ckpt:
                         r, hyps, seconds, how = _run_ours(ckpt, data, split, a.max_samples, a.threads)
                     else:
                         hyps, seconds, how = _run_peer(name, paths, tmp, a.peer_python, a.threads)

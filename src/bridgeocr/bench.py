@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from bridgeocr.config import ConnectorConfig, DecoderConfig, EncoderConfig, ModelConfig
+from bridgeocr.eval.encdec_baseline import build_baseline  # the TrOCR-style baseline (encdec rows)
 
 BASELINE = "encdec"
 
@@ -110,64 +111,6 @@ def model_config(settings: BenchSettings, size: str, connector: str) -> ModelCon
                                                                                            max(settings.widths)))
     dec = replace(dec, n_positions=max(dec.n_positions, settings.text_len + settings.new_tokens + 1))
     return ModelConfig(encoder=enc, connector=conn, decoder=dec)
-
-
-def _ved_classes():
-    """A PreTrainedModel wrapper around LineEncoder, registered so VisionEncoderDecoderModel accepts it."""
-    from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
-    from transformers.modeling_outputs import BaseModelOutput
-
-    from bridgeocr.models.encoder import LineEncoder
-
-    class LineEncoderHFConfig(PretrainedConfig):
-        model_type = "bridgeocr_line_encoder"
-
-        def __init__(self, encoder=None, image_height=32, hidden_size=192, **kwargs):
-            super().__init__(**kwargs)
-            self.encoder, self.image_height, self.hidden_size = encoder or {}, image_height, hidden_size
-
-    class LineEncoderHF(PreTrainedModel):
-        config_class = LineEncoderHFConfig
-        main_input_name = "pixel_values"
-
-        def __init__(self, config):
-            super().__init__(config)
-            self.line = LineEncoder(EncoderConfig(**config.encoder), config.image_height)
-
-        def forward(self, pixel_values, output_attentions=None, output_hidden_states=None, return_dict=None, **kw):
-            # benchmark images are full width: every column is real
-            mask = torch.ones(pixel_values.shape[0], pixel_values.shape[-1], dtype=torch.bool,
-                              device=pixel_values.device)
-            return BaseModelOutput(last_hidden_state=self.line(pixel_values, mask)[0])
-
-        def get_output_embeddings(self):
-            return None
-
-    try:
-        AutoConfig.register(LineEncoderHFConfig.model_type, LineEncoderHFConfig)
-        AutoModel.register(LineEncoderHFConfig, LineEncoderHF)
-    except ValueError:  # already registered in this process
-        pass
-    return LineEncoderHFConfig, LineEncoderHF
-
-
-def build_baseline(cfg: ModelConfig, vocab_size: int, height: int):
-    """TrOCR-style VisionEncoderDecoderModel: our LineEncoder + GPT2LMHeadModel with cross-attention."""
-    import logging
-
-    from transformers import GPT2Config, GPT2LMHeadModel, VisionEncoderDecoderModel
-
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    cfg_cls, enc_cls = _ved_classes()
-    enc = enc_cls(cfg_cls(encoder=asdict(cfg.encoder), image_height=height, hidden_size=cfg.encoder.dim))
-    d = cfg.decoder
-    dcfg = GPT2Config(vocab_size=vocab_size, n_positions=d.n_positions, n_embd=d.n_embd, n_layer=d.n_layer,
-                      n_head=d.n_head, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
-                      attn_pdrop=0.0, add_cross_attention=True, is_decoder=True, bos_token_id=1, eos_token_id=2,
-                      pad_token_id=0)
-    model = VisionEncoderDecoderModel(encoder=enc, decoder=GPT2LMHeadModel(dcfg))
-    model.config.decoder_start_token_id, model.config.pad_token_id, model.config.eos_token_id = 1, 0, 2
-    return model
 
 
 # ----------------------------------------------------------------------------------------- measuring

@@ -1,0 +1,472 @@
+"""A TrOCR-style baseline: a transformers `VisionEncoderDecoderModel` = our `LineEncoder` (wrapped as a
+`PreTrainedModel`) + a `GPT2LMHeadModel` with cross-attention, built, trained and evaluated like one of
+our runs (`benchmarks/trocr_baseline.py` is the command line; `bench.py` builds it for its speed rows).
+
+Padding: the stock `VisionEncoderDecoderModel.forward` passes `encoder_attention_mask=None` to the decoder,
+so its cross-attention would read the padded encoder tokens of a padded batch. `LineVisionEncoderDecoder`
+(a subclass) returns the encoder's token mask with its output (`LineEncoderOutput.token_mask`, computed from
+`image_mask`) and hands it to the decoder as `encoder_attention_mask` on every call, `generate` included.
+Without `image_mask` every column counts as real (the benchmark's full-width images).
+
+Equal footing with a run (`train_like`): the same encoder config and pretrained encoder
+(`model.encoder.pretrained`), a GPT-2 decoder of the same n_layer/n_embd/n_head/vocabulary initialised from
+`model.decoder.pretrained` (its first n_layer blocks; the cross-attention is new, random), the same
+tokenizer, data, image settings, batch size (x accumulate), optimizer steps, AdamW (betas 0.9/0.98) with
+the run's warm-up + cosine schedule, learning rates, weight decay and gradient clipping. The parameter groups
+map as: encoder -> `lr_encoder`; the new cross-attention (+ `enc_to_dec_proj` when widths differ) ->
+`lr_connector` (it is the bridge, like our connector, and `freeze_schedule` entries naming `connector`
+apply to it); the rest of the decoder -> `lr_decoder`. Loss: CE on the text only (PAD ignored); KD and
+CTC terms of the run are not used (a plain TrOCR has neither).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from bridgeocr.config import EncoderConfig, ImageConfig, ModelConfig
+from bridgeocr.errors import BridgeOCRError, ConfigError
+
+CARD = "baseline_card.json"
+CROSS_KEYS = ("crossattention.", "ln_cross_attn.", "enc_to_dec_proj.")
+
+__all__ = ["build_baseline", "load_baseline", "train_like", "evaluate_baseline", "decode_batch", "CARD"]
+
+
+# ------------------------------------------------------------------------------------------ the model
+
+
+@functools.cache
+def _ved_classes():
+    """(LineEncoderHFConfig, LineEncoderHF, LineEncoderOutput, LineVisionEncoderDecoder), registered once
+    with AutoConfig/AutoModel so `from_pretrained` rebuilds the encoder from its config."""
+    from dataclasses import dataclass
+
+    from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+    from transformers import VisionEncoderDecoderModel as _VED
+    from transformers.modeling_outputs import BaseModelOutput
+
+    from bridgeocr.models.encoder import LineEncoder
+
+    class LineEncoderHFConfig(PretrainedConfig):
+        model_type = "bridgeocr_line_encoder"
+
+        def __init__(self, encoder=None, image_height=32, hidden_size=192, **kwargs):
+            super().__init__(**kwargs)
+            self.encoder, self.image_height, self.hidden_size = encoder or {}, image_height, hidden_size
+
+    @dataclass
+    class LineEncoderOutput(BaseModelOutput):
+        token_mask: torch.Tensor | None = None  # [B, N] True on real tokens
+
+    class LineEncoderHF(PreTrainedModel):
+        config_class = LineEncoderHFConfig
+        main_input_name = "pixel_values"
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.line = LineEncoder(EncoderConfig(**config.encoder), config.image_height)
+            self.post_init()
+
+        def _init_weights(self, module):  # keep LineEncoder's own initialisation
+            pass
+
+        def forward(self, pixel_values, image_mask=None, output_attentions=None, output_hidden_states=None,
+                    return_dict=None, **kw):
+            if image_mask is None:  # full-width images: every column is real
+                image_mask = torch.ones(pixel_values.shape[0], pixel_values.shape[-1], dtype=torch.bool,
+                                        device=pixel_values.device)
+            tokens, mask = self.line(pixel_values, image_mask)
+            return LineEncoderOutput(last_hidden_state=tokens, token_mask=mask)
+
+        def get_output_embeddings(self):
+            return None
+
+    class LineVisionEncoderDecoder(_VED):
+        """VisionEncoderDecoderModel whose decoder cross-attends to real encoder tokens only."""
+
+        def forward(self, pixel_values=None, *args, image_mask=None, encoder_outputs=None, **kwargs):
+            if encoder_outputs is None and pixel_values is not None:
+                encoder_outputs = self.encoder(pixel_values=pixel_values, image_mask=image_mask)
+            mask = getattr(encoder_outputs, "token_mask", None)
+            if mask is None:
+                return super().forward(pixel_values, *args, encoder_outputs=encoder_outputs, **kwargs)
+
+            def inject(module, a, kw):  # the stock forward passes encoder_attention_mask=None
+                kw["encoder_attention_mask"] = mask.to(torch.long)
+                return a, kw
+
+            handle = self.decoder.register_forward_pre_hook(inject, with_kwargs=True)
+            try:
+                return super().forward(pixel_values, *args, encoder_outputs=encoder_outputs, **kwargs)
+            finally:
+                handle.remove()
+
+    try:
+        AutoConfig.register(LineEncoderHFConfig.model_type, LineEncoderHFConfig)
+        AutoModel.register(LineEncoderHFConfig, LineEncoderHF)
+    except ValueError:  # registered by an earlier import of this module under another name
+        pass
+    return LineEncoderHFConfig, LineEncoderHF, LineEncoderOutput, LineVisionEncoderDecoder
+
+
+def _quiet_transformers() -> None:
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
+
+
+def _assemble(enc, dec, bos_id: int, eos_id: int, pad_id: int):
+    _, _, _, ved = _ved_classes()
+    model = ved(encoder=enc, decoder=dec)
+    for c in (model.config, model.generation_config):
+        c.decoder_start_token_id, c.bos_token_id, c.eos_token_id, c.pad_token_id = bos_id, bos_id, eos_id, pad_id
+    return model
+
+
+def build_baseline(cfg: ModelConfig, vocab_size: int, height: int, *, bos_id: int = 1, eos_id: int = 2,
+                   pad_id: int = 0, encoder=None, decoder_dir: str | Path | None = None):
+    """TrOCR-style model: our LineEncoder (`cfg.encoder`, or the given LineEncoder's weights) + a GPT-2 with
+    cross-attention of `cfg.decoder`'s width, depth, heads and `vocab_size` (random), or the first
+    `cfg.decoder.n_layer` blocks of the HF GPT-2 dir `decoder_dir` (cross-attention random)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from bridgeocr.models.encoder import LineEncoder
+
+    _quiet_transformers()
+    cfg_cls, enc_cls, _, _ = _ved_classes()
+    if encoder is not None and not isinstance(encoder, LineEncoder):
+        raise ConfigError(f"the encoder-decoder baseline wraps our LineEncoder only, not {type(encoder).__name__}")
+    enc_cfg = replace(encoder.cfg if encoder is not None else cfg.encoder, pretrained=None, freeze=False)
+    enc = enc_cls(cfg_cls(encoder=asdict(enc_cfg), image_height=height, hidden_size=enc_cfg.dim))
+    if encoder is not None:
+        enc.line.load_state_dict(encoder.state_dict(), strict=True)
+    d = cfg.decoder
+    common = dict(add_cross_attention=True, is_decoder=True, bos_token_id=bos_id, eos_token_id=eos_id,
+                  pad_token_id=pad_id, resid_pdrop=d.dropout, embd_pdrop=d.dropout, attn_pdrop=d.dropout)
+    if decoder_dir is not None:
+        dcfg = GPT2Config.from_pretrained(str(decoder_dir), local_files_only=True)
+        if not 1 <= d.n_layer <= dcfg.n_layer:
+            raise ConfigError(f"{decoder_dir}: asked for {d.n_layer} blocks, checkpoint has {dcfg.n_layer}")
+        if dcfg.vocab_size < vocab_size:
+            raise ConfigError(f"{decoder_dir}: vocabulary {dcfg.vocab_size} < the tokenizer's {vocab_size}")
+        for k, v in dict(common, n_layer=d.n_layer).items():
+            setattr(dcfg, k, v)
+        # float32 whatever the file holds (shipped parts are float16; transformers 5 would keep that)
+        dec = GPT2LMHeadModel.from_pretrained(str(decoder_dir), config=dcfg, local_files_only=True,
+                                              dtype=torch.float32)
+    else:
+        dcfg = GPT2Config(vocab_size=vocab_size, n_positions=d.n_positions, n_embd=d.n_embd, n_layer=d.n_layer,
+                          n_head=d.n_head, activation_function="gelu_new", **common)
+        dec = GPT2LMHeadModel(dcfg)
+    return _assemble(enc, dec, bos_id, eos_id, pad_id)
+
+
+def load_baseline(path, device: str | torch.device = "cpu"):
+    """A saved baseline dir -> (model in eval mode, tokenizer, ImageConfig, card dict)."""
+    from bridgeocr.data.tokenizers import load_tokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file() or not (path / CARD).is_file():
+        raise BridgeOCRError(f"{path}: not an encoder-decoder baseline dir (needs config.json and {CARD})")
+    _quiet_transformers()
+    _, _, _, ved = _ved_classes()
+    model = ved.from_pretrained(str(path), local_files_only=True, dtype=torch.float32).to(device).eval()
+    card = json.loads((path / CARD).read_text())
+    tok = load_tokenizer(path / "tokenizer.json")
+    image_cfg = ImageConfig(**{k: v for k, v in card.get("image", {}).items() if k in ImageConfig.__dataclass_fields__})
+    return model, tok, image_cfg, card
+
+
+# ------------------------------------------------------------------------------------------ decoding
+
+
+@torch.no_grad()
+def decode_batch(model, batch, tokenizer, max_new_tokens: int) -> list[str]:
+    """Greedy decoding of one Batch with HF `generate` from the (masked) encoder outputs."""
+    was = model.training
+    model.eval()
+    try:
+        dev = next(model.parameters()).device
+        enc_out = model.encoder(pixel_values=batch.images.to(dev), image_mask=batch.image_mask.to(dev))
+        suppress = sorted({tokenizer.pad_id, tokenizer.bos_id} - {tokenizer.eos_id})
+        out = model.generate(encoder_outputs=enc_out, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                             decoder_start_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
+                             pad_token_id=tokenizer.pad_id, suppress_tokens=suppress)
+    finally:
+        model.train(was)
+    texts = []
+    for row in out[:, 1:].tolist():
+        if tokenizer.eos_id in row:
+            row = row[: row.index(tokenizer.eos_id)]
+        texts.append(tokenizer.decode(row))
+    return texts
+
+
+def evaluate_baseline(model, source, image_cfg: ImageConfig, tokenizer, batch_size: int = 32,
+                      max_new_tokens: int = 160, progress: bool = False, desc: str = "decode") -> dict:
+    """Decode every line of `source` -> dict(cer, wer, n, skipped, seconds, lines_per_s, ids, refs, hyps).
+    Timed like `evaluate_model`: loading + preprocessing + decoding, from the first batch to the last."""
+    from tqdm import tqdm
+
+    from bridgeocr.data.preprocess import make_loader
+    from bridgeocr.eval.metrics import cer, wer
+
+    loader = make_loader(source, image_cfg, tokenizer, batch_size=batch_size, shuffle=False)
+    ids, refs, hyps = [], [], []
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(source), desc=desc, unit="line", disable=not progress, leave=False)
+    for batch in loader:
+        if batch is None:
+            continue
+        hyps.extend(decode_batch(model, batch, tokenizer, max_new_tokens))
+        refs.extend(batch.texts)
+        ids.extend(batch.ids)
+        bar.update(len(batch))
+    bar.close()
+    dt = time.perf_counter() - t0
+    return {"cer": cer(refs, hyps) if refs else float("nan"), "wer": wer(refs, hyps) if refs else float("nan"),
+            "n": len(refs), "skipped": int(loader.dataset.skipped), "seconds": dt,
+            "lines_per_s": len(refs) / dt if dt > 0 else 0.0, "ids": ids, "refs": refs, "hyps": hyps}
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def _group(name: str) -> str:
+    if name.startswith("encoder."):
+        return "encoder"
+    if name.startswith("enc_to_dec_proj.") or any(k in name for k in CROSS_KEYS):
+        return "connector"  # new weights: the bridge
+    return "decoder"
+
+
+def _apply_decoder_freeze(model, spec: str) -> None:
+    """Our `decoder.freeze` on the GPT-2 side (cross-attention always trains): none | all | top:N."""
+    spec = str(spec or "none")
+    if spec == "none":
+        return
+    n_layer = model.decoder.config.n_layer
+    if spec == "all":
+        keep = n_layer
+    elif spec.startswith("top:"):
+        keep = n_layer - int(spec[4:])
+    else:
+        raise ConfigError(f"model.decoder.freeze: {spec!r} is not one of none | all | top:N")
+    for name, p in model.decoder.named_parameters():
+        if any(k in name for k in CROSS_KEYS):
+            continue
+        parts = name.split(".")
+        block = int(parts[2]) if len(parts) > 2 and parts[1] == "h" else None
+        if block is None:
+            frozen = not (name.startswith("transformer.ln_f") and spec != "all")
+        else:
+            frozen = block < keep
+        if frozen:
+            p.requires_grad_(False)
+
+
+def _optimizer(model, oc):
+    lrs = {"encoder": oc.lr_encoder, "connector": oc.lr_connector, "decoder": oc.lr_decoder}
+    groups, seen = [], set()
+    for gname in ("encoder", "connector", "decoder"):
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if not p.requires_grad or _group(name) != gname or id(p) in seen:
+                continue  # tied wte / lm_head: once
+            seen.add(id(p))
+            (decay if p.ndim >= 2 else no_decay).append(p)
+        for params, wd, suffix in ((decay, oc.weight_decay, ""), (no_decay, 0.0, "/no_decay")):
+            if params:
+                groups.append({"params": params, "lr": lrs[gname], "initial_lr": lrs[gname], "weight_decay": wd,
+                               "name": gname + suffix})
+    if not groups:
+        raise ConfigError("nothing to train: every parameter is frozen")
+    return torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-8)
+
+
+def read_like(run_dir) -> tuple:
+    """A finished run dir -> (ExperimentConfig, metrics dict, tokenizer)."""
+    from bridgeocr.config import load_config
+    from bridgeocr.data.tokenizers import load_tokenizer
+
+    run_dir = Path(run_dir)
+    for f in ("config.yaml", "metrics.json", "tokenizer.json"):
+        if not (run_dir / f).is_file():
+            raise BridgeOCRError(f"--like {run_dir}: no {f} (a finished `bridgeocr train` run dir is needed)")
+    cfg = load_config(run_dir / "config.yaml")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return cfg, metrics, load_tokenizer(run_dir / "tokenizer.json")
+
+
+def build_like(cfg, tokenizer):
+    """The baseline for a run's config, initialised from the run's pretrained parts."""
+    from bridgeocr.models.encoder import load_encoder
+    from bridgeocr.shipped import resolve_pretrained
+
+    mc: ModelConfig = copy.deepcopy(cfg.model)
+    height = cfg.data.image.height
+    encoder = load_encoder(mc.encoder.pretrained, height)[0] if mc.encoder.pretrained else None
+    dec_dir = resolve_pretrained(mc.decoder.pretrained)
+    model = build_baseline(mc, tokenizer.vocab_size, height, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
+                           pad_id=tokenizer.pad_id, encoder=encoder, decoder_dir=dec_dir)
+    model.encoder.requires_grad_(not mc.encoder.freeze)
+    _apply_decoder_freeze(model, mc.decoder.freeze)
+    return model
+
+
+def _device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def train_like(like, out, steps: int | None = None, minutes: float | None = None, device: str | None = None,
+               val_every: int | None = None, max_val: int | None = None, progress: bool = True) -> dict:
+    """Train the baseline `--like` a finished run; save it to `out`; returns the card (also `out/CARD`)."""
+    from tqdm import tqdm
+
+    from bridgeocr.data.preprocess import make_loader
+    from bridgeocr.train.losses import ce_loss
+    from bridgeocr.train.module import parse_freeze_schedule
+    from bridgeocr.train.run import _open
+    from bridgeocr.train.schedule import lr_factor
+
+    t_start = time.time()
+    cfg, run_metrics, tok = read_like(like)
+    oc = cfg.optim
+    steps = int(steps or run_metrics.get("step") or oc.max_steps)
+    if steps < 1:
+        raise ConfigError(f"steps: must be >= 1, got {steps}")
+    budget_s = minutes * 60 if minutes else None
+    torch.manual_seed(cfg.train.seed)
+    dev = _device(device)
+    amp = dev.type == "cuda" and torch.cuda.is_bf16_supported() and cfg.train.precision in ("auto", "bf16-mixed")
+
+    train_src = _open(cfg, cfg.data.train_split, cfg.data.max_train_samples)
+    val_src = _open(cfg, cfg.data.val_split, max_val if max_val is not None else cfg.data.max_eval_samples)
+    if not train_src:
+        raise BridgeOCRError(f"{cfg.data.source}: split {cfg.data.train_split!r} has no lines")
+    model = build_like(cfg, tok).to(dev)
+    schedule = parse_freeze_schedule(oc.freeze_schedule)  # same group names: encoder | connector | decoder
+    opt = _optimizer(model, oc)
+    loader = make_loader(train_src, cfg.data.image, tok, batch_size=oc.batch_size, shuffle=True,
+                         seed=cfg.train.seed, num_workers=cfg.data.num_workers,
+                         max_text_tokens=cfg.model.max_text_tokens)
+    max_new = min(cfg.model.max_text_tokens, model.decoder.config.n_positions)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"baseline like {like}: train {len(train_src)} lines, val {len(val_src)}, vocab {tok.vocab_size}, "
+          f"{n_params / 1e6:.2f}M params, {steps} steps x batch {oc.batch_size}"
+          + (f" x {oc.accumulate}" if oc.accumulate > 1 else "") + (f", budget {minutes} min" if minutes else "")
+          + f", {dev}{' bf16' if amp else ''}", flush=True)
+
+    def val(desc):
+        if not val_src:
+            return None
+        return evaluate_baseline(model, val_src, cfg.data.image, tok, batch_size=oc.batch_size,
+                                 max_new_tokens=max_new, progress=progress, desc=desc)
+
+    step, epoch, lines, train_s, stopped_by = 0, 0, 0, 0.0, "steps"
+    best, best_state, history = None, None, []
+    bar = tqdm(total=steps, desc="baseline", unit="step", disable=not progress)
+    model.train()
+    while step < steps:
+        loader.batch_sampler.set_epoch(epoch)
+        micro = 0
+        for batch in loader:
+            if batch is None:
+                continue
+            t0 = time.perf_counter()
+            batch = batch.to(dev)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                logits = model(pixel_values=batch.images, image_mask=batch.image_mask,
+                               decoder_input_ids=batch.input_ids[:, :-1],
+                               decoder_attention_mask=batch.attention_mask[:, :-1]).logits
+            loss = ce_loss(logits, batch.input_ids, batch.attention_mask)
+            (loss / oc.accumulate).backward()
+            lines += len(batch)
+            micro += 1
+            if micro % oc.accumulate == 0:
+                trained = next((g for until, g in schedule if step < until), None)
+                if trained is not None:
+                    for name, p in model.named_parameters():
+                        if _group(name) not in trained:
+                            p.grad = None
+                if oc.grad_clip:
+                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], oc.grad_clip)
+                f = lr_factor(step, oc.warmup_steps, steps, time_fraction=train_s / budget_s if budget_s else None)
+                for g in opt.param_groups:
+                    g["lr"] = g["initial_lr"] * f
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{f:.2f}x")
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            train_s += time.perf_counter() - t0
+            if val_every and micro % oc.accumulate == 0 and step % val_every == 0 and step < steps:
+                r = val(f"val @{step}")
+                if r is not None:
+                    history.append({"step": step, "cer": r["cer"], "wer": r["wer"]})
+                    if best is None or r["cer"] < best["cer"]:
+                        best, best_state = {**history[-1], "n": r["n"]}, copy.deepcopy(model.state_dict())
+                model.train()
+            if step >= steps:
+                break
+            if budget_s and train_s >= budget_s:
+                stopped_by = "minutes"
+                break
+        epoch += 1
+        if stopped_by == "minutes":
+            break
+    bar.close()
+
+    r = val("val")
+    if r is not None:
+        history.append({"step": step, "cer": r["cer"], "wer": r["wer"]})
+        if best is None or r["cer"] <= best["cer"] or math.isnan(best["cer"]):
+            best, best_state = {**history[-1], "n": r["n"], "lines_per_s": r["lines_per_s"]}, None
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))  # config.json + model.safetensors
+    tok.save(out / "tokenizer.json")
+    card = {
+        "kind": "trocr-style VisionEncoderDecoderModel (LineEncoder + GPT2LMHeadModel with cross-attention)",
+        "like": str(like), "data": cfg.data.source, "splits": {"train": cfg.data.train_split,
+                                                               "val": cfg.data.val_split},
+        "steps": step, "target_steps": steps, "stopped_by": stopped_by, "epochs": epoch,
+        "batch_size": oc.batch_size, "accumulate": oc.accumulate, "minutes": minutes,
+        "train_seconds": round(train_s, 1), "wall_time_s": round(time.time() - t_start, 1),
+        "train_lines_per_s": lines / train_s if train_s > 0 else None,
+        "val_cer": best["cer"] if best else None, "val_wer": best["wer"] if best else None,
+        "best_step": best["step"] if best else None, "val_n": best["n"] if best else 0, "val_history": history,
+        "params": n_params, "image": asdict(cfg.data.image), "max_new_tokens": max_new,
+        "init": {"encoder": cfg.model.encoder.pretrained, "decoder": cfg.model.decoder.pretrained},
+        "optim": {k: getattr(oc, k) for k in ("lr_encoder", "lr_connector", "lr_decoder", "weight_decay",
+                                              "warmup_steps", "grad_clip", "freeze_schedule")},
+        "device": str(dev), "precision": "bf16-mixed" if amp else "32-true",
+        "special_ids": {"pad_id": tok.pad_id, "bos_id": tok.bos_id, "eos_id": tok.eos_id},
+        "run": {k: run_metrics.get(k) for k in ("name", "step", "wall_time_s", "train_lines_per_s", "val_cer",
+                                                 "val_wer", "params", "precision")},
+    }
+    (out / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    if best:
+        print(f"baseline: step {step} ({stopped_by}), val CER {best['cer']:.4f} WER {best['wer']:.4f} "
+              f"(best step {best['step']}); run: step {card['run']['step']}, val CER {card['run']['val_cer']}",
+              flush=True)
+    print(f"wrote {out}", flush=True)
+    return card
+
