@@ -38,7 +38,8 @@ class DataConfig:
     iam_split_dir: str | None = None  # IAM only: folder with the split lists
     drop_err: bool = False  # IAM only: drop lines marked `err`
     max_train_samples: int | None = None
-    max_eval_samples: int | None = None
+    max_eval_samples: int | None = None  # cap on val and test lines
+    max_val_samples: int | None = None  # a tighter cap for the validations during training (val only)
     num_workers: int = 0
     image: ImageConfig = field(default_factory=ImageConfig)
 

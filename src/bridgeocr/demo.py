@@ -33,7 +33,8 @@ DEMO_OVERRIDES = [
     "model.encoder.freeze=true",  # the shipped encoder already reads: on a CPU, spend the budget on the bridge
     "optim.batch_size=16", "optim.max_steps=100000", "optim.warmup_steps=60",
     "optim.lr_encoder=1e-4", "optim.lr_connector=1e-3", "optim.lr_decoder=3e-4",
-    "loss.ctc_weight=0.0", "train.val_every_steps=150", "train.log_every_steps=10",
+    "loss.ctc_weight=0.0", "train.val_every_steps=250", "train.log_every_steps=10",
+    "data.max_val_samples=200",  # validations during training on 200 lines; the test split is read whole
 ]
 FREEZE_SCHEDULE = "optim.freeze_schedule=[{until_step: 100, train: [connector]}]"
 

@@ -315,7 +315,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=N
     pl.seed_everything(tc.seed, workers=True, verbose=False)
 
     train_src = _open(cfg, cfg.data.train_split, cfg.data.max_train_samples)
-    val_src = _open(cfg, cfg.data.val_split, cfg.data.max_eval_samples)
+    val_src = _open(cfg, cfg.data.val_split, cfg.data.max_val_samples or cfg.data.max_eval_samples)
     if not train_src:
         raise BridgeOCRError(f"{cfg.data.source}: split {cfg.data.train_split!r} has no lines")
     if not val_src:
