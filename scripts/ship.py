@@ -44,7 +44,7 @@ The shipped encoder and GPT joined by a `linear_gelu_ln` connector (the seed's s
 end with CE + KD (alpha 0.1, tau 2) + CTC (0.2): what `bridgeocr recognize` uses without `--checkpoint`.
 
 - Data: the synthetic Gutenberg lines and Hooker train lines above, interleaved
-  (`scripts/mixed_manifest.py`); selection on a mixed validation subset (600 lines).
+  (`scripts/mixed_manifest.py`); selection on a mixed validation subset (400 lines).
 - Hardware: {HARDWARE}.
 - Command: steps 4-5 of `scripts/make_shipped.sh` (`bridgeocr train --config configs/ocr_default.yaml`).
 - Evaluations (`bridgeocr evaluate`): see `docs/benchmarks.md`, "Shipped models".
