@@ -167,15 +167,29 @@ def _add_train_eval(sub):
 
     p = sub.add_parser("bench", help="connector speed benchmark (params, tokens, step time, decode lines/s)")
     p.add_argument("--quick", action="store_true", help="a smaller run (< 2 minutes on 2 CPU cores)")
-    p.add_argument("--widths", type=int, nargs="+", default=None)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--widths", type=int, nargs="+", default=None, help="line widths in px (default 512 1024)")
+    p.add_argument("--sizes", nargs="+", choices=["default", "seed"], default=None,
+                   help="default config and/or a seed-sized decoder (3 GPT-2-small blocks)")
+    p.add_argument("--connectors", nargs="+", default=None, help="a subset of the connectors (+ encdec)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per cell (median; default 3)")
+    p.add_argument("--height", type=int, default=None, help="line height (default 32)")
+    p.add_argument("--vocab-size", type=int, default=None, help="decoder vocabulary (default 100)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--out", default="runs/bench", help="directory for bench.json and bench.md")
-    p.set_defaults(target="bridgeocr.bench:bench_cli", keys=["quick", "widths", "device", "out"])
+    p.set_defaults(target="bridgeocr.bench:bench_cli",
+                   keys=["quick", "widths", "sizes", "connectors", "repeats", "height", "vocab_size", "device",
+                         "out"])
 
-    p = sub.add_parser("demo", help="the whole study end to end on built-in data (what `make demo` runs)")
-    p.add_argument("--minutes", type=float, default=20.0, help="total time budget (default 20)")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--corpus", nargs="+", default=None, metavar="FILE")
+    p = sub.add_parser("demo", help="the whole study end to end on built-in data (what `make demo` runs)",
+                       description="Synthesise lines from the built-in corpus, start from the shipped encoder "
+                       "and GPT, train the seed's three settings (linear_gelu_ln, qformer, qformer + KD) in equal "
+                       "shares of the budget, run the loss-gap diagnostic, and write OUT/report.md with the "
+                       "seed's CER/WER lines, a comparison table, curves and checkpoint paths. Rerunning the "
+                       "same command resumes: finished settings are kept.")
+    p.add_argument("--minutes", type=float, default=20.0, help="total time budget in minutes (default 20)")
+    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument("--corpus", nargs="+", default=None, metavar="FILE",
+                   help="text for the synthetic lines (default: the built-in corpus)")
     p.add_argument("--n", type=int, default=None, help="synthetic lines (default scales with --minutes)")
     p.set_defaults(target="bridgeocr.demo:demo_cli", keys=["minutes", "out", "corpus", "n"])
 
