@@ -20,8 +20,63 @@ _WS = re.compile(r"\s+")
 _ILLUSTRATION = re.compile(r"\[Illustration[^\]]*\]")
 
 
+# Standard-library modules whose docstrings are English prose. Python ships them on every machine, so the
+# built-in corpus is large (~10^5 words) without a download: a few KB of shipped text alone is so small
+# that an OCR decoder memorises it instead of learning to read.
+DOC_MODULES = (
+    "argparse", "ast", "asyncio", "base64", "bisect", "calendar", "codecs", "collections", "concurrent.futures",
+    "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "email",
+    "email.message", "enum", "fileinput", "fnmatch", "fractions", "ftplib", "functools", "getopt", "gettext",
+    "glob", "gzip", "hashlib", "heapq", "hmac", "html", "http.client", "http.cookiejar", "http.server",
+    "imaplib", "importlib", "inspect", "io", "ipaddress", "itertools", "json", "locale", "logging",
+    "logging.handlers", "mailbox", "mimetypes", "multiprocessing", "netrc", "numbers", "operator", "optparse",
+    "os", "pathlib", "pickle", "pkgutil", "platform", "plistlib", "poplib", "pprint", "queue", "random", "re",
+    "sched", "secrets", "selectors", "shelve", "shlex", "shutil", "smtplib", "socket", "socketserver",
+    "sqlite3", "ssl", "statistics", "string", "struct", "subprocess", "tarfile", "tempfile", "textwrap",
+    "threading", "timeit", "tokenize", "traceback", "types", "typing", "unittest", "urllib.parse",
+    "urllib.request", "uuid", "warnings", "weakref", "xml.dom.minidom", "xml.etree.ElementTree", "zipfile",
+)
+
+
+def _prose(paragraph: str) -> bool:
+    """Sentences rather than code, tables or examples."""
+    text = " ".join(paragraph.split())
+    if len(text) < 60 or ">>>" in text or "::" in text:
+        return False
+    return sum(c.isalpha() or c in " ,.;'" for c in text) / len(text) > 0.9
+
+
+def module_doc_paragraphs(name: str) -> list[str]:
+    """Prose paragraphs of one module's docstrings (the module's and its own public objects', sorted)."""
+    import importlib
+    import inspect
+
+    try:
+        module = importlib.import_module(name)
+    except ImportError:  # a Python built without it (e.g. no sqlite3): the corpus is a little smaller
+        return []
+    out = []
+    for attr in [None] + sorted(a for a in dir(module) if not a.startswith("_")):
+        obj = module if attr is None else getattr(module, attr, None)
+        if obj is module or getattr(obj, "__module__", None) == name:
+            out.extend(p for p in re.split(r"\n\s*\n", inspect.getdoc(obj) or "") if _prose(p))
+    return out
+
+
+def stdlib_doc_text() -> str:
+    """Prose paragraphs from the docstrings of DOC_MODULES, each paragraph once."""
+    import warnings
+
+    with warnings.catch_warnings():  # touching deprecated attributes (typing.io, ...) warns; we only read docs
+        warnings.simplefilter("ignore")
+        paragraphs_out = [p for name in DOC_MODULES for p in module_doc_paragraphs(name)]
+    return "\n\n".join(dict.fromkeys(paragraphs_out))
+
+
 def builtin_corpus_text() -> str:
-    return resources.files("bridgeocr").joinpath("resources/corpus_en.txt").read_text(encoding="utf-8")
+    """The shipped English text, then the standard library's documentation prose (one more document)."""
+    shipped = resources.files("bridgeocr").joinpath("resources/corpus_en.txt").read_text(encoding="utf-8")
+    return f"{shipped}\n{DOC_SEP}\n{stdlib_doc_text()}"
 
 
 def read_corpus(files: Iterable[str | Path] | None = None) -> list[str]:
