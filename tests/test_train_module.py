@@ -113,3 +113,22 @@ def test_shard_lines_for_ddp():
     v0, v1 = shard(lines, 0, 2, even=False), shard(lines, 1, 2, even=False)
     assert sorted(v0 + v1) == lines
     assert shard(lines, 0, 1, even=True) == lines
+
+
+def test_input_dropout_corrupts_inputs_not_targets():
+    cfg = tiny_cfg()
+    cfg.loss.input_dropout = 1.0
+    module, tok = build(cfg)
+    batch = tiny_batch(tok)
+    module.train()
+    corrupted = module._corrupt_inputs(batch)
+    real = batch.attention_mask.bool()
+    assert (corrupted.input_ids[:, 0] == tok.bos_id).all()  # BOS kept
+    assert (corrupted.input_ids[:, 1:][real[:, 1:]] == tok.unk_id).all()
+    assert (corrupted.input_ids[~real] == tok.pad_id).all()  # padding untouched
+    assert torch.equal(batch.input_ids, tiny_batch(tok).input_ids)  # the targets are not modified
+    module.eval()
+    assert module._corrupt_inputs(batch) is batch  # never at evaluation
+    cfg.loss.input_dropout = 0.0
+    module.train()
+    assert module._corrupt_inputs(batch) is batch

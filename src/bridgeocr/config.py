@@ -115,6 +115,7 @@ class LossConfig:
     kd_form: str = "sum"  # sum | interpolate
     kd_teacher: str | None = None  # LM dir; default: the decoder's pretrained dir
     ctc_weight: float = 0.0  # joint CTC + attention
+    input_dropout: float = 0.0  # share of input text tokens replaced by UNK in training (forces reading)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -110,8 +111,20 @@ class OCRLightningModule(pl.LightningModule):
                 return groups
         return set(GROUPS)
 
+    def _corrupt_inputs(self, batch):
+        """Text-token dropout: some input tokens (never BOS, never a target) become UNK, so the decoder
+        cannot lean on the language prior alone and must read the image (`loss.input_dropout`)."""
+        p = self.cfg.loss.input_dropout
+        if p <= 0 or not self.training:
+            return batch
+        ids = batch.input_ids
+        drop = (torch.rand(ids.shape, device=ids.device) < p) & batch.attention_mask.bool()
+        drop[:, 0] = False
+        unk = getattr(self.tokenizer, "unk_id", self.tokenizer.pad_id)
+        return replace(batch, input_ids=torch.where(drop, torch.full_like(ids, unk), ids))
+
     def _loss(self, batch):
-        out = self.model(batch)
+        out = self.model(self._corrupt_inputs(batch))  # targets below stay the true tokens
         logits = out.logits
         ce = ce_loss(logits, batch.input_ids, batch.attention_mask)
         parts = {"ce": ce.detach()}
