@@ -155,3 +155,17 @@ def test_freeze():
     assert all(p.requires_grad for p in gpt.parameters())
     with pytest.raises(ConfigError, match="top:N"):
         apply_freeze(gpt, "top:x")
+
+
+def test_prefix_positions_give_visual_token_i_position_i():
+    torch.manual_seed(0)
+    gpt = GPT(tiny_cfg(n_layer=1), 20).eval()
+    gpt.cfg.prefix_positions = True
+    prefix = torch.zeros(1, 4, gpt.cfg.n_embd)
+    placed = gpt._place_prefix(prefix)
+    assert torch.equal(placed[0], gpt.wpe.weight[:4])  # token i carries position embedding i
+    ids = torch.tensor([[1, 5, 6]])
+    with_pos = gpt(ids, prefix=prefix)[0]
+    gpt.cfg.prefix_positions = False
+    assert torch.equal(gpt._place_prefix(prefix), prefix)
+    assert not torch.allclose(with_pos, gpt(ids, prefix=prefix)[0])  # the positions reach the text

@@ -93,6 +93,7 @@ class DecoderConfig:
     dropout: float = 0.0
     pretrained: str | None = None  # a local HF GPT-2-style dir; keeps its first n_layer blocks
     freeze: str = "none"  # none | all | top:N (all but the top N blocks frozen)
+    prefix_positions: bool = False  # visual token i gets position embedding i (an alignment prior)
 
 
 @dataclass

@@ -163,6 +163,17 @@ class GPT(nn.Module):
     def n_embd(self) -> int:
         return self.cfg.n_embd
 
+    def _place_prefix(self, prefix: torch.Tensor) -> torch.Tensor:
+        """With `prefix_positions`, visual token i gets the GPT's position embedding i, as the text's i-th
+        token does: a line is read left to right, so text position t finds its letters near visual token
+        ~t from the first step (an alignment prior the decoder refines), instead of learning it by content."""
+        if not self.cfg.prefix_positions:
+            return prefix
+        M = prefix.shape[1]
+        if M > self.cfg.n_positions:
+            raise ValueError(f"GPT.forward: {M} visual tokens > n_positions {self.cfg.n_positions}")
+        return prefix + self.wpe(torch.arange(M, device=prefix.device))[None]
+
     def forward(self, input_ids, attention_mask=None, prefix=None, prefix_mask=None, attach_layer: int = 0,
                 past: KVCache | None = None, position_offset: int | None = None):
         """-> (logits [B, T, V] for the text positions only, new KVCache).
@@ -208,7 +219,7 @@ class GPT(nn.Module):
         for i, block in enumerate(self.h):
             joint = prefix_mask is not None and i >= attach_layer
             if joint and i == attach_layer and new_prefix_q:
-                x = torch.cat([prefix.to(x.dtype), x], dim=1)
+                x = torch.cat([self._place_prefix(prefix).to(x.dtype), x], dim=1)
             x, kv = block(x, mask_joint if joint else mask_text, None if past is None else past.kv[i])
             new_kv.append(kv)
         x = self.ln_f(x[:, x.shape[1] - T:])

@@ -74,6 +74,7 @@ class OCRModel(nn.Module):
                 d = decoder.cfg
                 cfg.decoder = replace(cfg.decoder, n_layer=d.n_layer, n_embd=d.n_embd, n_head=d.n_head,
                                       n_positions=d.n_positions)
+                decoder.cfg = replace(d, prefix_positions=cfg.decoder.prefix_positions)
             else:
                 decoder = GPT(cfg.decoder, vocab_size)
         if decoder.vocab_size < vocab_size:
