@@ -90,3 +90,14 @@ def test_recognize_cli_formats_folders_globs_and_bad_files(model_dir, tmp_path, 
     assert code == 1 and "nothere.png" in err
     rows = out.strip().splitlines()
     assert rows[0] == "path\ttext\tconfidence" and rows[1].startswith(str(folder / "l2.png") + "\t")
+
+
+def test_model_config_chooses_the_default_decoding(model_dir):
+    ocr = BridgeOCR.from_pretrained(model_dir, device="cpu")
+    imgs = [line(40, 0), line(90, 1)]
+    gpt = [r.text for r in ocr.recognize(imgs, ctc=False)]
+    ctc = [r.text for r in ocr.recognize(imgs, ctc=True)]
+    assert [r.text for r in ocr.recognize(imgs)] == gpt  # decoding: gpt is the default
+    ocr.model.cfg.decoding = "ctc"
+    assert [r.text for r in ocr.recognize(imgs)] == ctc
+    assert [r.text for r in ocr.recognize(imgs, ctc=False)] == gpt  # an explicit choice wins

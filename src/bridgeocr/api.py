@@ -115,8 +115,21 @@ class BridgeOCR:
                 mask[j, :w] = True
             yield idx, images, mask
 
+    def uses_ctc(self, ctc: bool | None) -> bool:
+        """None: the model's own choice (`model.decoding`, "gpt" or "ctc", set where it reads better)."""
+        if ctc is not None:
+            return bool(ctc)
+        return getattr(getattr(self.model, "cfg", None), "decoding", "gpt") == "ctc" and \
+            getattr(self.model, "ctc_head", None) is not None
+
+    def decode(self, images, image_mask, beam: int = 1, ctc: bool | None = None) -> list[tuple[str, float]]:
+        """One padded batch -> [(text, confidence)]: the GPT (greedy / beam) or the encoder's CTC head."""
+        if self.uses_ctc(ctc):
+            return self._ctc(images, image_mask)
+        return [(h.text, float(h.confidence)) for h in self.model.generate(images, image_mask, beam=beam)]
+
     @torch.no_grad()
-    def recognize(self, images, beam: int = 1, batch_size: int = 32, ctc: bool = False) -> list[Recognition]:
+    def recognize(self, images, beam: int = 1, batch_size: int = 32, ctc: bool | None = None) -> list[Recognition]:
         """Transcribe line images (PIL images, paths or arrays; one or a list), in input order."""
         from bridgeocr.data.preprocess import preprocess_image
 
@@ -126,12 +139,7 @@ class BridgeOCR:
         results: list[Recognition | None] = [None] * len(items)
         dev = self.device
         for idx, batch, mask in self._batches(tensors, batch_size):
-            batch, mask = batch.to(dev), mask.to(dev)
-            if ctc:
-                decoded = self._ctc(batch, mask)
-            else:
-                decoded = [(h.text, float(h.confidence))
-                           for h in self.model.generate(batch, mask, beam=beam)]
+            decoded = self.decode(batch.to(dev), mask.to(dev), beam=beam, ctc=ctc)
             for i, (text, conf) in zip(idx, decoded):
                 src = str(items[i]) if isinstance(items[i], (str, Path)) else None
                 results[i] = Recognition(text, conf, src)
@@ -230,11 +238,7 @@ def recognize_cli(inputs, checkpoint, beam, batch_size, format, ctc) -> int:
         dev = ocr.device
         with torch.no_grad():
             for idx, batch, mask in ocr._batches(tensors, batch_size):
-                batch, mask = batch.to(dev), mask.to(dev)
-                if ctc:
-                    decoded = ocr._ctc(batch, mask)
-                else:
-                    decoded = [(h.text, float(h.confidence)) for h in ocr.model.generate(batch, mask, beam=beam)]
+                decoded = ocr.decode(batch.to(dev), mask.to(dev), beam=beam, ctc=ctc)
                 for i, (text, conf) in zip(idx, decoded):
                     results[i] = Recognition(text, conf, str(good[i]))
         for p, r in zip(good, results):

@@ -136,7 +136,10 @@ def _add_train_eval(sub):
     p.add_argument("--beam", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--format", choices=["text", "tsv", "jsonl"], default="text")
-    p.add_argument("--ctc", action="store_true", help="decode with the encoder's CTC head (fast)")
+    p.add_argument("--ctc", action="store_true", default=None,
+                   help="decode with the encoder's CTC head (fast, no language model)")
+    p.add_argument("--gpt", dest="ctc", action="store_false",
+                   help="decode with the GPT (default unless the model's config says decoding: ctc)")
     p.set_defaults(target="bridgeocr.api:recognize_cli",
                    keys=["inputs", "checkpoint", "beam", "batch_size", "format", "ctc"])
 

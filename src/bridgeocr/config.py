@@ -104,6 +104,7 @@ class ModelConfig:
     attach_layer: int = 0  # visual tokens enter before decoder block k (0: prefix at the embeddings)
     ctc_head: bool = False  # a CTC head on the encoder (fast decoding, joint loss)
     ctc_upsample: int = 3  # CTC frames per encoder token
+    decoding: str = "gpt"  # what `recognize` uses unless told: gpt (the decoder) | ctc (the encoder's CTC head)
     max_text_tokens: int = 160
 
 
