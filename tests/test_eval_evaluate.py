@@ -77,3 +77,22 @@ def test_evaluate_cli_bad_checkpoint_is_a_one_line_error(tmp_path, capsys):
     code = main(["evaluate", "--checkpoint", str(tmp_path), "--data", str(tmp_path / "x.tsv")])
     assert code == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_evaluate_with_the_ctc_head(tmp_path, capsys):
+    d = tmp_path / "ctc_model"
+    tiny_model(ctc=True).save_pretrained(d)
+    data = make_lines(tmp_path)
+    assert main(["evaluate", "--checkpoint", str(d), "--data", str(data), "--split", "all", "--ctc",
+                 "--out", str(tmp_path / "ev")]) == 0
+    assert "CTC head" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["decoding"] == "CTC head"
+    assert main(["evaluate", "--checkpoint", str(ckpt_without_head(tmp_path)), "--data", str(data),
+                 "--split", "all", "--ctc"]) == 2
+    assert "no CTC head" in capsys.readouterr().err
+
+
+def ckpt_without_head(tmp_path):
+    d = tmp_path / "plain"
+    tiny_model(ctc=False).save_pretrained(d)
+    return d

@@ -115,18 +115,10 @@ class BridgeOCR:
                 mask[j, :w] = True
             yield idx, images, mask
 
-    def uses_ctc(self, ctc: bool | None) -> bool:
-        """None: the model's own choice (`model.decoding`, "gpt" or "ctc", set where it reads better)."""
-        if ctc is not None:
-            return bool(ctc)
-        return getattr(getattr(self.model, "cfg", None), "decoding", "gpt") == "ctc" and \
-            getattr(self.model, "ctc_head", None) is not None
-
     def decode(self, images, image_mask, beam: int = 1, ctc: bool | None = None) -> list[tuple[str, float]]:
-        """One padded batch -> [(text, confidence)]: the GPT (greedy / beam) or the encoder's CTC head."""
-        if self.uses_ctc(ctc):
-            return self._ctc(images, image_mask)
-        return [(h.text, float(h.confidence)) for h in self.model.generate(images, image_mask, beam=beam)]
+        """One padded batch -> [(text, confidence)]: the GPT (greedy / beam) or the encoder's CTC head;
+        `ctc=None` follows the model's `decoding` setting."""
+        return [(h.text, float(h.confidence)) for h in self.model.read(images, image_mask, beam=beam, ctc=ctc)]
 
     @torch.no_grad()
     def recognize(self, images, beam: int = 1, batch_size: int = 32, ctc: bool | None = None) -> list[Recognition]:
@@ -145,30 +137,6 @@ class BridgeOCR:
                 results[i] = Recognition(text, conf, src)
         return results[0:1] if single else results  # type: ignore[return-value]
 
-    def _ctc(self, images, image_mask) -> list[tuple[str, float]]:
-        """Greedy CTC decoding with the encoder's CTC head (fast; no language model)."""
-        from bridgeocr.models.ctc import ctc_greedy_decode
-
-        fn = getattr(self.model, "ctc_decode", None)
-        if callable(fn):
-            out = fn(images, image_mask)
-            return [(getattr(h, "text", h), float(getattr(h, "confidence", float("nan")))) for h in out]
-        head = getattr(self.model, "ctc_head", None)
-        if head is None:
-            raise BridgeOCRError(f"{self.path}: this model has no CTC head (train with model.ctc_head=true)")
-        tokens, tmask = self.model.encoder(images, image_mask)
-        logits = head(tokens).float()
-        logp = logits.log_softmax(-1)
-        tmask = head.frame_mask(tmask)
-        seqs = ctc_greedy_decode(logits, tmask)
-        best = logp.max(-1).values
-        tok = self.model.tokenizer
-        out = []
-        for b, seq in enumerate(seqs):
-            real = best[b][tmask[b].bool()] if tmask is not None else best[b]
-            conf = float(real.mean()) if real.numel() else 0.0
-            out.append((tok.decode(seq), conf))
-        return out
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:

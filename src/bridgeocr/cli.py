@@ -127,8 +127,11 @@ def _add_train_eval(sub):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--out", default=None, help="directory for predictions.tsv and metrics.json")
+    p.add_argument("--ctc", action="store_true", default=None, help="decode with the encoder's CTC head")
+    p.add_argument("--gpt", dest="ctc", action="store_false", help="decode with the GPT (the default unless "
+                   "the model's config says decoding: ctc)")
     p.set_defaults(target="bridgeocr.eval.evaluate:evaluate_cli",
-                   keys=["checkpoint", "data", "split", "beam", "batch_size", "max_samples", "out"])
+                   keys=["checkpoint", "data", "split", "beam", "batch_size", "max_samples", "out", "ctc"])
 
     p = sub.add_parser("recognize", help="transcribe line images (files, folders, globs)")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")

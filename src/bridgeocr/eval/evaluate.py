@@ -80,8 +80,9 @@ def image_config_for(model, meta: dict | None = None) -> ImageConfig:
 
 @torch.no_grad()
 def decode_loader(model, loader, beam: int = 1, progress: bool = True, desc: str = "decode",
-                  total: int | None = None):
-    """Greedy/beam decode every batch of a loader -> (ids, refs, hyps, confidences)."""
+                  total: int | None = None, ctc: bool | None = False):
+    """Decode every batch of a loader -> (ids, refs, hyps, confidences): greedy/beam with the GPT, or the
+    CTC head (`ctc=True`; None: the model's `decoding` setting)."""
     device = model_device(model)
     was_training = model.training
     model.eval()
@@ -90,7 +91,7 @@ def decode_loader(model, loader, beam: int = 1, progress: bool = True, desc: str
     for batch in loader:
         if batch is None:
             continue
-        out = model.generate(batch.images.to(device), batch.image_mask.to(device), beam=beam)
+        out = model.read(batch.images.to(device), batch.image_mask.to(device), beam=beam, ctc=ctc)
         ids.extend(batch.ids)
         refs.extend(batch.texts)
         hyps.extend(h.text for h in out)
@@ -103,7 +104,8 @@ def decode_loader(model, loader, beam: int = 1, progress: bool = True, desc: str
 
 
 def evaluate_model(model, source, image_cfg: ImageConfig, beam: int = 1, batch_size: int = 32,
-                   progress: bool = True, desc: str = "decode", num_workers: int = 0) -> dict:
+                   progress: bool = True, desc: str = "decode", num_workers: int = 0,
+                   ctc: bool | None = False) -> dict:
     """Decode every line of `source` -> dict(cer, wer, n, skipped, skip_messages, lines_per_s,
     ids, refs, hyps, confidences, line_cer). Bad samples are skipped and counted, never fatal."""
     from bridgeocr.data.preprocess import make_loader
@@ -113,7 +115,7 @@ def evaluate_model(model, source, image_cfg: ImageConfig, beam: int = 1, batch_s
                          num_workers=num_workers)
     t0 = time.perf_counter()
     ids, refs, hyps, confs = decode_loader(model, loader, beam=beam, progress=progress, desc=desc,
-                                           total=len(source))
+                                           total=len(source), ctc=ctc)
     dt = time.perf_counter() - t0
     dataset = loader.dataset
     return {
@@ -159,7 +161,7 @@ def summary(result: dict) -> dict:
     return {k: result[k] for k in ("cer", "wer", "n", "skipped", "seconds", "lines_per_s") if k in result}
 
 
-def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out) -> int:
+def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, ctc=None) -> int:
     from bridgeocr.data.sources import open_source
     from bridgeocr.train.checkpoint import write_json
 
@@ -170,19 +172,20 @@ def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out) ->
     if len(source) == 0:
         raise BridgeOCRError(f"{data}: split {split!r} has no lines")
     result = evaluate_model(model, source, image_cfg, beam=beam, batch_size=batch_size,
-                            desc=f"decode {split}")
+                            desc=f"decode {split}", ctc=ctc)
     if result["skipped"]:
         print(f"skipped {result['skipped']} bad sample(s), e.g. {result['skip_messages'][0]}", flush=True)
     label = split if split in ("val", "test", "train") else "test"
     epoch = int(meta.get("epoch", 0) or 0)
     print_seed_metrics(label, epoch, result["cer"], result["wer"])
-    print(f"{result['n']} lines, {result['lines_per_s']:.1f} lines/s (beam {beam})", flush=True)
+    how = "CTC head" if (ctc or (ctc is None and model.cfg.decoding == "ctc")) else f"GPT, beam {beam}"
+    print(f"{result['n']} lines, {result['lines_per_s']:.1f} lines/s ({how})", flush=True)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         write_predictions(out / "predictions.tsv", result)
         write_json(out / "metrics.json", {
-            "checkpoint": str(checkpoint), "data": str(data), "split": split, "beam": beam,
+            "checkpoint": str(checkpoint), "data": str(data), "split": split, "beam": beam, "decoding": how,
             "epoch": epoch, **summary(result), f"{label}_cer": result["cer"], f"{label}_wer": result["wer"],
         })
         print(f"wrote {out / 'predictions.tsv'} and {out / 'metrics.json'}", flush=True)
