@@ -177,8 +177,9 @@ def _run_ours(checkpoint: str, data: str, split: str | None, max_samples: int | 
     torch.set_num_threads(threads)
     model, image_cfg, _ = load_checkpoint(checkpoint)
     source = [s for s in list(open_source(data, split))[: max_samples or None] if s.text.strip()]
-    res = evaluate_model(model, source, image_cfg, beam=1, batch_size=32, progress=False)
-    return res["refs"], res["hyps"], res["seconds"], f"bridgeocr greedy ({Path(checkpoint).name})"
+    res = evaluate_model(model, source, image_cfg, beam=1, batch_size=32, progress=False, ctc=None)
+    how = "CTC head" if model.cfg.decoding == "ctc" else "GPT greedy"
+    return res["refs"], res["hyps"], res["seconds"], f"bridgeocr {how} ({checkpoint})"
 
 
 def _run_trocr(model_dir: str, data: str, split: str | None, max_samples: int | None, threads: int):
@@ -216,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="val", help="split of every source (default val; 'all' for all lines)")
     p.add_argument("--max-samples", type=int, default=200)
     p.add_argument("--peers", default=",".join(PEERS), help=f"comma list from {PEERS} (default all)")
-    p.add_argument("--checkpoint", default=None, help="our model dir, to score alongside")
+    p.add_argument("--checkpoint", action="append", default=None,
+                   help="our model dir (or shipped:NAME), to score alongside; repeat for several")
     p.add_argument("--trocr", default=None, metavar="DIR",
                    help="a TrOCR-style baseline dir (benchmarks/trocr_baseline.py train), to score alongside")
     p.add_argument("--peer-python", default=None, help="python of the peers' environment")
@@ -239,8 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             systems = [(peer, None) for peer in peers]
             if a.trocr:
                 systems.append(("trocr", a.trocr))
-            if a.checkpoint:
-                systems.append(("ours", a.checkpoint))
+            systems += [("ours", ckpt) for ckpt in a.checkpoint or []]
             for name, ckpt in systems:
                 try:
                     if name == "trocr":

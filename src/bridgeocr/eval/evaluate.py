@@ -34,9 +34,10 @@ def model_device(model) -> torch.device:
 def load_checkpoint(path: str | Path, device: str | torch.device | None = None):
     """OCRModel.from_pretrained(path) + its image settings + training metadata (epoch, step, ...)."""
     from bridgeocr.models.ocr import OCRModel
+    from bridgeocr.shipped import resolve_pretrained
     from bridgeocr.train.checkpoint import read_json
 
-    path = Path(path)
+    path = resolve_pretrained(path)  # a directory, or shipped:NAME
     if not path.is_dir() or not (path / "config.json").is_file():
         raise BridgeOCRError(f"{path}: not a model checkpoint directory (no config.json)")
     model = OCRModel.from_pretrained(path)
