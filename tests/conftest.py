@@ -50,3 +50,36 @@ def tiny_ocr_model(ctc: bool = False):
     m.ctc_head = ctc
     tok = CharTokenizer.build(["abcd xyz"])
     return OCRModel(m, tok.vocab_size, image_height=16, tokenizer=tok)
+
+
+BOX_WORDS = ["ab", "cd", "abc", "dab", "cab", "bad"]
+
+
+def make_box_dataset(root: Path, n: int = 16, splits=("train", "train", "val", "test"), bad: int = 0,
+                     seed: int = 0) -> Path:
+    """n tiny lines of box glyphs (one box per letter, no fonts needed) of different widths, written as
+    manifest.tsv + split.tsv (line i gets splits[i % len(splits)]); `bad` corrupt images join train."""
+    import random
+
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    rows, split = [], []
+    for i in range(n):
+        text = " ".join(rng.choice(BOX_WORDS) for _ in range(rng.randint(1, 3)))
+        img = Image.new("L", (8 + 12 * len(text), 16), 255)
+        d = ImageDraw.Draw(img)
+        for j, ch in enumerate(text):
+            if ch != " ":
+                d.rectangle([4 + 12 * j, 2 + (ord(ch) % 4) * 2, 12 + 12 * j, 14 - (ord(ch) % 3) * 2], fill=0)
+        rel = f"img/{i:03d}.png"
+        img.save(root / rel)
+        rows.append(f"{rel}\t{text}")
+        split.append(f"{rel}\t{splits[i % len(splits)]}")
+    for k in range(bad):  # a corrupt image in train: skipped and counted, never fatal
+        rel = f"img/bad{k}.png"
+        (root / rel).write_bytes(b"not a png")
+        rows.append(f"{rel}\tab")
+        split.append(f"{rel}\ttrain")
+    (root / "manifest.tsv").write_text("\n".join(rows) + "\n")
+    (root / "split.tsv").write_text("\n".join(split) + "\n")
+    return root / "manifest.tsv"

@@ -9,6 +9,7 @@ import pytest
 
 from bridgeocr.errors import ConfigError
 from bridgeocr.eval import sweep as sw
+from conftest import make_box_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,24 +172,7 @@ train: {{name: tiny, out_dir: {out}, accelerator: cpu, log_every_steps: 1}}
 
 
 def _tiny_data(root: Path) -> Path:
-    from PIL import Image, ImageDraw
-
-    (root / "img").mkdir(parents=True)
-    words = ["ab", "cd", "abc", "dab"]
-    rows, split = [], []
-    for i in range(12):
-        text = " ".join(words[(i + j) % 4] for j in range(1 + i % 3))
-        img = Image.new("L", (8 + 10 * len(text), 16), 255)
-        d = ImageDraw.Draw(img)
-        for j, ch in enumerate(text):
-            if ch != " ":
-                d.rectangle([3 + 10 * j, 2 + (ord(ch) % 4) * 2, 10 + 10 * j, 14 - (ord(ch) % 3) * 2], fill=0)
-        img.save(root / f"img/{i}.png")
-        rows.append(f"img/{i}.png\t{text}")
-        split.append(f"img/{i}.png\t{['train', 'train', 'val', 'test'][i % 4]}")
-    (root / "manifest.tsv").write_text("\n".join(rows) + "\n")
-    (root / "split.tsv").write_text("\n".join(split) + "\n")
-    return root / "manifest.tsv"
+    return make_box_dataset(root, n=12)
 
 
 @pytest.mark.slow

@@ -2,43 +2,19 @@
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
 
 from bridgeocr.cli import main
-
-WORDS = ["ab", "cd", "abc", "dab", "cab", "bad"]
+from conftest import BOX_WORDS as WORDS
+from conftest import make_box_dataset
 
 
 def make_dataset(root: Path, n: int = 16, bad: int = 1, seed: int = 0) -> Path:
-    """n tiny line images (glyphs drawn as boxes, no fonts needed) + manifest.tsv + split.tsv."""
-    (root / "img").mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    rows, split = [], []
-    for i in range(n):
-        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3)))
-        img = Image.new("L", (8 + 12 * len(text), 16), 255)
-        d = ImageDraw.Draw(img)
-        for j, ch in enumerate(text):
-            if ch != " ":
-                d.rectangle([4 + 12 * j, 2 + (ord(ch) % 4) * 2, 12 + 12 * j, 14 - (ord(ch) % 3) * 2], fill=0)
-        rel = f"img/{i:03d}.png"
-        img.save(root / rel)
-        rows.append(f"{rel}\t{text}")
-        split.append(f"{rel}\t{['train', 'train', 'val', 'test'][i % 4]}")
-    for k in range(bad):  # a corrupt image in train: skipped and counted, never fatal
-        rel = f"img/bad{k}.png"
-        (root / rel).write_bytes(b"not a png")
-        rows.append(f"{rel}\tab")
-        split.append(f"{rel}\ttrain")
-    (root / "manifest.tsv").write_text("\n".join(rows) + "\n")
-    (root / "split.tsv").write_text("\n".join(split) + "\n")
-    return root / "manifest.tsv"
+    return make_box_dataset(root, n=n, bad=bad, seed=seed)
 
 
 TINY_YAML = """

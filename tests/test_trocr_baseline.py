@@ -6,15 +6,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import random
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+
+from conftest import make_box_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = ["ab", "cd", "abc", "dab", "cab", "bad"]
 
 
 def _script(name: str):
@@ -25,23 +24,7 @@ def _script(name: str):
 
 
 def _dataset(root: Path, n: int = 12) -> Path:
-    """n line images of box glyphs (no fonts needed), of different widths; manifest.tsv + split.tsv."""
-    (root / "img").mkdir(parents=True)
-    rng = random.Random(0)
-    rows, split = [], []
-    for i in range(n):
-        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3)))
-        img = Image.new("L", (8 + 12 * len(text), 16), 255)
-        d = ImageDraw.Draw(img)
-        for j, ch in enumerate(text):
-            if ch != " ":
-                d.rectangle([4 + 12 * j, 2 + (ord(ch) % 4) * 2, 12 + 12 * j, 14 - (ord(ch) % 3) * 2], fill=0)
-        img.save(root / f"img/{i:03d}.png")
-        rows.append(f"img/{i:03d}.png\t{text}")
-        split.append(f"img/{i:03d}.png\t{['train', 'train', 'val'][i % 3]}")
-    (root / "manifest.tsv").write_text("\n".join(rows) + "\n")
-    (root / "split.tsv").write_text("\n".join(split) + "\n")
-    return root / "manifest.tsv"
+    return make_box_dataset(root, n=n, splits=("train", "train", "val"))
 
 
 @pytest.fixture(scope="module")
