@@ -32,3 +32,22 @@ def test_demo_end_to_end_and_resume(tmp_path, capsys):
     again = run_demo(minutes=0.6, out=out, n=48, encoder=None, lm=str(lm_dir), extra_overrides=TINY)
     assert "already finished" in capsys.readouterr().out
     assert {k: v["test_cer"] for k, v in again.items()} == {k: v["test_cer"] for k, v in results.items()}
+
+
+def test_ctc_reference_reads_the_test_lines_with_the_encoder_alone(tmp_path):
+    from bridgeocr.config import EncoderConfig
+    from bridgeocr.data.tokenizers import CharTokenizer
+    from bridgeocr.demo import DemoPlan, ctc_reference
+    from bridgeocr.models.ctc import CTCHead
+    from bridgeocr.models.encoder import LineEncoder, save_encoder
+    from conftest import make_box_dataset
+
+    data = make_box_dataset(tmp_path / "data", n=8).parent
+    tok = CharTokenizer.build(["abcd "])
+    encoder = LineEncoder(EncoderConfig(dim=32, depth=1, heads=2), image_height=32)
+    save_encoder(tmp_path / "enc", encoder, CTCHead(32, tok.vocab_size))
+    tok.save(tmp_path / "enc" / "tokenizer.json")
+    plan = DemoPlan(out=tmp_path, minutes=1, n=8, corpus=None, encoder=str(tmp_path / "enc"))
+    result = ctc_reference(plan, data)
+    assert result["lines"] == 2 and result["cer"] >= 0  # the 2 test lines of 8 (every 4th)
+    assert "encoder alone" in plan.log[-1]

@@ -168,16 +168,46 @@ def run_demo(minutes: float = 20.0, out: str | Path = "runs/demo", corpus: list[
         if not (run_dir / "loss_gap.json").is_file():
             loss_gap_cli(checkpoint=run_dir / "best", data=str(data), split="test", out=str(run_dir))
 
-    report = write_report(plan, results, time.time() - t_start)
+    reference = ctc_reference(plan, data) if plan.encoder else None
+    report = write_report(plan, results, time.time() - t_start, reference)
     _say(plan, f"report: {report}")
     return results
+
+
+def ctc_reference(plan: DemoPlan, data: Path) -> dict:
+    """What the encoder alone reads on the same test lines (greedy CTC, no GPT): the bar for the bridges."""
+    import torch
+
+    from bridgeocr.data.preprocess import make_loader
+    from bridgeocr.data.sources import open_source
+    from bridgeocr.data.tokenizers import load_tokenizer
+    from bridgeocr.models.encoder import load_encoder
+    from bridgeocr.shipped import resolve_pretrained
+    from bridgeocr.train.encoder_pretrain import ctc_evaluate
+
+    image = _demo_image_config()
+    encoder, head = load_encoder(plan.encoder, image.height)
+    if head is None:
+        return {}
+    tokenizer = load_tokenizer(resolve_pretrained(plan.encoder) / "tokenizer.json")
+    loader = make_loader(open_source(data, "test"), image, tokenizer, 32, shuffle=False)
+    result = ctc_evaluate(encoder, head, loader, tokenizer, torch.device("cpu"))
+    _say(plan, f"the encoder alone (greedy CTC) on the test lines: CER {result['cer']:.4f}, WER {result['wer']:.4f}")
+    return result
+
+
+def _demo_image_config():
+    """The demo runs' image settings (from DEMO_OVERRIDES, their one source)."""
+    from bridgeocr.config import load_config
+
+    return load_config(None, [o for o in DEMO_OVERRIDES if o.startswith("data.image.")]).data.image
 
 
 def _fmt(value, spec=".4f") -> str:
     return "–" if value is None else format(value, spec)
 
 
-def write_report(plan: DemoPlan, results: dict[str, dict], seconds: float) -> Path:
+def write_report(plan: DemoPlan, results: dict[str, dict], seconds: float, reference: dict | None = None) -> Path:
     """report.md: the seed's result lines per setting, one table, curves and where the checkpoints are."""
     from bridgeocr.eval.compare import compare
 
@@ -201,6 +231,9 @@ def write_report(plan: DemoPlan, results: dict[str, dict], seconds: float) -> Pa
                   f"[test] WER at epoch {epoch}: {_fmt(m.get('test_wer'))}", "```", ""]
     lines += ["## All settings", "", (plan.out / "compare" / "compare.md").read_text(), "",
               f"Best setting: **{best}** (test CER {_fmt(results[best].get('test_cer'))}).", ""]
+    if reference:
+        lines += [f"For scale, the encoder alone (its CTC head, no GPT) reads the same test lines at CER "
+                  f"{_fmt(reference.get('cer'))}, WER {_fmt(reference.get('wer'))}.", ""]
     for png, title in (("curves.png", "Training loss and validation CER"),
                        ("frontier.png", "Test CER against decode speed")):
         if any(Path(f).name == png for f in figures["files"]):
