@@ -45,3 +45,21 @@ def ctc_greedy_decode(logits: torch.Tensor, mask: torch.Tensor | None = None, bl
             prev = t
         out.append(seq)
     return out
+
+
+@torch.no_grad()
+def ctc_read(encoder, head: CTCHead, images: torch.Tensor, image_mask: torch.Tensor, tokenizer=None) -> list:
+    """Greedy CTC over a padded batch -> [Hypothesis]: fast, no language model.
+    Confidence = mean best-frame log-prob over the line's real frames."""
+    from bridgeocr.models.decoding import Hypothesis
+
+    tokens, token_mask = encoder(images, image_mask)
+    logits = head(tokens).float()
+    frames = head.frame_mask(token_mask)
+    best = logits.log_softmax(-1).max(-1).values
+    out = []
+    for b, ids in enumerate(ctc_greedy_decode(logits, frames)):
+        real = best[b][frames[b]]
+        text = tokenizer.decode(ids) if tokenizer is not None else ""
+        out.append(Hypothesis(ids, text, float(real.mean()) if real.numel() else 0.0))
+    return out

@@ -123,24 +123,14 @@ class OCRModel(nn.Module):
         return generate(self, images, image_mask, beam=beam, max_new_tokens=max_new_tokens,
                         length_penalty=length_penalty)
 
-    @torch.no_grad()
     def ctc_decode(self, images, image_mask) -> list[Hypothesis]:
-        """Greedy CTC with the encoder's head: fast, no language model. Confidence = mean best-frame log-prob."""
+        """Greedy CTC with the encoder's head: fast, no language model."""
         from bridgeocr.errors import BridgeOCRError
-        from bridgeocr.models.ctc import ctc_greedy_decode
+        from bridgeocr.models.ctc import ctc_read
 
         if self.ctc_head is None:
             raise BridgeOCRError("this model has no CTC head (train with model.ctc_head=true)")
-        tokens, token_mask = self.encoder(images, image_mask)
-        logits = self.ctc_head(tokens).float()
-        frames = self.ctc_head.frame_mask(token_mask)
-        best = logits.log_softmax(-1).max(-1).values
-        out = []
-        for b, ids in enumerate(ctc_greedy_decode(logits, frames)):
-            real = best[b][frames[b]]
-            text = self.tokenizer.decode(ids) if self.tokenizer is not None else ""
-            out.append(Hypothesis(ids, text, float(real.mean()) if real.numel() else 0.0))
-        return out
+        return ctc_read(self.encoder, self.ctc_head, images, image_mask, self.tokenizer)
 
     def read(self, images, image_mask, beam: int = 1, ctc: bool | None = None) -> list[Hypothesis]:
         """Transcribe a batch the way this model reads best: `ctc=None` follows `cfg.decoding` (gpt | ctc)."""

@@ -42,7 +42,7 @@ def _tokenizer_for(cfg: ExperimentConfig, texts: list[str]):
 def ctc_evaluate(encoder, head, loader, tokenizer, device, max_batches: int | None = None) -> dict:
     """CER / WER of CTC greedy decoding, plus lines/s."""
     from bridgeocr.eval.metrics import cer, wer
-    from bridgeocr.models.ctc import ctc_greedy_decode
+    from bridgeocr.models.ctc import ctc_read
 
     encoder.eval()
     head.eval()
@@ -54,9 +54,8 @@ def ctc_evaluate(encoder, head, loader, tokenizer, device, max_batches: int | No
         if batch is None:
             continue
         batch = batch.to(device)
-        tokens, mask = encoder(batch.images, batch.image_mask)
-        for ids, ref in zip(ctc_greedy_decode(head(tokens), head.frame_mask(mask)), batch.texts):
-            hyps.append(tokenizer.decode(ids))
+        for hyp, ref in zip(ctc_read(encoder, head, batch.images, batch.image_mask, tokenizer), batch.texts):
+            hyps.append(hyp.text)
             refs.append(ref)
     seconds = time.time() - t0
     encoder.train()
