@@ -198,26 +198,29 @@ def _load_hf_dir(path: Path):
         raise DataError(str(path), f"not a tokenizer directory ({type(exc).__name__})") from None
 
 
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(str(path), f"not valid JSON ({exc})") from None
+
+
+def _ours(data) -> bool:
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
 def load_tokenizer(path: str | Path):
     """Our JSON file, a directory with our `tokenizer.json`, or a local HF tokenizer directory."""
     path = Path(path)
     if path.is_dir():
         tj = path / "tokenizer.json"
-        if tj.is_file():
-            try:
-                data = json.loads(tj.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise DataError(str(tj), f"not valid JSON ({exc})") from None
-            if isinstance(data, dict) and data.get("format") == FORMAT:
-                return tokenizer_from_dict(data, str(tj))
+        if tj.is_file() and _ours(data := _read_json(tj)):
+            return tokenizer_from_dict(data, str(tj))
         return _load_hf_dir(path)
     if not path.is_file():
         raise DataError(str(path), "tokenizer file or directory not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(str(path), f"not valid JSON ({exc})") from None
-    if isinstance(data, dict) and data.get("format") == FORMAT:
+    data = _read_json(path)
+    if _ours(data):
         return tokenizer_from_dict(data, str(path))
     from tokenizers import Tokenizer  # a bare HF tokenizer.json
 
