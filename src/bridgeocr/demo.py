@@ -114,22 +114,14 @@ def run_overrides(plan: DemoPlan, name: str, minutes: float, data: Path, extra: 
                f"optim.max_minutes={minutes:.3f}"] + list(extra or []))
 
 
-def _finished(run_dir: Path) -> dict | None:
-    path = run_dir / "metrics.json"
-    if path.is_file():
-        metrics = json.loads(path.read_text())
-        if metrics.get("test_cer") is not None:
-            return metrics
-    return None
-
-
 def run_demo(minutes: float = 20.0, out: str | Path = "runs/demo", corpus: list[str] | None = None,
              n: int | None = None, encoder: str | None = "shipped", lm: str | None = "shipped",
              extra_overrides: list[str] | None = None) -> dict:
     """The whole study; returns {setting: metrics}. `encoder`/`lm`: "shipped", a directory, or None."""
     from bridgeocr.config import load_config
     from bridgeocr.eval.loss_gap import loss_gap_cli
-    from bridgeocr.train.run import train
+    from bridgeocr.eval.sweep import run_status
+    from bridgeocr.train.run import read_metrics, train
 
     t_start = time.time()
     if minutes <= 0:
@@ -149,10 +141,10 @@ def run_demo(minutes: float = 20.0, out: str | Path = "runs/demo", corpus: list[
     results: dict[str, dict] = {}
     todo = []
     for name in plan.settings:
-        done = _finished(plan.out / "runs" / name)
-        if done:
-            _say(plan, f"{name}: already finished (test CER {done['test_cer']:.4f}); kept")
-            results[name] = done
+        run_dir = plan.out / "runs" / name
+        if run_status(run_dir) == "done":  # the sweep's notion of a finished run
+            results[name] = read_metrics(run_dir)
+            _say(plan, f"{name}: already finished (test CER {_fmt(results[name].get('test_cer'))}); kept")
         else:
             todo.append(name)
     for i, name in enumerate(todo):
