@@ -26,18 +26,6 @@ from bridgeocr.train.schedule import lr_factor
 __all__ = ["train_encoder", "train_encoder_cli", "ctc_evaluate"]
 
 
-def _tokenizer_for(cfg: ExperimentConfig, texts: list[str]):
-    from bridgeocr.data.tokenizers import CharTokenizer, load_tokenizer
-    from bridgeocr.shipped import resolve_pretrained
-
-    if cfg.tokenizer.path:
-        return load_tokenizer(resolve_pretrained(cfg.tokenizer.path))
-    lm_dir = resolve_pretrained(cfg.model.decoder.pretrained)
-    if lm_dir is not None and (lm_dir / "tokenizer.json").is_file():
-        return load_tokenizer(lm_dir / "tokenizer.json")
-    return CharTokenizer.build(texts)
-
-
 @torch.no_grad()
 def ctc_evaluate(encoder, head, loader, tokenizer, device, max_batches: int | None = None) -> dict:
     """CER / WER of CTC greedy decoding, plus lines/s."""
@@ -75,6 +63,7 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
     from bridgeocr.data.sources import open_source
     from bridgeocr.models.ctc import CTCHead
     from bridgeocr.models.encoder import build_encoder, load_encoder, save_encoder
+    from bridgeocr.train.run import build_tokenizer
 
     out = Path(out)
     torch.manual_seed(seed)
@@ -86,7 +75,7 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
     if not train:
         raise BridgeOCRError(f"encoder train: no training lines in {', '.join(data)}")
     val = open_source(val_data or data[0], cfg.data.val_split, **opts)
-    tokenizer = _tokenizer_for(cfg, [s.text for s in train])
+    tokenizer = build_tokenizer(cfg, [s.text for s in train])  # the OCR trainer's choice, so the CTC head fits
     image_cfg = cfg.data.image
 
     last = out / "last"
