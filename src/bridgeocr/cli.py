@@ -32,7 +32,10 @@ def _add_data(sub):
     p.add_argument("--style", choices=["all", "printed", "handwriting"], default="all",
                    help="which kind of installed fonts to use (default all)")
     p.add_argument("--holdout-fonts", nargs="*", default=None, metavar="NAME",
-                   help="font names (substrings) used only for val/test; default: none held out")
+                   help="font names (substrings) used only for val/test; default: none held out. Benchmark-only "
+                   "fonts (fonts-bwht, -kaushanscript, -ecolier-court, -rufscript, -leckerli-one, -lobster) are "
+                   "never used for train and for val/test only when named here; fractions may sum to 1 for a "
+                   "set with no train lines")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--height", type=int, default=48, help="rendered line height in px (default 48)")

@@ -11,6 +11,15 @@ The same arguments give a byte-identical dataset (each line has its own seeds, s
 does not change the result). train/val/test never share a line of text. With `holdout_fonts`, the
 matching fonts are used only for val/test (and val/test use only them), so val/test measure
 generalisation to unseen fonts.
+
+Benchmark-only fonts (`fonts.BENCHMARK_ONLY_KEYS`: handwriting packages that .ci/run does not install)
+never render a train line, whatever the arguments; val/test use them only when `holdout_fonts` names
+them. A held-out benchmark set is therefore e.g.
+
+    bridgeocr data synth --style handwriting --holdout-fonts kaushan ecolier --val-fraction 0 \
+        --test-fraction 1 --corpus ../shared/data/gutenberg_en/test.txt --n 400 --out runs/data/synth_hw
+
+(fractions may sum to 1: an evaluation-only set with no train lines).
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bridgeocr.data.corpus import cut_lines, read_corpus
-from bridgeocr.data.synth.fonts import FontInfo, covers, find_fonts
+from bridgeocr.data.synth.fonts import FontInfo, benchmark_only, covers, find_fonts
 from bridgeocr.data.synth.render import encode_image, render_line
 from bridgeocr.errors import DataError
 
@@ -78,12 +87,15 @@ def make_dataset(corpus=None, out="runs/data/synth", n: int = 2000, fonts=None, 
                  holdout_fonts=None, val_fraction: float = 0.1, test_fraction: float = 0.1,
                  height: int = 48, seed: int = 0, workers: int | None = None,
                  progress: bool = True) -> dict:
-    """Render `n` lines (all splits) into `out`; returns a summary dict (also in settings.json)."""
+    """Render `n` lines (all splits) into `out`; returns a summary dict (also in settings.json).
+
+    Train lines never use a benchmark-only font (`fonts.BENCHMARK_ONLY_KEYS`); val/test use one only
+    when `holdout_fonts` names it. `val_fraction + test_fraction` may be 1 (no train lines)."""
     t0 = time.time()
     if n < 1:
         raise DataError("--n", f"need at least 1 line, got {n}")
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise DataError("--val-fraction/--test-fraction", "fractions must be in [0, 1) and sum below 1")
+    if not (0 <= val_fraction <= 1 and 0 <= test_fraction <= 1 and val_fraction + test_fraction <= 1):
+        raise DataError("--val-fraction/--test-fraction", "fractions must be in [0, 1] and sum to at most 1")
     if height < 8:
         raise DataError("--height", f"line height {height} is too small (>= 8)")
     out = Path(out)
@@ -94,12 +106,18 @@ def make_dataset(corpus=None, out="runs/data/synth", n: int = 2000, fonts=None, 
         held = [f for f in font_list if any(k in f.name.lower() or k in Path(f.path).name.lower() for k in keys)]
         if not held:
             raise DataError("--holdout-fonts", f"no font matches {', '.join(holdout_fonts)}")
-    train_fonts = [f for f in font_list if f not in held]
-    eval_fonts = held or font_list
-    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+    # benchmark-only fonts: never in train; in val/test only when held out by name
+    reserved = [f for f in font_list if benchmark_only(f.path) and f not in held]
+    train_fonts = [f for f in font_list if f not in held and not benchmark_only(f.path)]
+    eval_fonts = held or [f for f in font_list if f not in reserved]
+    n_test = min(n, round(n * test_fraction))
+    n_val = min(n - n_test, round(n * val_fraction))
     n_train = n - n_val - n_test
     if n_train > 0 and not train_fonts:
-        raise DataError("--holdout-fonts", "every font is held out: none left for train")
+        raise DataError("--holdout-fonts", "every font is held out or benchmark-only: none left for train")
+    if n_val + n_test > 0 and not eval_fonts:
+        raise DataError("--holdout-fonts", "only benchmark-only fonts are left for val/test: name them with "
+                        "--holdout-fonts")
 
     docs = read_corpus(corpus)
     if not docs:
@@ -167,7 +185,8 @@ def make_dataset(corpus=None, out="runs/data/synth", n: int = 2000, fonts=None, 
         "jpeg": sum(info["jpeg"] for _, info in results.values()),
         "width": {"min": min(widths), "mean": round(sum(widths) / len(widths), 1), "max": max(widths)},
         "fonts": [{"name": f.name, "path": f.path, "style": f.style,
-                   "used_for": "val/test" if f in held else ("train" if held else "all")} for f in font_list],
+                   "used_for": ("val/test" if f in held else "none (benchmark-only)" if f in reserved
+                                else "train" if held else "all")} for f in font_list],
         "rejected_fonts": rejected,
     }
     (out / "settings.json").write_text(json.dumps(settings, indent=1, ensure_ascii=False), encoding="utf-8")
@@ -185,6 +204,9 @@ def make_dataset_cli(corpus=None, out="runs/data/synth", n=2000, fonts=None, sty
     print(f"wrote {sum(c.values())} lines to {s['out']}: train {c['train']}, val {c['val']}, test {c['test']}")
     print(f"fonts: {len(s['fonts'])} ({n_hand} handwriting), held out for val/test: "
           f"{', '.join(f['name'] for f in s['fonts'] if f['used_for'] == 'val/test') or 'none'}")
+    unused = [f["name"] for f in s["fonts"] if f["used_for"].startswith("none")]
+    if unused:
+        print(f"benchmark-only fonts not used (name them with --holdout-fonts for val/test): {', '.join(unused)}")
     print(f"height {s['height']} px, width {s['width']['min']}-{s['width']['max']} (mean {s['width']['mean']}), "
           f"{s['jpeg']} JPEG, {s['skipped_no_glyph']} texts skipped (no glyphs)")
     print(f"{s['elapsed_s']} s, {s['lines_per_s']} lines/s with {s['workers']} process(es); settings: "
