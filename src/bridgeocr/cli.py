@@ -84,10 +84,16 @@ def _add_lm(sub):
     p.add_argument("--line-mode", action="store_true",
                    help="train on text lines (15-80 characters, each BOS line EOS) as the OCR decoder reads "
                    "them, instead of running documents")
+    p.add_argument("--prefix-read", type=float, default=0.0, metavar="FRACTION",
+                   help="fraction of steps that teach the GPT to read: it writes a line while its prefix holds "
+                   "a noisy, stretched copy of the line's embeddings, as a connector will give it (the skill "
+                   "the OCR decoder needs; sets prefix positions). 0.5 is a good value; 0 = plain LM")
+    p.add_argument("--init", default=None, metavar="DIR",
+                   help="start from this LM (its tokenizer and weights), e.g. shipped:gpt_lm")
     p.set_defaults(target="bridgeocr.train.lm:train_lm_cli",
                    keys=["corpus", "val_corpus", "out", "tokenizer", "vocab_size", "n_layer", "n_embd",
                          "n_head", "context", "steps", "minutes", "batch_size", "lr", "seed", "resume",
-                         "line_mode"])
+                         "line_mode", "prefix_read", "init"])
 
 
 def _add_encoder(sub):

@@ -93,7 +93,9 @@ class DecoderConfig:
     dropout: float = 0.0
     pretrained: str | None = None  # a local HF GPT-2-style dir; keeps its first n_layer blocks
     freeze: str = "none"  # none | all | top:N (all but the top N blocks frozen)
-    prefix_positions: bool = False  # visual token i gets position embedding i (an alignment prior)
+    # visual token i gets position embedding i (an alignment prior); None: as the pretrained LM was trained
+    # (`lm train --prefix-read` sets it), False for a fresh decoder
+    prefix_positions: bool | None = None
 
 
 @dataclass

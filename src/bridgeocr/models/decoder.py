@@ -249,7 +249,8 @@ class GPT(nn.Module):
         if hc.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
             raise ConfigError(f"{path}: activation {hc.activation_function!r} unsupported (GPT-2 uses gelu_new)")
         cfg = DecoderConfig(n_layer=n_layer, n_embd=hc.n_embd, n_head=hc.n_head, n_positions=hc.n_positions,
-                            dropout=dropout, pretrained=str(path))
+                            dropout=dropout, pretrained=str(path),
+                            prefix_positions=bool(getattr(hc, "bridgeocr_prefix_positions", False)))
         model = cls(cfg, hc.vocab_size, layer_norm_epsilon=hc.layer_norm_epsilon)
         sd = {}
         for k, v in hf.state_dict().items():
@@ -273,7 +274,8 @@ class GPT(nn.Module):
                           n_layer=c.n_layer, n_head=c.n_head, activation_function="gelu_new",
                           resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout,
                           layer_norm_epsilon=self.layer_norm_epsilon, tie_word_embeddings=True,
-                          bos_token_id=None, eos_token_id=None, architectures=["GPT2LMHeadModel"])
+                          bos_token_id=None, eos_token_id=None, architectures=["GPT2LMHeadModel"],
+                          bridgeocr_prefix_positions=bool(c.prefix_positions))  # how it learnt to read a prefix
 
     def save_hf(self, path: str | Path) -> None:
         """Write a `GPT2LMHeadModel` directory (config.json + model.safetensors) that transformers loads."""

@@ -74,6 +74,8 @@ class OCRModel(nn.Module):
                 d = decoder.cfg
                 cfg.decoder = replace(cfg.decoder, n_layer=d.n_layer, n_embd=d.n_embd, n_head=d.n_head,
                                       n_positions=d.n_positions)
+                if cfg.decoder.prefix_positions is None:  # as the LM learnt to read a prefix
+                    cfg.decoder.prefix_positions = d.prefix_positions
                 decoder.cfg = replace(d, prefix_positions=cfg.decoder.prefix_positions)
             else:
                 decoder = GPT(cfg.decoder, vocab_size)

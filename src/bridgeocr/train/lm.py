@@ -6,11 +6,13 @@ continue (`OUT/last`: weights, optimizer tensors as safetensors, step as JSON) i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -90,8 +92,14 @@ def train_lm(*, docs: list[str], val_docs: list[str] | None, out: str | Path, to
              vocab_size: int = 4000, n_layer: int = 3, n_embd: int = 192, n_head: int = 3,
              context: int = 128, steps: int = 2000, minutes: float | None = None, batch_size: int = 32,
              lr: float = 1e-3, seed: int = 0, resume: bool = False, eval_every: int | None = None,
-             data_desc: str = "", command: str = "", progress: bool = True) -> dict:
-    """Train and save; returns the LM card (dict)."""
+             data_desc: str = "", command: str = "", progress: bool = True, prefix_read: float = 0.0,
+             init: str | Path | None = None) -> dict:
+    """Train and save; returns the LM card (dict).
+
+    prefix_read: the fraction of steps that are prefix-reading batches (train/prefix_reading.py): the GPT
+    writes a line while reading a noisy stretched copy of it in its prefix, the skill an OCR decoder needs.
+    init: start from this LM directory (its tokenizer and weights) instead of a fresh model.
+    """
     from bridgeocr.data.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
     from bridgeocr.models.decoder import GPT
 
@@ -100,6 +108,8 @@ def train_lm(*, docs: list[str], val_docs: list[str] | None, out: str | Path, to
         raise ConfigError(f"--steps must be >= 1, got {steps}")
     if n_embd % n_head:
         raise ConfigError(f"--n-embd {n_embd} is not divisible by --n-head {n_head}")
+    if not 0.0 <= prefix_read < 1.0:
+        raise ConfigError(f"--prefix-read must be in [0, 1), got {prefix_read}")
     if not docs or not any(d.strip() for d in docs):
         raise BridgeOCRError("lm train: the corpus is empty")
     torch.manual_seed(seed)
@@ -123,6 +133,15 @@ def train_lm(*, docs: list[str], val_docs: list[str] | None, out: str | Path, to
         tokenizer = load_tokenizer(last / "tokenizer.json")
         model = GPT.from_hf(last)
         print(f"resuming from {last} at step {state['step']}", flush=True)
+    elif init is not None:
+        from bridgeocr.shipped import resolve_pretrained
+
+        init = resolve_pretrained(str(init))
+        if not (Path(init) / "tokenizer.json").is_file():
+            raise ConfigError(f"--init {init}: no tokenizer.json (not an LM made by `bridgeocr lm train`)")
+        tokenizer = load_tokenizer(Path(init) / "tokenizer.json")
+        model = GPT.from_hf(init)
+        print(f"starting from the LM in {init}", flush=True)
     else:
         if resume:
             print(f"--resume: nothing to resume in {last}; starting fresh", flush=True)
@@ -133,6 +152,8 @@ def train_lm(*, docs: list[str], val_docs: list[str] | None, out: str | Path, to
         else:
             raise ConfigError(f"--tokenizer: expected char or bpe, got {tokenizer_kind!r}")
         model = build_gpt(tokenizer.vocab_size, n_layer, n_embd, n_head, max(context + 1, 512))
+    if prefix_read > 0:
+        model.cfg = replace(model.cfg, prefix_positions=True)
     model.to(device).train()
 
     train_stream = token_stream(docs, tokenizer)
@@ -159,6 +180,7 @@ def train_lm(*, docs: list[str], val_docs: list[str] | None, out: str | Path, to
     warmup = min(100, max(1, steps // 10))
     eval_every = eval_every or max(50, steps // 10)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
+    reading = _PrefixReading(docs, val_docs, tokenizer, seed) if prefix_read > 0 else None
 
     t0 = time.time()
     deadline = None if minutes is None else t0 + minutes * 60 - elapsed_before
@@ -171,14 +193,12 @@ def train_lm(*, docs: list[str], val_docs: list[str] | None, out: str | Path, to
             break
         for g in optimizer.param_groups:
             g["lr"] = lr * lr_factor(step, warmup, steps)
-        ids = _batch(train_stream, batch_size, context, rng).to(device)
-        am = torch.ones_like(ids, dtype=torch.bool)
-        if amp is not None:
-            with amp:
-                logits = _logits(model, ids)
-        else:
-            logits = _logits(model, ids)
-        loss = ce_loss(logits, ids, am)
+        with amp if amp is not None else contextlib.nullcontext():
+            if reading is not None and rng.random() < prefix_read:
+                loss = reading.train_loss(model, batch_size, rng)
+            else:
+                ids = _batch(train_stream, batch_size, context, rng).to(device)
+                loss = ce_loss(_logits(model, ids), ids, torch.ones_like(ids, dtype=torch.bool))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -190,15 +210,21 @@ def train_lm(*, docs: list[str], val_docs: list[str] | None, out: str | Path, to
         if step % eval_every == 0 and step < steps:
             vl = lm_eval(model, val_stream, context, batch_size, device)
             history.append({"step": step, "val_loss": vl, "val_ppl": math.exp(min(vl, 50))})
-            tqdm.write(f"step {step}: val loss {vl:.4f}, ppl {math.exp(min(vl, 50)):.2f}")
+            msg = f"step {step}: val loss {vl:.4f}, ppl {math.exp(min(vl, 50)):.2f}"
+            if reading is not None:
+                history[-1]["prefix_read_val_loss"] = reading.val_loss(model, batch_size)
+                msg += f", prefix-reading val loss {history[-1]['prefix_read_val_loss']:.4f}"
+            tqdm.write(msg)
             _save_state(model, tokenizer, optimizer, out, step, elapsed_before + time.time() - t0,
                         {"seed": seed, "history": history})
     bar.close()
     elapsed = elapsed_before + time.time() - t0
     val_loss = lm_eval(model, val_stream, context, batch_size, device)
     ppl = math.exp(min(val_loss, 50))
-    print(f"lm: step {step}, val loss {val_loss:.4f}, perplexity {ppl:.2f}, {elapsed / 60:.1f} min "
-          f"(stopped by {stopped})", flush=True)
+    read_loss = reading.val_loss(model, batch_size) if reading is not None else None
+    print(f"lm: step {step}, val loss {val_loss:.4f}, perplexity {ppl:.2f}"
+          + (f", prefix-reading val loss {read_loss:.4f}" if read_loss is not None else "")
+          + f", {elapsed / 60:.1f} min (stopped by {stopped})", flush=True)
     _save_state(model, tokenizer, optimizer, out, step, elapsed, {"seed": seed, "history": history})
 
     card = {
@@ -217,6 +243,9 @@ def train_lm(*, docs: list[str], val_docs: list[str] | None, out: str | Path, to
         "val_loss": val_loss, "val_ppl": ppl,
         "history": history,
         "device": str(device),
+        "prefix_read": prefix_read, "prefix_positions": bool(model.cfg.prefix_positions),
+        "prefix_read_val_loss": read_loss,
+        "init": None if init is None else str(init),
     }
     out.mkdir(parents=True, exist_ok=True)
     model.save_hf(out)
@@ -226,8 +255,47 @@ def train_lm(*, docs: list[str], val_docs: list[str] | None, out: str | Path, to
     return card
 
 
+class _PrefixReading:
+    """Prefix-reading batches from the corpus cut into lines, and a fixed validation set of them."""
+
+    def __init__(self, docs: list[str], val_docs: list[str], tokenizer, seed: int):
+        from bridgeocr.data.corpus import cut_lines
+
+        def as_lines(texts: list[str], rng: random.Random, limit: int | None) -> list[str]:
+            lines = [t for t in texts if 15 <= len(t) <= 80]  # already lines (--line-mode)
+            return lines if len(lines) >= len(texts) // 2 else cut_lines(texts, rng, max_lines=limit)
+
+        self.tokenizer = tokenizer
+        self.lines = as_lines(docs, random.Random(seed), 200_000)
+        val = as_lines(val_docs, random.Random(seed + 1), 2_000)
+        self.val_lines = [tokenizer.encode(t) for t in random.Random(seed + 2).sample(val, min(256, len(val)))]
+        self.char_ids = [i for i in range(tokenizer.vocab_size) if i not in tokenizer.special_ids]
+        if not self.lines or not self.val_lines:
+            raise BridgeOCRError("lm train --prefix-read: the corpus gives no 15-80 character lines")
+
+    def train_loss(self, model, batch_size: int, rng: random.Random):
+        from bridgeocr.train.prefix_reading import prefix_reading_loss
+
+        lines = [self.tokenizer.encode(rng.choice(self.lines)) for _ in range(batch_size)]
+        return prefix_reading_loss(model, lines, self.tokenizer, self.char_ids, rng)[0]
+
+    @torch.no_grad()
+    def val_loss(self, model, batch_size: int) -> float:
+        """Mean CE of the text given its noisy prefix on the fixed validation lines (same noise every time)."""
+        from bridgeocr.train.prefix_reading import prefix_reading_loss
+
+        model.eval()
+        rng, total, count = random.Random(12345), 0.0, 0
+        for i in range(0, len(self.val_lines), batch_size):
+            loss, n = prefix_reading_loss(model, self.val_lines[i: i + batch_size], self.tokenizer,
+                                          self.char_ids, rng, reduction="sum")
+            total, count = total + float(loss), count + n
+        model.train()
+        return total / max(1, count)
+
+
 def train_lm_cli(corpus, val_corpus, out, tokenizer, vocab_size, n_layer, n_embd, n_head, context, steps,
-                 minutes, batch_size, lr, seed, resume, line_mode=False) -> int:
+                 minutes, batch_size, lr, seed, resume, line_mode=False, prefix_read=0.0, init=None) -> int:
     from bridgeocr.data.corpus import cut_lines, read_corpus
 
     docs = read_corpus(corpus)
@@ -242,5 +310,6 @@ def train_lm_cli(corpus, val_corpus, out, tokenizer, vocab_size, n_layer, n_embd
     train_lm(docs=list(docs), val_docs=list(val_docs) if val_docs is not None else None, out=out,
              tokenizer_kind=tokenizer, vocab_size=vocab_size, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
              context=context, steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, seed=seed,
-             resume=resume, data_desc=desc, command="bridgeocr " + shlex.join(sys.argv[1:]))
+             resume=resume, data_desc=desc, command="bridgeocr " + shlex.join(sys.argv[1:]),
+             prefix_read=prefix_read, init=init)
     return 0

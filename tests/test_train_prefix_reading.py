@@ -1,0 +1,67 @@
+"""Prefix reading: the synthetic visual prefix is what it claims, and a GPT trained on it learns to read it."""
+
+import random
+
+import torch
+
+from bridgeocr.config import DecoderConfig
+from bridgeocr.data.tokenizers import CharTokenizer
+from bridgeocr.models.decoder import GPT
+from bridgeocr.train.prefix_reading import PrefixNoise, coverage_matrix, noisy_prefix, prefix_reading_loss
+
+
+def test_coverage_rows_split_tokens_between_characters():
+    cover = coverage_matrix(n_chars=4, ratio=2.5, margin_left=2, n_tokens=2 + 10 + 3)
+    assert torch.allclose(cover[:2].sum(1), torch.zeros(2))  # left margin: blank
+    assert torch.allclose(cover[2:12].sum(1), torch.ones(10))  # text tokens: fully covered
+    assert torch.allclose(cover[12:].sum(1), torch.zeros(3))  # right margin
+    assert torch.allclose(cover.sum(0), torch.full((4,), 2.5))  # each character spans `ratio` tokens
+    # token 3 (text span [0.4, 0.8)) lies over character 0 only; token 4 ([0.8, 1.2)) half over 0, half over 1
+    assert torch.allclose(cover[3], torch.tensor([1.0, 0, 0, 0]))
+    assert torch.allclose(cover[4], torch.tensor([0.5, 0.5, 0, 0]))
+
+
+def test_clean_prefix_is_the_mean_embedding_of_covered_characters():
+    wte = torch.nn.Embedding(10, 6)
+    clean = PrefixNoise(min_ratio=2.0, max_ratio=2.0, max_margin=0, swap_prob=0.0, noise_std=0.0)
+    prefix, mask = noisy_prefix(wte, [[4, 5, 6], [7]], blank_id=0, char_ids=list(range(4, 10)),
+                                rng=random.Random(0), noise=clean)
+    assert prefix.shape == (2, 6, 6) and mask.sum(1).tolist() == [6, 2]
+    assert torch.allclose(prefix[0, 0], wte.weight[4]) and torch.allclose(prefix[0, 5], wte.weight[6])
+    assert torch.allclose(prefix[1, 1], wte.weight[7]) and not mask[1, 2:].any()
+    prefix.sum().backward()  # the GPT's own embeddings are what it learns to read: gradients reach them
+    assert wte.weight.grad[4].abs().sum() > 0
+
+
+def test_a_gpt_trained_on_prefix_reading_reads_random_strings():
+    """Random letters have no language prior: only reading the prefix can push the loss below log(26)."""
+    tok = CharTokenizer.build(["abcdefghijklmnopqrstuvwxyz"])
+    torch.manual_seed(0)
+    gpt = GPT(DecoderConfig(n_layer=2, n_embd=64, n_head=4, n_positions=128, prefix_positions=True),
+              tok.vocab_size)
+    opt = torch.optim.AdamW(gpt.parameters(), lr=3e-3)
+    rng = random.Random(0)
+    chars = [i for i in range(tok.vocab_size) if i not in tok.special_ids]
+    noise = PrefixNoise(min_ratio=1.0, max_ratio=2.0, max_margin=2, swap_prob=0.0, noise_std=0.2)
+
+    def batch():
+        return [[rng.choice(chars) for _ in range(rng.randint(4, 10))] for _ in range(32)]
+
+    for _ in range(250):
+        loss, _ = prefix_reading_loss(gpt, batch(), tok, chars, rng, noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    gpt.eval()
+    with torch.no_grad():
+        final, _ = prefix_reading_loss(gpt, batch(), tok, chars, rng, noise)
+    assert float(final) < 0.5 * torch.log(torch.tensor(26.0))  # far below guessing: it reads the prefix
+
+
+def test_prefix_positions_travel_with_the_lm_directory(tmp_path):
+    gpt = GPT(DecoderConfig(n_layer=1, n_embd=32, n_head=2, n_positions=64, prefix_positions=True), 12)
+    gpt.save_hf(tmp_path / "lm")
+    assert GPT.from_hf(tmp_path / "lm").cfg.prefix_positions is True
+    gpt.cfg.prefix_positions = False
+    gpt.save_hf(tmp_path / "plain")
+    assert GPT.from_hf(tmp_path / "plain").cfg.prefix_positions is False
