@@ -23,7 +23,8 @@ def test_coverage_rows_split_tokens_between_characters():
 
 def test_clean_prefix_is_the_mean_embedding_of_covered_characters():
     wte = torch.nn.Embedding(10, 6)
-    clean = PrefixNoise(min_ratio=2.0, max_ratio=2.0, max_margin=0, swap_prob=0.0, noise_std=0.0)
+    clean = PrefixNoise(min_ratio=2.0, max_ratio=2.0, max_margin=0, swap_prob=0.0, noise_std=0.0,
+                        max_blank_prob=0.0)
     prefix, mask = noisy_prefix(wte, [[4, 5, 6], [7]], blank_id=0, char_ids=list(range(4, 10)),
                                 rng=random.Random(0), noise=clean)
     assert prefix.shape == (2, 6, 6) and mask.sum(1).tolist() == [6, 2]
@@ -42,7 +43,7 @@ def test_a_gpt_trained_on_prefix_reading_reads_random_strings():
     opt = torch.optim.AdamW(gpt.parameters(), lr=3e-3)
     rng = random.Random(0)
     chars = [i for i in range(tok.vocab_size) if i not in tok.special_ids]
-    noise = PrefixNoise(min_ratio=1.0, max_ratio=2.0, max_margin=2, swap_prob=0.0, noise_std=0.2)
+    noise = PrefixNoise(min_ratio=1.0, max_ratio=2.0, max_margin=2, swap_prob=0.0, noise_std=0.2, max_blank_prob=0.5)
 
     def batch():
         return [[rng.choice(chars) for _ in range(rng.randint(4, 10))] for _ in range(32)]
@@ -65,3 +66,15 @@ def test_prefix_positions_travel_with_the_lm_directory(tmp_path):
     gpt.cfg.prefix_positions = False
     gpt.save_hf(tmp_path / "plain")
     assert GPT.from_hf(tmp_path / "plain").cfg.prefix_positions is False
+
+
+def test_ctc_like_blanks_keep_one_token_per_character():
+    wte = torch.nn.Embedding(10, 6)
+    sparse = PrefixNoise(min_ratio=3.0, max_ratio=3.0, max_margin=0, swap_prob=0.0, noise_std=0.0,
+                         max_blank_prob=1.0)
+    prefix, mask = noisy_prefix(wte, [[4, 5, 6, 7]], blank_id=0, char_ids=list(range(4, 10)),
+                                rng=random.Random(3), noise=sparse)
+    rows = prefix[0, mask[0]]
+    for char in (4, 5, 6, 7):  # every character still fires somewhere
+        assert any(torch.allclose(r, wte.weight[char]) for r in rows)
+    assert any(torch.allclose(r, wte.weight[0]) for r in rows)  # and some tokens are blank

@@ -6,8 +6,8 @@ LLMs bring that skill (in-context copying) from pretraining, which is why a LLaV
 trained alone. A 1.5M-parameter char LM does not have it, so we pretrain it on purpose: the prefix is the
 line itself as the encoder would see it -- each "visual token" covers 1/r of a character (r ~ 1-3 tokens
 per character, as 8-px patches over 8-24-px glyphs), holds the mean embedding of the characters it
-overlaps, blank margins on both sides, some characters swapped and Gaussian noise on top -- and the GPT
-must write the line. A connector then only has to map visual features near the character embeddings,
+overlaps, blank margins on both sides, some tokens blanked as a CTC head leaves them (one firing token per
+character), some characters swapped and Gaussian noise on top -- and the GPT must write the line. A connector then only has to map visual features near the character embeddings,
 which a CTC-trained encoder makes linearly easy.
 
 The prefix gets the GPT's position embeddings (`decoder.prefix_positions`), so the GPT learns to find
@@ -32,6 +32,9 @@ class PrefixNoise:
     max_margin: int = 4  # blank tokens before and after the text, each side up to this many
     swap_prob: float = 0.1  # a character's embedding replaced by another character's
     noise_std: float = 0.5  # Gaussian noise, in units of the embedding table's standard deviation
+    # CTC-like sparsity: a line draws p ~ U(0, max_blank_prob) and each token that is not the main token of a
+    # character turns blank with probability p (a CTC head fires once per character, blank elsewhere)
+    max_blank_prob: float = 0.8
 
 
 def coverage_matrix(n_chars: int, ratio: float, margin_left: int, n_tokens: int) -> torch.Tensor:
@@ -62,7 +65,13 @@ def noisy_prefix(wte: torch.nn.Embedding, lines: list[list[int]], blank_id: int,
         ratio = rng.uniform(noise.min_ratio, noise.max_ratio)
         left, right = rng.randint(0, noise.max_margin), rng.randint(0, noise.max_margin)
         m = left + math.ceil(n * ratio) + right
-        cover = coverage_matrix(n, ratio, left, m).to(dev)
+        cover = coverage_matrix(n, ratio, left, m)
+        p_blank = rng.uniform(0.0, noise.max_blank_prob)
+        if p_blank > 0:
+            peaks = set(cover.argmax(0).tolist())
+            drop = [j for j in range(m) if j not in peaks and rng.random() < p_blank]
+            cover[drop] = 0.0
+        cover = cover.to(dev)
         noisy = [rng.choice(char_ids) if rng.random() < noise.swap_prob else t for t in ids] or [blank_id]
         emb = weight[torch.tensor(noisy, device=dev)]  # [n, C]
         blank = (1.0 - cover.sum(1, keepdim=True)).clamp(min=0.0)
