@@ -91,3 +91,57 @@ def test_register_connector():
         assert out.abs().max() <= 1
     finally:
         CONNECTORS.pop("test_tanh")
+
+
+def test_ctc_embed_writes_ctc_posteriors_in_the_gpt_embedding_space():
+    from bridgeocr.models.ctc import CTCHead
+
+    V, U = 6, 3
+    head = CTCHead(D_ENC, V, upsample=U)
+    wte = nn.Embedding(V, D_MODEL)
+    conn = build_connector(ConnectorConfig(kind="ctc_embed"), D_ENC, D_MODEL)
+    with pytest.raises(ConfigError, match="ctc_head"):
+        conn(tokens(1, 2), torch.ones(1, 2, dtype=torch.bool))
+    conn.body.init_from(head, wte)
+    # token 0: frames (char 2, blank, blank) -> embedding of 2; token 1: all blank -> embedding 0 (blank);
+    # token 2: frames (char 3, blank, char 4) -> mean of 3 and 4
+    frames = torch.full((3, U), 0)
+    frames[0, 0], frames[2, 0], frames[2, 2] = 2, 3, 4
+    logits = torch.full((3, U, V), -30.0)
+    logits.scatter_(2, frames[..., None], 30.0)
+    conn.body.head = nn.Identity()  # feed the chosen posteriors straight through (d_enc = V * U below)
+    conn.body.residual = nn.Linear(U * V, D_MODEL)
+    nn.init.zeros_(conn.body.residual.weight)
+    nn.init.zeros_(conn.body.residual.bias)
+    out, mask = conn(logits.view(1, 3, U * V), torch.ones(1, 3, dtype=torch.bool))
+    assert mask.all()
+    assert torch.allclose(out[0, 0], wte.weight[2], atol=1e-5)
+    assert torch.allclose(out[0, 1], wte.weight[0], atol=1e-5)
+    assert torch.allclose(out[0, 2], (wte.weight[3] + wte.weight[4]) / 2, atol=1e-5)
+
+
+def test_ctc_embed_inside_the_ocr_model_needs_the_ctc_head_and_round_trips(tmp_path):
+    from bridgeocr.config import ModelConfig
+    from bridgeocr.data.tokenizers import CharTokenizer
+    from bridgeocr.models.ocr import OCRModel
+
+    m = ModelConfig()
+    m.encoder.dim, m.encoder.depth, m.encoder.heads = 32, 1, 2
+    m.encoder.patch_height, m.encoder.patch_width, m.encoder.conv_stem = 16, 4, False
+    m.decoder.n_layer, m.decoder.n_embd, m.decoder.n_head, m.decoder.n_positions = 1, 32, 2, 64
+    m.connector.kind = "ctc_embed"
+    tok = CharTokenizer.build(["abcd"])
+    with pytest.raises(ConfigError, match="model.ctc_head=true"):
+        OCRModel(m, tok.vocab_size, image_height=16, tokenizer=tok)
+    m.ctc_head = True
+    model = OCRModel(m, tok.vocab_size, image_height=16, tokenizer=tok).eval()
+    # the connector starts as copies of the CTC head and the GPT embeddings, and owns them
+    assert torch.equal(model.connector.body.head.weight, model.ctc_head.proj.weight)
+    assert model.connector.body.head.weight.data_ptr() != model.ctc_head.proj.weight.data_ptr()
+    model.save_pretrained(tmp_path / "m")
+    again = OCRModel.from_pretrained(tmp_path / "m").eval()
+    images, mask = torch.rand(2, 1, 16, 24), torch.ones(2, 1, 16, 24, dtype=torch.bool)
+    mask[1, ..., 12:] = False
+    a, _ = model.encode(images, mask[:, 0, 0])
+    b, _ = again.encode(images, mask[:, 0, 0])
+    assert torch.allclose(a, b)

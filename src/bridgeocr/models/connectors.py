@@ -7,7 +7,8 @@ never changes another item's output.
 
 Kinds: `linear`, `linear_ln` (the seed's "without GELU"), `linear_gelu_ln` (the seed's setting 1),
 `mlp` (Linear-GELU-Linear, LLaVA-1.5), `qformer` (BLIP-2: learned queries, self-attn, masked cross-attn,
-FFN), `cabstractor` (Honeybee: conv res-blocks along the width + mask-aware adaptive pooling to M tokens).
+FFN), `cabstractor` (Honeybee: conv res-blocks along the width + mask-aware adaptive pooling to M tokens),
+`ctc_embed` (the encoder's CTC posteriors in the GPT's embedding space, + a residual that starts at zero).
 New kinds: `@register_connector("name")` on a class taking `(cfg, d_in, d_model)`.
 """
 
@@ -220,6 +221,49 @@ class CAbstractor(nn.Module):
         for blk in self.post:
             x = blk(x, out_mask)
         return self.readout(x), out_mask
+
+
+@register_connector("ctc_embed")
+class CTCEmbed(nn.Module):
+    """The encoder's CTC posteriors, written in the GPT's own embedding space, plus a learned residual.
+
+    Visual token i becomes the mean embedding of the characters its CTC frames emit, weighted by their
+    posteriors (blank mass -> the embedding of id 0, the CTC blank and PAD), + `residual(x_i)` (zero at
+    start). This is exactly the prefix `lm train --prefix-read` teaches the GPT to read, so the bridge reads
+    from its first step and training refines it; a middle ground between a learned projection and feeding
+    the CTC transcript as text. OCRModel fills it from its CTC head and decoder (`init_from`: copies the
+    connector owns and trains). Needs `model.ctc_head=true` and no token reduction.
+    """
+
+    def __init__(self, cfg: ConnectorConfig, d_in: int, d_model: int):
+        super().__init__()
+        if cfg.reduce not in (None, "none") and cfg.reduce_k > 1:
+            raise ConfigError("connector ctc_embed: token reduction is not supported (one token per CTC step)")
+        self.upsample = 1
+        self.head: nn.Linear | None = None
+        self.embed: nn.Parameter | None = None
+        self.residual = nn.Linear(d_in, d_model)
+        nn.init.zeros_(self.residual.weight)
+        nn.init.zeros_(self.residual.bias)
+
+    def init_from(self, ctc_head: nn.Module, wte: nn.Embedding) -> None:
+        """Copy the CTC head (`proj`, `upsample`, `vocab_size`) and the first vocab_size GPT embeddings."""
+        import copy
+
+        self.upsample = ctc_head.upsample
+        self.head = copy.deepcopy(ctc_head.proj)
+        self.embed = nn.Parameter(wte.weight.detach()[: ctc_head.vocab_size].clone())
+
+    def forward(self, x, mask):
+        if self.head is None:
+            raise ConfigError("connector ctc_embed needs the encoder's CTC head: set model.ctc_head=true")
+        b, n, _ = x.shape
+        probs = self.head(x).float().view(b, n, self.upsample, -1).softmax(-1)
+        chars = probs[..., 1:].sum(2)  # expected emissions of each character in the token's frames
+        mass = chars.sum(-1, keepdim=True)
+        embed = self.embed.float()
+        out = chars @ embed[1:] / mass.clamp(min=1.0) + (1.0 - mass).clamp(min=0.0) * embed[0]
+        return out.to(x.dtype) + self.residual(x), mask
 
 
 # ------------------------------------------------------------------------------------------ builder

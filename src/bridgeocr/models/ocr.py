@@ -93,6 +93,11 @@ class OCRModel(nn.Module):
         self.connector = build_connector(cfg.connector, encoder.d_out, decoder.cfg.n_embd)
         self.decoder = decoder
         self.ctc_head = ctc_head if cfg.ctc_head else None
+        if hasattr(self.connector.body, "init_from"):  # ctc_embed: built from the CTC head and GPT embeddings
+            if self.ctc_head is None:
+                raise ConfigError(f"connector {cfg.connector.kind} reads the encoder's CTC head: set "
+                                  "model.ctc_head=true (the shipped encoder has one)")
+            self.connector.body.init_from(self.ctc_head, self.decoder.wte)
         self.tokenizer = tokenizer
         ids = {k: getattr(tokenizer, k) for k in DEFAULT_SPECIAL_IDS} if tokenizer is not None else DEFAULT_SPECIAL_IDS
         self.pad_id, self.bos_id, self.eos_id = ids["pad_id"], ids["bos_id"], ids["eos_id"]
