@@ -2,7 +2,7 @@
 
 import json
 
-from bridgeocr.demo import SEED_SETTINGS, run_demo
+from bridgeocr.demo import DEFAULT_SETTINGS, SEED_SETTINGS, run_demo
 from bridgeocr.train.lm import train_lm
 
 TINY = ["model.encoder.dim=32", "model.encoder.depth=1", "model.encoder.heads=2", "optim.batch_size=8",
@@ -16,11 +16,11 @@ def test_demo_end_to_end_and_resume(tmp_path, capsys):
              n_layer=1, n_embd=32, n_head=2, context=32, steps=3, batch_size=4, progress=False)
     out = tmp_path / "demo"
     results = run_demo(minutes=0.6, out=out, n=48, encoder=None, lm=str(lm_dir), extra_overrides=TINY)
-    assert set(results) == set(SEED_SETTINGS)
+    assert set(results) == set(DEFAULT_SETTINGS) and set(SEED_SETTINGS) <= set(results)
     printed = capsys.readouterr().out
     assert "[test] CER at epoch" in printed and "◆ Reference Loss (GT Text → Text)" in printed
     report = (out / "report.md").read_text()
-    for name in SEED_SETTINGS:
+    for name in DEFAULT_SETTINGS:
         assert f"### {name}" in report
         assert (out / "runs" / name / "best" / "model.safetensors").is_file()
         assert (out / "runs" / name / "loss_gap.json").is_file()
@@ -51,3 +51,12 @@ def test_ctc_reference_reads_the_test_lines_with_the_encoder_alone(tmp_path):
     result = ctc_reference(plan, data)
     assert result["lines"] == 2 and result["cer"] >= 0  # the 2 test lines of 8 (every 4th)
     assert "encoder alone" in plan.log[-1]
+
+
+def test_unknown_setting_is_a_clear_error(tmp_path):
+    import pytest
+
+    from bridgeocr.errors import BridgeOCRError
+
+    with pytest.raises(BridgeOCRError, match="unknown nope"):
+        run_demo(minutes=1, out=tmp_path, settings=["qformer", "nope"])

@@ -145,3 +145,29 @@ def test_ctc_embed_inside_the_ocr_model_needs_the_ctc_head_and_round_trips(tmp_p
     a, _ = model.encode(images, mask[:, 0, 0])
     b, _ = again.encode(images, mask[:, 0, 0])
     assert torch.allclose(a, b)
+
+
+def test_ctc_collapse_gives_one_token_per_character_read():
+    from bridgeocr.models.ctc import CTCHead
+
+    V, U = 6, 3
+    conn = build_connector(ConnectorConfig(kind="ctc_collapse"), D_ENC, D_MODEL)
+    wte = nn.Embedding(V, D_MODEL)
+    conn.body.init_from(CTCHead(D_ENC, V, upsample=U), wte)
+    conn.body.head = nn.Identity()
+    conn.body.residual = nn.Linear(U * V, D_MODEL)
+    nn.init.zeros_(conn.body.residual.weight)
+    nn.init.zeros_(conn.body.residual.bias)
+    # frames: (2, 2, _) (2, _, 3) (4, _, _): greedy CTC reads 2 2 3 4 (repeat 2 2 merged, blank splits)
+    path = torch.tensor([[2, 2, 0, 2, 0, 3, 4, 0, 0]] * 2)
+    logits = torch.full((2, 9, V), -30.0).scatter_(2, path[..., None], 30.0).view(2, 3, U * V)
+    mask = torch.tensor([[True, True, True], [True, True, False]])  # row 2: its last token is padding
+    out, out_mask = conn(logits, mask)
+    assert out_mask.sum(1).tolist() == [4, 3]
+    for i, char in enumerate([2, 2, 3, 4]):
+        assert torch.allclose(out[0, i], wte.weight[char], atol=1e-5)
+    assert torch.allclose(out[1, :3], out[0, :3], atol=1e-5) and torch.all(out[1, 3] == 0)
+    blank = torch.full((1, 9, V), -30.0)
+    blank[..., 0] = 30.0
+    out, out_mask = conn(blank.view(1, 3, U * V), torch.ones(1, 3, dtype=torch.bool))
+    assert out_mask.tolist() == [[True]] and torch.allclose(out[0, 0], wte.weight[0], atol=1e-5)

@@ -24,7 +24,7 @@ def test_coverage_rows_split_tokens_between_characters():
 def test_clean_prefix_is_the_mean_embedding_of_covered_characters():
     wte = torch.nn.Embedding(10, 6)
     clean = PrefixNoise(min_ratio=2.0, max_ratio=2.0, max_margin=0, swap_prob=0.0, noise_std=0.0,
-                        max_blank_prob=0.0)
+                        collapsed_prob=0.0, max_blank_prob=0.0)
     prefix, mask = noisy_prefix(wte, [[4, 5, 6], [7]], blank_id=0, char_ids=list(range(4, 10)),
                                 rng=random.Random(0), noise=clean)
     assert prefix.shape == (2, 6, 6) and mask.sum(1).tolist() == [6, 2]
@@ -71,10 +71,23 @@ def test_prefix_positions_travel_with_the_lm_directory(tmp_path):
 def test_ctc_like_blanks_keep_one_token_per_character():
     wte = torch.nn.Embedding(10, 6)
     sparse = PrefixNoise(min_ratio=3.0, max_ratio=3.0, max_margin=0, swap_prob=0.0, noise_std=0.0,
-                         max_blank_prob=1.0)
+                         collapsed_prob=0.0, max_blank_prob=1.0)
     prefix, mask = noisy_prefix(wte, [[4, 5, 6, 7]], blank_id=0, char_ids=list(range(4, 10)),
                                 rng=random.Random(3), noise=sparse)
     rows = prefix[0, mask[0]]
     for char in (4, 5, 6, 7):  # every character still fires somewhere
         assert any(torch.allclose(r, wte.weight[char]) for r in rows)
     assert any(torch.allclose(r, wte.weight[0]) for r in rows)  # and some tokens are blank
+
+
+def test_collapsed_lines_are_one_token_per_character():
+    wte = torch.nn.Embedding(10, 6)
+    exact = PrefixNoise(collapsed_prob=1.0, swap_prob=0.0, delete_prob=0.0, insert_prob=0.0, noise_std=0.0)
+    prefix, mask = noisy_prefix(wte, [[4, 5, 6], [7]], blank_id=0, char_ids=list(range(4, 10)),
+                                rng=random.Random(0), noise=exact)
+    assert mask.sum(1).tolist() == [3, 1]
+    assert torch.allclose(prefix[0], wte.weight[[4, 5, 6]]) and torch.allclose(prefix[1, 0], wte.weight[7])
+    edits = PrefixNoise(collapsed_prob=1.0, swap_prob=0.0, delete_prob=0.5, insert_prob=0.0, noise_std=0.0)
+    _, mask = noisy_prefix(wte, [list(range(4, 10)) * 5], blank_id=0, char_ids=list(range(4, 10)),
+                           rng=random.Random(0), noise=edits)
+    assert 5 < int(mask.sum()) < 25  # about half of the 30 characters dropped

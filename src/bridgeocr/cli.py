@@ -197,8 +197,8 @@ def _add_train_eval(sub):
 
     p = sub.add_parser("demo", help="the whole study end to end on built-in data (what `make demo` runs)",
                        description="Synthesise lines from the built-in corpus, start from the shipped encoder "
-                       "and GPT, train the seed's three settings (linear_gelu_ln, qformer, qformer + KD) in equal "
-                       "shares of the budget, run the loss-gap diagnostic, and write OUT/report.md with the "
+                       "and GPT, train the seed's three settings (linear_gelu_ln, qformer, qformer + KD) and "
+                       "bridgeocr's ctc_collapse connector in equal shares of the budget, run the loss-gap diagnostic, and write OUT/report.md with the "
                        "seed's CER/WER lines, a comparison table, curves and checkpoint paths. Rerunning the "
                        "same command resumes: finished settings are kept.")
     p.add_argument("--minutes", type=float, default=20.0, help="total time budget in minutes (default 20)")
@@ -206,7 +206,10 @@ def _add_train_eval(sub):
     p.add_argument("--corpus", nargs="+", default=None, metavar="FILE",
                    help="text for the synthetic lines (default: the built-in corpus)")
     p.add_argument("--n", type=int, default=None, help="synthetic lines (default scales with --minutes)")
-    p.set_defaults(target="bridgeocr.demo:demo_cli", keys=["minutes", "out", "corpus", "n"])
+    p.add_argument("--settings", nargs="+", default=None, metavar="NAME",
+                   help="settings to train (default: linear_gelu_ln qformer qformer_kd ctc_collapse; also "
+                   "ctc_embed)")
+    p.set_defaults(target="bridgeocr.demo:demo_cli", keys=["minutes", "out", "corpus", "n", "settings"])
 
 
 def build_parser() -> argparse.ArgumentParser:

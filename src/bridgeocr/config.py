@@ -73,7 +73,8 @@ class EncoderConfig:
 class ConnectorConfig:
     """The bridge from visual tokens to decoder inputs, built by name (models/connectors.py)."""
 
-    kind: str = "linear_gelu_ln"  # linear | linear_ln | linear_gelu_ln | mlp | qformer | cabstractor | ctc_embed
+    # linear | linear_ln | linear_gelu_ln | mlp | qformer | cabstractor | ctc_embed | ctc_collapse
+    kind: str = "linear_gelu_ln"
     reduce: str | None = None  # None | pool | concat: merge `reduce_k` neighbouring tokens first
     reduce_k: int = 1
     num_queries: int = 32  # qformer / cabstractor: M output tokens

@@ -2,8 +2,8 @@
 
 1. synthesise lines from the built-in corpus (or --corpus),
 2. take the shipped CTC-pretrained encoder and GPT LM (or, where a package has none, pretrain an LM here),
-3. train the seed's three settings -- `linear_gelu_ln`, `qformer`, `qformer` + KD -- each in an equal
-   share of the budget,
+3. train the seed's three settings -- `linear_gelu_ln`, `qformer`, `qformer` + KD -- and bridgeocr's
+   `ctc_collapse` connector, each in an equal share of the budget,
 4. evaluate them and write `report.md`: the seed's numbers, curves, and where the checkpoints are.
 
 Rerunning the same command resumes: finished settings are kept, the dataset is reused.
@@ -27,6 +27,15 @@ SEED_SETTINGS: dict[str, list[str]] = {
                    "loss.kd_alpha=0.3", "loss.kd_tau=2.0"],
 }
 
+# bridgeocr's own bridges, trainable beside the seed's (`--settings`): the encoder's CTC reading written in
+# the GPT's embedding space, one token per character (ctc_collapse) or per visual token (ctc_embed).
+BRIDGE_SETTINGS: dict[str, list[str]] = {
+    "ctc_collapse": ["model.connector.kind=ctc_collapse", "model.ctc_head=true"],
+    "ctc_embed": ["model.connector.kind=ctc_embed", "model.ctc_head=true"],
+}
+ALL_SETTINGS = {**SEED_SETTINGS, **BRIDGE_SETTINGS}
+DEFAULT_SETTINGS = [*SEED_SETTINGS, "ctc_collapse"]
+
 # What every demo run shares: CPU-sized, parts from the shipped checkpoints, connector first then all.
 DEMO_OVERRIDES = [
     "data.image.height=32", "data.image.max_width=1024",
@@ -49,7 +58,7 @@ class DemoPlan:
     corpus: list[str] | None
     encoder: str | None = None
     lm: str | None = None
-    settings: list[str] = field(default_factory=lambda: list(SEED_SETTINGS))
+    settings: list[str] = field(default_factory=lambda: list(DEFAULT_SETTINGS))
     log: list[str] = field(default_factory=list)
 
 
@@ -109,15 +118,16 @@ def run_overrides(plan: DemoPlan, name: str, minutes: float, data: Path, extra: 
              f"model.decoder.pretrained={plan.lm}"]
     if not plan.encoder:  # no pretrained encoder: train it here, with CTC to make it read sooner
         parts += ["model.encoder.freeze=false", "loss.ctc_weight=0.3"]
-    return (DEMO_OVERRIDES + [FREEZE_SCHEDULE] + parts + SEED_SETTINGS[name]
+    return (DEMO_OVERRIDES + [FREEZE_SCHEDULE] + parts + ALL_SETTINGS[name]
             + [f"data.source={data}", f"train.out_dir={plan.out / 'runs'}", f"train.name={name}",
                f"optim.max_minutes={minutes:.3f}"] + list(extra or []))
 
 
 def run_demo(minutes: float = 20.0, out: str | Path = "runs/demo", corpus: list[str] | None = None,
              n: int | None = None, encoder: str | None = "shipped", lm: str | None = "shipped",
-             extra_overrides: list[str] | None = None) -> dict:
-    """The whole study; returns {setting: metrics}. `encoder`/`lm`: "shipped", a directory, or None."""
+             extra_overrides: list[str] | None = None, settings: list[str] | None = None) -> dict:
+    """The whole study; returns {setting: metrics}. `encoder`/`lm`: "shipped", a directory, or None.
+    `settings`: names from ALL_SETTINGS (default DEFAULT_SETTINGS)."""
     from bridgeocr.config import load_config
     from bridgeocr.eval.loss_gap import loss_gap_cli
     from bridgeocr.eval.sweep import run_status
@@ -126,7 +136,12 @@ def run_demo(minutes: float = 20.0, out: str | Path = "runs/demo", corpus: list[
     t_start = time.time()
     if minutes <= 0:
         raise BridgeOCRError(f"--minutes must be positive, got {minutes}")
+    unknown = [name for name in settings or [] if name not in ALL_SETTINGS]
+    if unknown:
+        raise BridgeOCRError(f"--settings: unknown {', '.join(unknown)} (known: {', '.join(ALL_SETTINGS)})")
     plan = DemoPlan(out=Path(out), minutes=minutes, n=n or default_lines(minutes), corpus=corpus)
+    if settings:
+        plan.settings = list(dict.fromkeys(settings))
     plan.out.mkdir(parents=True, exist_ok=True)
     deadline = t_start + minutes * 60
     data = make_data(plan)
@@ -246,6 +261,6 @@ def write_report(plan: DemoPlan, results: dict[str, dict], seconds: float, refer
     return report
 
 
-def demo_cli(minutes, out, corpus, n) -> int:
-    run_demo(minutes=minutes, out=out, corpus=corpus, n=n)
+def demo_cli(minutes, out, corpus, n, settings=None) -> int:
+    run_demo(minutes=minutes, out=out, corpus=corpus, n=n, settings=settings)
     return 0

@@ -8,7 +8,8 @@ never changes another item's output.
 Kinds: `linear`, `linear_ln` (the seed's "without GELU"), `linear_gelu_ln` (the seed's setting 1),
 `mlp` (Linear-GELU-Linear, LLaVA-1.5), `qformer` (BLIP-2: learned queries, self-attn, masked cross-attn,
 FFN), `cabstractor` (Honeybee: conv res-blocks along the width + mask-aware adaptive pooling to M tokens),
-`ctc_embed` (the encoder's CTC posteriors in the GPT's embedding space, + a residual that starts at zero).
+`ctc_embed` (the encoder's CTC posteriors in the GPT's embedding space, + a residual that starts at zero),
+`ctc_collapse` (the same, one token per character the CTC head reads).
 New kinds: `@register_connector("name")` on a class taking `(cfg, d_in, d_model)`.
 """
 
@@ -264,6 +265,42 @@ class CTCEmbed(nn.Module):
         embed = self.embed.float()
         out = chars @ embed[1:] / mass.clamp(min=1.0) + (1.0 - mass).clamp(min=0.0) * embed[0]
         return out.to(x.dtype) + self.residual(x), mask
+
+
+@register_connector("ctc_collapse")
+class CTCCollapse(CTCEmbed):
+    """One visual token per character the CTC head reads: the greedy path's emission frames (a new non-blank
+    label), each as its posterior-weighted mean character embedding (blank excluded) + `residual` of the
+    encoder token it came from. The prefix is the CTC transcript in the GPT's embedding space, aligned with
+    the text positions, so the GPT reads character t at prefix position t and can correct it with its
+    language prior. Fewest visual tokens of all connectors (one per character); a line the head reads as
+    empty gives one blank token.
+    """
+
+    def forward(self, x, mask):
+        if self.head is None:
+            raise ConfigError("connector ctc_collapse needs the encoder's CTC head: set model.ctc_head=true")
+        b, n, d = x.shape
+        u = self.upsample
+        probs = self.head(x).float().view(b, n * u, -1).softmax(-1)
+        frames = mask.repeat_interleave(u, dim=1)
+        best = probs.argmax(-1)
+        prev = F.pad(best, (1, 0), value=0)[:, :-1]
+        emit = (best != 0) & (best != prev) & frames  # greedy CTC: a new non-blank label starts here
+        counts = emit.sum(1)
+        m = max(1, int(counts.max()))
+        order = torch.argsort((~emit).to(torch.int8), dim=1, stable=True)[:, :m]  # emission frames first
+        out_mask = torch.arange(m, device=x.device)[None] < counts[:, None].clamp(min=1)
+        chosen = probs.gather(1, order[..., None].expand(-1, -1, probs.shape[-1]))  # [B, m, V]
+        chars = chosen[..., 1:] / chosen[..., 1:].sum(-1, keepdim=True).clamp(min=1e-6)
+        embed = self.embed.float()
+        out = chars @ embed[1:]
+        empty = counts == 0  # nothing read: one blank token
+        if empty.any():
+            out[empty, 0] = embed[0]
+        src = x.gather(1, (order // u)[..., None].expand(-1, -1, d))
+        out = out.to(x.dtype) + self.residual(src)
+        return out * out_mask[..., None], out_mask
 
 
 # ------------------------------------------------------------------------------------------ builder

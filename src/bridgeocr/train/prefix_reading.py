@@ -7,7 +7,9 @@ trained alone. A 1.5M-parameter char LM does not have it, so we pretrain it on p
 line itself as the encoder would see it -- each "visual token" covers 1/r of a character (r ~ 1-3 tokens
 per character, as 8-px patches over 8-24-px glyphs), holds the mean embedding of the characters it
 overlaps, blank margins on both sides, some tokens blanked as a CTC head leaves them (one firing token per
-character), some characters swapped and Gaussian noise on top -- and the GPT must write the line. A connector then only has to map visual features near the character embeddings,
+character), some characters swapped and Gaussian noise on top -- and the GPT must write the line. Half the
+lines come collapsed instead, one token per character as a CTC transcript (`ctc_collapse` connector), with
+characters swapped, dropped and inserted. A connector then only has to map visual features near the character embeddings,
 which a CTC-trained encoder makes linearly easy.
 
 The prefix gets the GPT's position embeddings (`decoder.prefix_positions`), so the GPT learns to find
@@ -35,6 +37,11 @@ class PrefixNoise:
     # CTC-like sparsity: a line draws p ~ U(0, max_blank_prob) and each token that is not the main token of a
     # character turns blank with probability p (a CTC head fires once per character, blank elsewhere)
     max_blank_prob: float = 0.8
+    # the collapsed form (what the `ctc_collapse` connector gives): one token per read character, like a CTC
+    # transcript -- characters swapped (swap_prob), dropped and inserted; no stretch, margins or blanks
+    collapsed_prob: float = 0.5  # fraction of lines given in this form
+    delete_prob: float = 0.04
+    insert_prob: float = 0.04
 
 
 def coverage_matrix(n_chars: int, ratio: float, margin_left: int, n_tokens: int) -> torch.Tensor:
@@ -61,6 +68,17 @@ def noisy_prefix(wte: torch.nn.Embedding, lines: list[list[int]], blank_id: int,
     dev = weight.device
     rows, lengths = [], []
     for ids in lines:
+        if rng.random() < noise.collapsed_prob:
+            edited = []
+            for t in ids:
+                if rng.random() < noise.delete_prob:
+                    continue
+                edited.append(rng.choice(char_ids) if rng.random() < noise.swap_prob else t)
+                if rng.random() < noise.insert_prob:
+                    edited.append(rng.choice(char_ids))
+            rows.append(weight[torch.tensor(edited or [blank_id], device=dev)])
+            lengths.append(len(rows[-1]))
+            continue
         n = max(1, len(ids))
         ratio = rng.uniform(noise.min_ratio, noise.max_ratio)
         left, right = rng.randint(0, noise.max_margin), rng.randint(0, noise.max_margin)
