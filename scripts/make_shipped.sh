@@ -9,8 +9,17 @@ H=../shared/data/hooker_htr
 B=.venv/bin/bridgeocr
 
 # 1. the GPT language model (decoder + KD teacher), character-level, on Gutenberg lines
-$B lm train --corpus $G/train.txt --val-corpus $G/val.txt --out $S/gpt_lm --line-mode \
+$B lm train --corpus $G/train.txt --val-corpus $G/val.txt --out $S/gpt_lm_plain --line-mode \
     --steps 2000 --minutes 40 --batch-size 32 --context 128 --lr 2e-3 --resume
+# 1b. taught to read a prefix (train/prefix_reading.py), three legs warm-started one from the other
+#     (the noise model grew between legs: stretched only, + CTC-like blanks, + collapsed; the current code
+#      draws all three, so one leg of --minutes 40 is the equivalent today)
+$B lm train --init $S/gpt_lm_plain --corpus $G/train.txt --val-corpus $G/val.txt --line-mode \
+    --out $S/gpt_reader1 --steps 2000 --minutes 20 --batch-size 32 --lr 1e-3 --prefix-read 0.5
+$B lm train --init $S/gpt_reader1 --corpus $G/train.txt --val-corpus $G/val.txt --line-mode \
+    --out $S/gpt_reader2 --steps 1500 --minutes 16 --batch-size 32 --lr 1e-3 --prefix-read 0.6 --seed 1
+$B lm train --init $S/gpt_reader2/last --corpus $G/train.txt --val-corpus $G/val.txt --line-mode \
+    --out $S/gpt_lm --steps 1600 --minutes 15 --batch-size 32 --lr 1e-3 --prefix-read 0.7 --seed 2
 
 # 2. synthetic printed + handwriting-font lines from the Gutenberg text
 [ -f $S/synth_gutenberg/settings.json ] || $B data synth --corpus $G/train.txt --out $S/synth_gutenberg \
