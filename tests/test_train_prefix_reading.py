@@ -91,3 +91,26 @@ def test_collapsed_lines_are_one_token_per_character():
     _, mask = noisy_prefix(wte, [list(range(4, 10)) * 5], blank_id=0, char_ids=list(range(4, 10)),
                            rng=random.Random(0), noise=edits)
     assert 5 < int(mask.sum()) < 25  # about half of the 30 characters dropped
+
+
+def test_lm_train_init_and_prefix_read_make_a_reading_lm(tmp_path):
+    from bridgeocr.train.lm import train_lm
+
+    docs = ["the cat sat on the mat and looked at the dog", "a dog ran in the fog to find the cat again"] * 10
+    train_lm(docs=docs, val_docs=None, out=tmp_path / "plain", n_layer=1, n_embd=32, n_head=2, context=32,
+             steps=2, batch_size=4, progress=False)
+    assert GPT.from_hf(tmp_path / "plain").cfg.prefix_positions is False
+    card = train_lm(docs=docs, val_docs=None, out=tmp_path / "reader", init=tmp_path / "plain", steps=4,
+                    batch_size=4, prefix_read=0.5, progress=False)
+    assert card["init"] == str(tmp_path / "plain") and card["prefix_read_val_loss"] > 0
+    assert GPT.from_hf(tmp_path / "reader").cfg.prefix_positions is True  # an OCR model follows it
+    from bridgeocr.config import ModelConfig
+    from bridgeocr.models.ocr import OCRModel
+
+    m = ModelConfig()
+    m.encoder.dim, m.encoder.depth, m.encoder.heads = 32, 1, 2
+    m.decoder.pretrained = str(tmp_path / "reader")
+    vocab = GPT.from_hf(tmp_path / "reader").vocab_size
+    assert OCRModel(m, vocab).decoder.cfg.prefix_positions is True  # null: as the LM learnt
+    m.decoder.prefix_positions = False
+    assert OCRModel(m, vocab).decoder.cfg.prefix_positions is False  # an explicit choice wins

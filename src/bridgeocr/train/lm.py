@@ -97,7 +97,8 @@ def train_lm(*, docs: list[str], val_docs: list[str] | None, out: str | Path, to
     """Train and save; returns the LM card (dict).
 
     prefix_read: the fraction of steps that are prefix-reading batches (train/prefix_reading.py): the GPT
-    writes a line while reading a noisy stretched copy of it in its prefix, the skill an OCR decoder needs.
+    writes a line while reading a noisy copy of it in its prefix (stretched or collapsed, as connectors
+    give it), the skill an OCR decoder needs.
     init: start from this LM directory (its tokenizer and weights) instead of a fresh model.
     """
     from bridgeocr.data.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
