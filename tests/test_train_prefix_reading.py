@@ -109,7 +109,7 @@ def test_lm_train_init_and_prefix_read_make_a_reading_lm(tmp_path):
 
     m = ModelConfig()
     m.encoder.dim, m.encoder.depth, m.encoder.heads = 32, 1, 2
-    m.decoder.pretrained = str(tmp_path / "reader")
+    m.decoder.pretrained, m.decoder.n_layer = str(tmp_path / "reader"), 1
     vocab = GPT.from_hf(tmp_path / "reader").vocab_size
     assert OCRModel(m, vocab).decoder.cfg.prefix_positions is True  # null: as the LM learnt
     m.decoder.prefix_positions = False
