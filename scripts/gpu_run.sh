@@ -3,7 +3,7 @@
 # ctc_collapse, linear_gelu_ln, qformer_kd) in bf16 for MINUTES each from the shipped encoder and GPT, print a table.
 #   here:  bash scripts/gpu_prepare.sh
 #   GPU:   device run, carry [".whl", ".devdata"], command "bash scripts/gpu_run.sh"
-# Knobs (environment): SETTINGS, MINUTES (per setting, default 3), N (lines, default 20000), BATCH (default 64).
+# Knobs (environment): SETTINGS, MINUTES (per setting, default 2: the whole script fits a 10-minute call), N (lines, default 20000), BATCH (default 64).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -20,7 +20,7 @@ time python3 -m bridgeocr.cli data synth --out "$RUN/data" --n "${N:-20000}" "${
 SETTINGS=${SETTINGS:-"ctc_collapse linear_gelu_ln qformer_kd"}
 for name in $SETTINGS; do
   python3 -m bridgeocr.cli train --config "configs/$name.yaml" "data.source=$RUN/data" "train.out_dir=$RUN" \
-    train.precision=bf16-mixed "optim.max_minutes=${MINUTES:-3}" "optim.batch_size=${BATCH:-64}" \
+    train.precision=bf16-mixed "optim.max_minutes=${MINUTES:-2}" "optim.batch_size=${BATCH:-64}" \
     optim.max_steps=100000 data.num_workers=8 train.val_every_steps=300 2>&1 | grep -v "it/s]$" || true
 done
 python3 - $RUN <<'PY'
