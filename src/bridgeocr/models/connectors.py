@@ -255,11 +255,16 @@ class CTCEmbed(nn.Module):
         self.head = copy.deepcopy(ctc_head.proj)
         self.embed = nn.Parameter(wte.weight.detach()[: ctc_head.vocab_size].clone())
 
-    def forward(self, x, mask):
+    def frame_posteriors(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, N, d_in] -> CTC posteriors [B, N * upsample, V] (float32), frames in reading order."""
         if self.head is None:
-            raise ConfigError("connector ctc_embed needs the encoder's CTC head: set model.ctc_head=true")
+            raise ConfigError("connectors ctc_embed / ctc_collapse need the encoder's CTC head: "
+                              "set model.ctc_head=true")
+        return self.head(x).float().view(x.shape[0], x.shape[1] * self.upsample, -1).softmax(-1)
+
+    def forward(self, x, mask):
         b, n, _ = x.shape
-        probs = self.head(x).float().view(b, n, self.upsample, -1).softmax(-1)
+        probs = self.frame_posteriors(x).view(b, n, self.upsample, -1)
         chars = probs[..., 1:].sum(2)  # expected emissions of each character in the token's frames
         mass = chars.sum(-1, keepdim=True)
         embed = self.embed.float()
@@ -278,11 +283,8 @@ class CTCCollapse(CTCEmbed):
     """
 
     def forward(self, x, mask):
-        if self.head is None:
-            raise ConfigError("connector ctc_collapse needs the encoder's CTC head: set model.ctc_head=true")
-        b, n, d = x.shape
-        u = self.upsample
-        probs = self.head(x).float().view(b, n * u, -1).softmax(-1)
+        d, u = x.shape[-1], self.upsample
+        probs = self.frame_posteriors(x)
         frames = mask.repeat_interleave(u, dim=1)
         best = probs.argmax(-1)
         prev = F.pad(best, (1, 0), value=0)[:, :-1]

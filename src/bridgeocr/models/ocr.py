@@ -93,7 +93,7 @@ class OCRModel(nn.Module):
         self.connector = build_connector(cfg.connector, encoder.d_out, decoder.cfg.n_embd)
         self.decoder = decoder
         self.ctc_head = ctc_head if cfg.ctc_head else None
-        if hasattr(self.connector.body, "init_from"):  # ctc_embed: built from the CTC head and GPT embeddings
+        if hasattr(self.connector.body, "init_from"):  # ctc_embed / ctc_collapse: CTC head + GPT embeddings
             if self.ctc_head is None:
                 raise ConfigError(f"connector {cfg.connector.kind} reads the encoder's CTC head: set "
                                   "model.ctc_head=true (the shipped encoder has one)")
