@@ -135,6 +135,19 @@ def image_sizes(source: Sequence[LineSample]) -> list[tuple[int, int]]:
     return [image_size(s) for s in source]
 
 
+def text_batch(lines: Sequence[Sequence[int]], bos_id: int, eos_id: int,
+               pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """BOS ids EOS per line, right-padded with PAD: input_ids [B, T] (long), attention_mask [B, T] (bool)."""
+    seqs = [[bos_id, *ids, eos_id] for ids in lines]
+    t = max(len(seq) for seq in seqs)
+    input_ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(len(seqs), t, dtype=torch.bool)
+    for i, seq in enumerate(seqs):
+        input_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[i, : len(seq)] = True
+    return input_ids, attention_mask
+
+
 class Collator:
     """List of dataset items (Nones dropped) -> `Batch`; an all-None list -> None.
 
@@ -163,16 +176,11 @@ class Collator:
         b = len(items)
         images = torch.zeros(b, 1, height, width, dtype=torch.float32)
         image_mask = torch.zeros(b, width, dtype=torch.bool)
-        seqs = [[self.bos_id, *it["ids"], self.eos_id] for it in items]
-        t = max(len(s) for s in seqs)
-        input_ids = torch.full((b, t), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros(b, t, dtype=torch.bool)
-        for i, (it, seq) in enumerate(zip(items, seqs)):
+        input_ids, attention_mask = text_batch([it["ids"] for it in items], self.bos_id, self.eos_id, self.pad_id)
+        for i, it in enumerate(items):
             w = it["image"].shape[2]
             images[i, :, :, :w] = it["image"]
             image_mask[i, :w] = True
-            input_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            attention_mask[i, : len(seq)] = True
         return Batch(images, image_mask, input_ids, attention_mask,
                      texts=[it["text"] for it in items], ids=[it["id"] for it in items])
 

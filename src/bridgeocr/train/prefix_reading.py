@@ -106,27 +106,15 @@ def noisy_prefix(wte: torch.nn.Embedding, lines: list[list[int]], blank_id: int,
     return prefix, mask
 
 
-def line_batch(lines: list[list[int]], bos_id: int, eos_id: int, pad_id: int, max_len: int,
-               device) -> tuple[torch.Tensor, torch.Tensor]:
-    """BOS line EOS, right-padded: ids [B, T] and attention mask [B, T]."""
-    seqs = [[bos_id] + ids[: max_len - 2] + [eos_id] for ids in lines]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    am = torch.zeros(len(seqs), width, dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        am[i, : len(s)] = True
-    return ids.to(device), am.to(device)
-
-
 def prefix_reading_loss(model, lines: list[list[int]], tokenizer, char_ids: list[int], rng: random.Random,
                         noise: PrefixNoise | None = None, max_len: int = 160, reduction: str = "mean"):
     """Next-token CE of the text given its noisy prefix (the GPT must carry `prefix_positions=True`)."""
+    from bridgeocr.data.preprocess import text_batch
     from bridgeocr.train.losses import ce_loss
 
     dev = model.wte.weight.device
-    ids, am = line_batch(lines, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, max_len, dev)
     clipped = [ln[: max_len - 2] for ln in lines]
+    ids, am = (t.to(dev) for t in text_batch(clipped, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id))
     prefix, pmask = noisy_prefix(model.wte, clipped, tokenizer.pad_id, char_ids, rng, noise)
     logits, _ = model(ids, am, prefix=prefix, prefix_mask=pmask)
     return ce_loss(logits, ids, am, reduction=reduction), int(am[:, 1:].sum())
