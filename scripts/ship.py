@@ -32,9 +32,10 @@ Its config carries `bridgeocr_prefix_positions: true`: visual token i gets posit
   1,269 steps, 40 min, val ppl 5.15), then `--init` from the previous leg with `--prefix-read`: 1,894 steps
   (20 min, stretched prefixes), 450 steps (5 min, + CTC-like blanks), 1,169 steps (15 min, + collapsed
   prefixes; the numbers below are this last leg's). 81 CPU minutes in all.
-- Reading, measured on 256 held-out lines (nats per character; plain LM 1.68): collapsed clean prefix 0.25,
-  collapsed with 10% swaps 0.38, collapsed with the default noise 0.46, stretched clean 1.29. It is not yet
-  a lossless copier: more prefix-reading steps are the first lever (see docs/reading.md).
+- Reading, measured on 256 held-out lines (`benchmarks/prefix_reading.py`, nats per character; plain LM
+  1.68): collapsed clean prefix 0.25, collapsed with 10% swaps 0.38, collapsed with the default noise 0.46,
+  stretched with the default noise 0.37 (stretched without blanks or noise, never seen in training: 1.29).
+  It is not yet a lossless copier: more prefix-reading steps are the first lever (see docs/reading.md).
 """),
     "encoder_ctc": (RUNS / "encoder_ctc", "encoder_ctc: the shipped CTC-pretrained line encoder", f"""
 The line encoder (conv stem + ViT, 4 blocks of width 192, rectangular 32 x 8 px patches on 32 px lines, 3
