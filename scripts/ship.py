@@ -35,7 +35,8 @@ Its config carries `bridgeocr_prefix_positions: true`: visual token i gets posit
 - Reading, measured on 256 held-out lines (`benchmarks/prefix_reading.py`, nats per character; plain LM
   1.68): collapsed clean prefix 0.25, collapsed with 10% swaps 0.38, collapsed with the default noise 0.46,
   stretched with the default noise 0.37 (stretched without blanks or noise, never seen in training: 1.29).
-  It is not yet a lossless copier: more prefix-reading steps are the first lever (see docs/reading.md).
+  It is not yet a lossless copier; 14 more minutes of prefix reading lowered its reading loss but not the
+  demo's CER (docs/reading.md).
 """),
     "encoder_ctc": (RUNS / "encoder_ctc", "encoder_ctc: the shipped CTC-pretrained line encoder", f"""
 The line encoder (conv stem + ViT, 4 blocks of width 192, rectangular 32 x 8 px patches on 32 px lines, 3
