@@ -86,8 +86,8 @@ def _add_lm(sub):
                    "them, instead of running documents")
     p.add_argument("--prefix-read", type=float, default=0.0, metavar="FRACTION",
                    help="fraction of steps that teach the GPT to read: it writes a line while its prefix holds "
-                   "a noisy, stretched copy of the line's embeddings, as a connector will give it (the skill "
-                   "the OCR decoder needs; sets prefix positions). 0.5 is a good value; 0 = plain LM")
+                   "a noisy copy of the line's embeddings, stretched or collapsed as a connector gives it (the "
+                   "skill the OCR decoder needs; sets prefix positions; docs/reading.md). 0 = plain LM")
     p.add_argument("--init", default=None, metavar="DIR",
                    help="start from this LM (its tokenizer and weights), e.g. shipped:gpt_lm")
     p.set_defaults(target="bridgeocr.train.lm:train_lm_cli",
@@ -198,8 +198,8 @@ def _add_train_eval(sub):
     p = sub.add_parser("demo", help="the whole study end to end on built-in data (what `make demo` runs)",
                        description="Synthesise lines from the built-in corpus, start from the shipped encoder "
                        "and GPT, train the seed's three settings (linear_gelu_ln, qformer, qformer + KD) and "
-                       "bridgeocr's ctc_collapse connector in equal shares of the budget, run the loss-gap diagnostic, and write OUT/report.md with the "
-                       "seed's CER/WER lines, a comparison table, curves and checkpoint paths. Rerunning the "
+                       "bridgeocr's ctc_collapse connector in equal shares of the budget, run the loss-gap "
+                       "diagnostic, and write OUT/report.md with the seed's CER/WER lines, a comparison table, curves and checkpoint paths. Rerunning the "
                        "same command resumes: finished settings are kept.")
     p.add_argument("--minutes", type=float, default=20.0, help="total time budget in minutes (default 20)")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")

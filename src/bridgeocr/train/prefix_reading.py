@@ -1,4 +1,4 @@
-"""Prefix reading: teach the text-only GPT to read a noisy, stretched copy of a line placed in its prefix.
+"""Prefix reading: teach the text-only GPT to read a noisy copy of a line placed in its prefix.
 
 Why. An OCR decoder trained from scratch (or from a plain LM) learns the language prior long before it
 learns to look at the visual prefix: nothing in LM pretraining ever rewarded attending to a prefix. Large
@@ -9,11 +9,11 @@ per character, as 8-px patches over 8-24-px glyphs), holds the mean embedding of
 overlaps, blank margins on both sides, some tokens blanked as a CTC head leaves them (one firing token per
 character), some characters swapped and Gaussian noise on top -- and the GPT must write the line. Half the
 lines come collapsed instead, one token per character as a CTC transcript (`ctc_collapse` connector), with
-characters swapped, dropped and inserted. A connector then only has to map visual features near the character embeddings,
-which a CTC-trained encoder makes linearly easy.
+characters swapped, dropped and inserted. A connector then only has to map visual features near the
+character embeddings, which a CTC-trained encoder makes linearly easy.
 
 The prefix gets the GPT's position embeddings (`decoder.prefix_positions`), so the GPT learns to find
-character t near token ~r*t and the OCR model keeps the same convention.
+character t near token ~r*t (stretched) or at token t (collapsed), and the OCR model keeps the same convention.
 """
 
 from __future__ import annotations

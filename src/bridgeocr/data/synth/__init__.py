@@ -17,7 +17,7 @@ never render a train line, whatever the arguments; val/test use them only when `
 them. A held-out benchmark set is therefore e.g.
 
     bridgeocr data synth --style handwriting --holdout-fonts kaushan ecolier --val-fraction 0 \
-        --test-fraction 1 --corpus ../shared/data/gutenberg_en/test.txt --n 400 --out runs/data/synth_hw
+        --test-fraction 1 --corpus ../shared/data/gutenberg_en/val.txt --n 400 --out runs/data/synth_hw
 
 (fractions may sum to 1: an evaluation-only set with no train lines).
 """
@@ -108,7 +108,7 @@ def make_dataset(corpus=None, out="runs/data/synth", n: int = 2000, fonts=None, 
             raise DataError("--holdout-fonts", f"no font matches {', '.join(holdout_fonts)}")
     # benchmark-only fonts: never in train; in val/test only when held out by name
     reserved = [f for f in font_list if benchmark_only(f.path) and f not in held]
-    train_fonts = [f for f in font_list if f not in held and not benchmark_only(f.path)]
+    train_fonts = [f for f in font_list if f not in held and f not in reserved]
     eval_fonts = held or [f for f in font_list if f not in reserved]
     n_test = min(n, round(n * test_fraction))
     n_val = min(n - n_test, round(n * val_fraction))
