@@ -177,9 +177,8 @@ def _run_ours(checkpoint: str, data: str, split: str | None, max_samples: int | 
     torch.set_num_threads(threads)
     model, image_cfg, _ = load_checkpoint(checkpoint)
     source = [s for s in list(open_source(data, split))[: max_samples or None] if s.text.strip()]
-    res = evaluate_model(model, source, image_cfg, beam=1, batch_size=32, progress=False, ctc=None)
-    how = "CTC head" if model.cfg.decoding == "ctc" else "GPT greedy"
-    return res["refs"], res["hyps"], res["seconds"], f"bridgeocr {how} ({checkpoint})"
+    res = evaluate_model(model, source, image_cfg, batch_size=32, progress=False, decoding=None)
+    return res["refs"], res["hyps"], res["seconds"], f"bridgeocr {res['decoding']} ({checkpoint})"
 
 
 def _run_trocr(model_dir: str, data: str, split: str | None, max_samples: int | None, threads: int):

@@ -43,7 +43,7 @@ def test_recognize_pil_paths_arrays_in_order(model_dir, tmp_path):
     assert out[2].text == out[3].text == out[4].text  # uint8, float and tensor arrays agree
     assert out[1].source == str(p)
     assert 0 < out[0].probability <= 1
-    ctc = ocr.recognize(imgs, ctc=True)
+    ctc = ocr.recognize(imgs, decoding="ctc")
     assert len(ctc) == 3 and all(isinstance(r.text, str) for r in ctc)
 
 
@@ -51,7 +51,7 @@ def test_ctc_without_head_is_a_clear_error(tmp_path):
     d = tmp_path / "noctc"
     tiny_model(ctc=False).save_pretrained(d)
     with pytest.raises(BridgeOCRError, match="no CTC head"):
-        BridgeOCR.from_pretrained(d, device="cpu").recognize([line()], ctc=True)
+        BridgeOCR.from_pretrained(d, device="cpu").recognize([line()], decoding="ctc")
 
 
 def test_no_shipped_model_is_a_clear_error(tmp_path, monkeypatch):
@@ -95,9 +95,9 @@ def test_recognize_cli_formats_folders_globs_and_bad_files(model_dir, tmp_path, 
 def test_model_config_chooses_the_default_decoding(model_dir):
     ocr = BridgeOCR.from_pretrained(model_dir, device="cpu")
     imgs = [line(40, 0), line(90, 1)]
-    gpt = [r.text for r in ocr.recognize(imgs, ctc=False)]
-    ctc = [r.text for r in ocr.recognize(imgs, ctc=True)]
+    gpt = [r.text for r in ocr.recognize(imgs, decoding="gpt")]
+    ctc = [r.text for r in ocr.recognize(imgs, decoding="ctc")]
     assert [r.text for r in ocr.recognize(imgs)] == gpt  # decoding: gpt is the default
     ocr.model.cfg.decoding = "ctc"
     assert [r.text for r in ocr.recognize(imgs)] == ctc
-    assert [r.text for r in ocr.recognize(imgs, ctc=False)] == gpt  # an explicit choice wins
+    assert [r.text for r in ocr.recognize(imgs, decoding="gpt")] == gpt  # an explicit choice wins

@@ -92,6 +92,20 @@ def test_evaluate_with_the_ctc_head(tmp_path, capsys):
     assert "no CTC head" in capsys.readouterr().err
 
 
+def test_evaluate_joint_decoding_is_recorded(tmp_path, capsys):
+    d = tmp_path / "ctc_model"
+    tiny_model(ctc=True).save_pretrained(d)
+    data = make_lines(tmp_path)
+    assert main(["evaluate", "--checkpoint", str(d), "--data", str(data), "--split", "all", "--joint",
+                 "--beam", "2", "--out", str(tmp_path / "ev")]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["decoding"] == "joint CTC/GPT, beam 2, CTC weight 0.5"
+    assert metrics["n"] > 0
+    assert main(["evaluate", "--checkpoint", str(ckpt_without_head(tmp_path)), "--data", str(data),
+                 "--split", "all", "--joint"]) == 2
+    assert "CTC head" in capsys.readouterr().err
+
+
 def ckpt_without_head(tmp_path):
     d = tmp_path / "plain"
     tiny_model(ctc=False).save_pretrained(d)

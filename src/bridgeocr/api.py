@@ -115,13 +115,16 @@ class BridgeOCR:
                 mask[j, :w] = True
             yield idx, images, mask
 
-    def decode(self, images, image_mask, beam: int = 1, ctc: bool | None = None) -> list[tuple[str, float]]:
-        """One padded batch -> [(text, confidence)]: the GPT (greedy / beam) or the encoder's CTC head;
-        `ctc=None` follows the model's `decoding` setting."""
-        return [(h.text, float(h.confidence)) for h in self.model.read(images, image_mask, beam=beam, ctc=ctc)]
+    def decode(self, images, image_mask, beam: int | None = None,
+               decoding: str | None = None) -> list[tuple[str, float]]:
+        """One padded batch -> [(text, confidence)]: `decoding` gpt (greedy / beam), ctc (the encoder's CTC
+        head) or joint (both); None follows the model's `decoding` setting."""
+        return [(h.text, float(h.confidence))
+                for h in self.model.read(images, image_mask, beam=beam, decoding=decoding)]
 
     @torch.no_grad()
-    def recognize(self, images, beam: int = 1, batch_size: int = 32, ctc: bool | None = None) -> list[Recognition]:
+    def recognize(self, images, beam: int | None = None, batch_size: int = 32,
+                  decoding: str | None = None) -> list[Recognition]:
         """Transcribe line images (PIL images, paths or arrays; one or a list), in input order."""
         from bridgeocr.data.preprocess import preprocess_image
 
@@ -131,7 +134,7 @@ class BridgeOCR:
         results: list[Recognition | None] = [None] * len(items)
         dev = self.device
         for idx, batch, mask in self._batches(tensors, batch_size):
-            decoded = self.decode(batch.to(dev), mask.to(dev), beam=beam, ctc=ctc)
+            decoded = self.decode(batch.to(dev), mask.to(dev), beam=beam, decoding=decoding)
             for i, (text, conf) in zip(idx, decoded):
                 src = str(items[i]) if isinstance(items[i], (str, Path)) else None
                 results[i] = Recognition(text, conf, src)
@@ -173,7 +176,7 @@ def _format(path: str, r: Recognition, fmt: str) -> str:
     return f"{path}: {r.text} ({r.confidence:.3f})"
 
 
-def recognize_cli(inputs, checkpoint, beam, batch_size, format, ctc) -> int:
+def recognize_cli(inputs, checkpoint, beam, batch_size, format, decoding) -> int:
     """Print one result per readable image; unreadable ones -> `error: FILE: ...` on stderr, exit 1."""
     from bridgeocr.data.preprocess import preprocess_image
 
@@ -206,7 +209,7 @@ def recognize_cli(inputs, checkpoint, beam, batch_size, format, ctc) -> int:
         dev = ocr.device
         with torch.no_grad():
             for idx, batch, mask in ocr._batches(tensors, batch_size):
-                decoded = ocr.decode(batch.to(dev), mask.to(dev), beam=beam, ctc=ctc)
+                decoded = ocr.decode(batch.to(dev), mask.to(dev), beam=beam, decoding=decoding)
                 for i, (text, conf) in zip(idx, decoded):
                     results[i] = Recognition(text, conf, str(good[i]))
         for p, r in zip(good, results):

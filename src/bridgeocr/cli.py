@@ -15,6 +15,20 @@ def _call(target: str, **kwargs):
     return getattr(importlib.import_module(module), func)(**kwargs)
 
 
+def add_decoding_args(p) -> None:
+    """--beam and the decoding switches of `evaluate` and `recognize` (default: the model's config)."""
+    p.add_argument("--beam", type=int, default=None,
+                   help="beam width (default: 1 for --gpt, model.joint_beam (4) for --joint)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--gpt", dest="decoding", action="store_const", const="gpt", default=None,
+                     help="decode with the GPT (greedy, or beam search with --beam)")
+    how.add_argument("--ctc", dest="decoding", action="store_const", const="ctc",
+                     help="decode with the encoder's CTC head (fast, no language model)")
+    how.add_argument("--joint", dest="decoding", action="store_const", const="joint",
+                     help="beam search scored by the CTC head and the GPT together (model.joint_ctc_weight); "
+                          "the most accurate, the slowest")
+
+
 def _add_data(sub):
     data = sub.add_parser("data", help="make, check and look at line datasets")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="{synth,check,preview}")
@@ -132,28 +146,21 @@ def _add_train_eval(sub):
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, metavar="SOURCE")
     p.add_argument("--split", default="test")
-    p.add_argument("--beam", type=int, default=1)
+    add_decoding_args(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--out", default=None, help="directory for predictions.tsv and metrics.json")
-    p.add_argument("--ctc", action="store_true", default=None, help="decode with the encoder's CTC head")
-    p.add_argument("--gpt", dest="ctc", action="store_false", help="decode with the GPT (the default unless "
-                   "the model's config says decoding: ctc)")
     p.set_defaults(target="bridgeocr.eval.evaluate:evaluate_cli",
-                   keys=["checkpoint", "data", "split", "beam", "batch_size", "max_samples", "out", "ctc"])
+                   keys=["checkpoint", "data", "split", "beam", "batch_size", "max_samples", "out", "decoding"])
 
     p = sub.add_parser("recognize", help="transcribe line images (files, folders, globs)")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--checkpoint", default=None, help="model directory (default: the shipped model)")
-    p.add_argument("--beam", type=int, default=1)
+    add_decoding_args(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--format", choices=["text", "tsv", "jsonl"], default="text")
-    p.add_argument("--ctc", action="store_true", default=None,
-                   help="decode with the encoder's CTC head (fast, no language model)")
-    p.add_argument("--gpt", dest="ctc", action="store_false",
-                   help="decode with the GPT (default unless the model's config says decoding: ctc)")
     p.set_defaults(target="bridgeocr.api:recognize_cli",
-                   keys=["inputs", "checkpoint", "beam", "batch_size", "format", "ctc"])
+                   keys=["inputs", "checkpoint", "beam", "batch_size", "format", "decoding"])
 
     p = sub.add_parser("loss-gap", help="reference vs connector vs downsampled loss (the seed's diagnostic)")
     p.add_argument("--checkpoint", required=True)

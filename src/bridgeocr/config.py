@@ -107,7 +107,10 @@ class ModelConfig:
     attach_layer: int = 0  # visual tokens enter before decoder block k (0: prefix at the embeddings)
     ctc_head: bool = False  # a CTC head on the encoder (fast decoding, joint loss)
     ctc_upsample: int = 3  # CTC frames per encoder token
-    decoding: str = "gpt"  # what `recognize` uses unless told: gpt (the decoder) | ctc (the encoder's CTC head)
+    decoding: str = "gpt"  # how the model reads unless told: gpt (the decoder) | ctc (the encoder's CTC head)
+    #                        | joint (beam search scored by both, models/joint_decoding.py; needs ctc_head)
+    joint_ctc_weight: float = 0.5  # weight of the CTC prefix score in joint decoding (the GPT gets 1 - it)
+    joint_beam: int = 4  # beam width of joint decoding unless --beam / train.eval_beam says otherwise
     max_text_tokens: int = 160
 
 
@@ -150,7 +153,7 @@ class TrainConfig:
     accelerator: str = "auto"
     strategy: str = "auto"
     val_every_steps: int | None = None  # default: once per epoch
-    eval_beam: int = 1
+    eval_beam: int | None = None  # beam of val (GPT) and test decoding; None: 1, or model.joint_beam for joint
     log_every_steps: int = 20
 
 

@@ -28,10 +28,11 @@ SEED_SETTINGS: dict[str, list[str]] = {
 }
 
 # bridgeocr's own bridges, trainable beside the seed's (`--settings`): the encoder's CTC reading written in
-# the GPT's embedding space, one token per character (ctc_collapse) or per visual token (ctc_embed).
+# the GPT's embedding space, one token per character (ctc_collapse) or per visual token (ctc_embed); they
+# read with joint CTC / GPT beam search (models/joint_decoding.py), the seed's settings with the GPT alone.
 BRIDGE_SETTINGS: dict[str, list[str]] = {
-    "ctc_collapse": ["model.connector.kind=ctc_collapse", "model.ctc_head=true"],
-    "ctc_embed": ["model.connector.kind=ctc_embed", "model.ctc_head=true"],
+    "ctc_collapse": ["model.connector.kind=ctc_collapse", "model.ctc_head=true", "model.decoding=joint"],
+    "ctc_embed": ["model.connector.kind=ctc_embed", "model.ctc_head=true", "model.decoding=joint"],
 }
 ALL_SETTINGS = {**SEED_SETTINGS, **BRIDGE_SETTINGS}
 DEFAULT_SETTINGS = [*SEED_SETTINGS, "ctc_collapse"]

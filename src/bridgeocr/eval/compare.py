@@ -28,6 +28,7 @@ COLUMNS = [
     ("attach", "attach_layer", "s"),
     ("width", "width_policy", "s"),
     ("KD α/τ", "kd", "s"),
+    ("test decoding", "decoding", "s"),
     ("params", "params", "params"),
     ("visual tokens", "visual_tokens", "tokens"),
     ("train lines/s", "train_lines_per_s", ".1f"),
@@ -167,6 +168,7 @@ def load_run(run_dir: str | Path) -> dict:
         if kind in ("qformer", "cabstractor") and conn.get("num_queries"):
             kind = f"{kind} ({conn['num_queries']}q)"
     row["connector"] = kind
+    row["decoding"] = _lookup(metrics, "test.decoding") or metrics.get("decoding")
     attach = _lookup(cfg, "model.attach_layer")
     row["attach_layer"] = attach if attach is not None else metrics.get("attach_layer")
     row["width_policy"] = _lookup(cfg, "data.image.width_policy") or metrics.get("width_policy")

@@ -80,10 +80,10 @@ def image_config_for(model, meta: dict | None = None) -> ImageConfig:
 
 
 @torch.no_grad()
-def decode_loader(model, loader, beam: int = 1, progress: bool = True, desc: str = "decode",
-                  total: int | None = None, ctc: bool | None = False):
-    """Decode every batch of a loader -> (ids, refs, hyps, confidences): greedy/beam with the GPT, or the
-    CTC head (`ctc=True`; None: the model's `decoding` setting)."""
+def decode_loader(model, loader, beam: int | None = None, progress: bool = True, desc: str = "decode",
+                  total: int | None = None, decoding: str | None = "gpt"):
+    """Decode every batch of a loader -> (ids, refs, hyps, confidences): `decoding` gpt (greedy / beam),
+    ctc (the CTC head), joint (both) or None (the model's `decoding` setting); see OCRModel.read."""
     device = model_device(model)
     was_training = model.training
     model.eval()
@@ -92,7 +92,7 @@ def decode_loader(model, loader, beam: int = 1, progress: bool = True, desc: str
     for batch in loader:
         if batch is None:
             continue
-        out = model.read(batch.images.to(device), batch.image_mask.to(device), beam=beam, ctc=ctc)
+        out = model.read(batch.images.to(device), batch.image_mask.to(device), beam=beam, decoding=decoding)
         ids.extend(batch.ids)
         refs.extend(batch.texts)
         hyps.extend(h.text for h in out)
@@ -104,10 +104,10 @@ def decode_loader(model, loader, beam: int = 1, progress: bool = True, desc: str
     return ids, refs, hyps, confs
 
 
-def evaluate_model(model, source, image_cfg: ImageConfig, beam: int = 1, batch_size: int = 32,
+def evaluate_model(model, source, image_cfg: ImageConfig, beam: int | None = None, batch_size: int = 32,
                    progress: bool = True, desc: str = "decode", num_workers: int = 0,
-                   ctc: bool | None = False) -> dict:
-    """Decode every line of `source` -> dict(cer, wer, n, skipped, skip_messages, lines_per_s,
+                   decoding: str | None = "gpt") -> dict:
+    """Decode every line of `source` -> dict(cer, wer, n, skipped, skip_messages, lines_per_s, decoding,
     ids, refs, hyps, confidences, line_cer). Bad samples are skipped and counted, never fatal."""
     from bridgeocr.data.preprocess import make_loader
 
@@ -116,7 +116,7 @@ def evaluate_model(model, source, image_cfg: ImageConfig, beam: int = 1, batch_s
                          num_workers=num_workers)
     t0 = time.perf_counter()
     ids, refs, hyps, confs = decode_loader(model, loader, beam=beam, progress=progress, desc=desc,
-                                           total=len(source), ctc=ctc)
+                                           total=len(source), decoding=decoding)
     dt = time.perf_counter() - t0
     dataset = loader.dataset
     return {
@@ -127,6 +127,7 @@ def evaluate_model(model, source, image_cfg: ImageConfig, beam: int = 1, batch_s
         "skip_messages": list(getattr(dataset, "skip_messages", []))[:20],
         "seconds": dt,
         "lines_per_s": len(refs) / dt if dt > 0 else 0.0,
+        "decoding": describe_decoding(model, decoding, beam),
         "ids": ids, "refs": refs, "hyps": hyps, "confidences": confs,
         "line_cer": line_cers(refs, hyps),
     }
@@ -159,10 +160,21 @@ def print_worst(result: dict, k: int = 5, label: str = "") -> None:
 
 def summary(result: dict) -> dict:
     """The JSON-friendly part of an evaluate_model result."""
-    return {k: result[k] for k in ("cer", "wer", "n", "skipped", "seconds", "lines_per_s") if k in result}
+    keys = ("cer", "wer", "n", "skipped", "seconds", "lines_per_s", "decoding")
+    return {k: result[k] for k in keys if k in result}
 
 
-def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, ctc=None) -> int:
+def describe_decoding(model, decoding: str | None, beam: int | None) -> str:
+    """How a read decodes, in words for logs and metrics.json ("CTC head", "GPT, beam 1", ...)."""
+    how = model.decoding_for(decoding)
+    if how == "ctc":
+        return "CTC head"
+    if how == "joint":
+        return f"joint CTC/GPT, beam {beam or model.cfg.joint_beam}, CTC weight {model.cfg.joint_ctc_weight:g}"
+    return f"GPT, beam {beam or 1}"
+
+
+def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, decoding=None) -> int:
     from bridgeocr.data.sources import open_source
     from bridgeocr.train.checkpoint import write_json
 
@@ -173,13 +185,13 @@ def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, ct
     if len(source) == 0:
         raise BridgeOCRError(f"{data}: split {split!r} has no lines")
     result = evaluate_model(model, source, image_cfg, beam=beam, batch_size=batch_size,
-                            desc=f"decode {split}", ctc=ctc)
+                            desc=f"decode {split}", decoding=decoding)
     if result["skipped"]:
         print(f"skipped {result['skipped']} bad sample(s), e.g. {result['skip_messages'][0]}", flush=True)
     label = split if split in ("val", "test", "train") else "test"
     epoch = int(meta.get("epoch", 0) or 0)
     print_seed_metrics(label, epoch, result["cer"], result["wer"])
-    how = "CTC head" if (ctc or (ctc is None and model.cfg.decoding == "ctc")) else f"GPT, beam {beam}"
+    how = result["decoding"]
     print(f"{result['n']} lines, {result['lines_per_s']:.1f} lines/s ({how})", flush=True)
     if out is not None:
         out = Path(out)

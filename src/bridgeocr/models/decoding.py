@@ -146,18 +146,30 @@ def beam_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_id
 
 @torch.no_grad()
 def generate(model, images, image_mask, beam: int = 1, max_new_tokens: int | None = None,
-             length_penalty: float = 1.0, use_cache: bool = True) -> list[Hypothesis]:
-    """OCRModel -> one Hypothesis per image (eval mode for the call; the caller's mode is restored)."""
+             length_penalty: float = 1.0, use_cache: bool = True, ctc_weight: float = 0.0) -> list[Hypothesis]:
+    """OCRModel -> one Hypothesis per image (eval mode for the call; the caller's mode is restored).
+
+    ctc_weight > 0: joint CTC / GPT beam search (`joint_decoding.py`) with the model's CTC head."""
     was_training = model.training
     model.eval()
     try:
-        visual, vmask = model.encode(images, image_mask)
+        enc, enc_mask = model.encoder(images, image_mask)
+        visual, vmask = model.connector(enc, enc_mask)
         gpt = model.decoder
         limit = gpt.cfg.n_positions
         n = min(max_new_tokens or model.cfg.max_text_tokens, limit)
         args = (gpt, visual, vmask, model.cfg.attach_layer, model.bos_id, model.eos_id, n)
         suppress = tuple(sorted({model.pad_id, model.bos_id} - {model.eos_id}))
-        if beam <= 1:
+        if ctc_weight > 0:
+            from bridgeocr.models.joint_decoding import joint_search
+
+            if model.ctc_head is None:
+                raise ValueError("joint CTC / GPT decoding needs a model with a CTC head (model.ctc_head=true)")
+            ctc_lp = model.ctc_head(enc).float().log_softmax(-1)
+            frames = model.ctc_head.frame_mask(enc_mask).sum(1)
+            results = joint_search(*args, ctc_log_probs=ctc_lp, ctc_lengths=frames, ctc_weight=ctc_weight,
+                                   beam=max(1, beam), use_cache=use_cache, suppress=suppress)
+        elif beam <= 1:
             results = greedy_search(*args, use_cache=use_cache, suppress=suppress)
         else:
             results = beam_search(*args, beam=beam, length_penalty=length_penalty, use_cache=use_cache,

@@ -27,6 +27,7 @@ from bridgeocr.models.encoder import LineEncoder, encoder_from_meta, encoder_met
 OCR_FORMAT = "bridgeocr-ocr"
 OCR_FORMAT_VERSION = 1
 DEFAULT_SPECIAL_IDS = {"pad_id": 0, "bos_id": 1, "eos_id": 2}  # CharTokenizer's, used without a tokenizer
+DECODINGS = ("gpt", "ctc", "joint")
 
 __all__ = ["OCRModel", "OCROutput", "Hypothesis"]
 
@@ -126,9 +127,10 @@ class OCRModel(nn.Module):
         return self.decoder(input_ids, attention_mask)[0]
 
     def generate(self, images, image_mask, beam: int = 1, max_new_tokens: int | None = None,
-                 length_penalty: float = 1.0) -> list[Hypothesis]:
+                 length_penalty: float = 1.0, ctc_weight: float = 0.0) -> list[Hypothesis]:
+        """The GPT's reading (ctc_weight > 0: joint CTC / GPT beam search with the CTC head)."""
         return generate(self, images, image_mask, beam=beam, max_new_tokens=max_new_tokens,
-                        length_penalty=length_penalty)
+                        length_penalty=length_penalty, ctc_weight=ctc_weight)
 
     def ctc_decode(self, images, image_mask) -> list[Hypothesis]:
         """Greedy CTC with the encoder's head: fast, no language model."""
@@ -139,13 +141,28 @@ class OCRModel(nn.Module):
             raise BridgeOCRError("this model has no CTC head (train with model.ctc_head=true)")
         return ctc_read(self.encoder, self.ctc_head, images, image_mask, self.tokenizer)
 
-    def read(self, images, image_mask, beam: int = 1, ctc: bool | None = None) -> list[Hypothesis]:
-        """Transcribe a batch the way this model reads best: `ctc=None` follows `cfg.decoding` (gpt | ctc)."""
-        if ctc is None:
-            if self.cfg.decoding not in ("gpt", "ctc"):
-                raise ConfigError(f"model.decoding: expected gpt or ctc, got {self.cfg.decoding!r}")
-            ctc = self.cfg.decoding == "ctc" and self.ctc_head is not None
-        return self.ctc_decode(images, image_mask) if ctc else self.generate(images, image_mask, beam=beam)
+    def decoding_for(self, decoding: str | None = None) -> str:
+        """The decoding a read uses: the one asked for, else `cfg.decoding` (gpt when it needs a missing head)."""
+        if decoding is None:
+            decoding = self.cfg.decoding
+            if decoding in ("ctc", "joint") and self.ctc_head is None:
+                decoding = "gpt"
+        if decoding not in DECODINGS:
+            raise ConfigError(f"decoding: expected one of {', '.join(DECODINGS)}, got {decoding!r}")
+        return decoding
+
+    def read(self, images, image_mask, beam: int | None = None, decoding: str | None = None) -> list[Hypothesis]:
+        """Transcribe a batch: `decoding` gpt | ctc | joint, None = the model's `cfg.decoding`;
+        `beam` None = 1 (gpt) or `cfg.joint_beam` (joint)."""
+        decoding = self.decoding_for(decoding)
+        if decoding == "ctc":
+            return self.ctc_decode(images, image_mask)
+        if decoding == "joint":
+            if self.ctc_head is None:
+                raise ConfigError("joint decoding needs the encoder's CTC head (train with model.ctc_head=true)")
+            return self.generate(images, image_mask, beam=beam or self.cfg.joint_beam,
+                                 ctc_weight=self.cfg.joint_ctc_weight)
+        return self.generate(images, image_mask, beam=beam or 1)
 
     # ------------------------------------------------------------------------------------ save/load
 

@@ -225,7 +225,7 @@ class OCRLightningModule(pl.LightningModule):
             return None
         loss = ce_loss(self.model(batch).logits, batch.input_ids, batch.attention_mask)
         self.log("val/loss", loss, batch_size=len(batch), on_step=False, on_epoch=True, sync_dist=True)
-        hyps = self.model.generate(batch.images, batch.image_mask, beam=self.cfg.train.eval_beam)
+        hyps = self.model.generate(batch.images, batch.image_mask, beam=self.cfg.train.eval_beam or 1)
         for i, ref, h in zip(batch.ids, batch.texts, hyps):
             self._val.append((i, ref, h.text, float(h.confidence)))
         return None

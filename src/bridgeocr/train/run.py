@@ -397,7 +397,7 @@ def _finish(cfg, run_dir: Path, module, data, trainer, callback, tokenizer, t_st
     test_src = _open(cfg, cfg.data.test_split, cfg.data.max_eval_samples)
     test = None
     if test_src:
-        test = evaluate_model(best, test_src, cfg.data.image, beam=cfg.train.eval_beam,
+        test = evaluate_model(best, test_src, cfg.data.image, beam=cfg.train.eval_beam, decoding=None,
                               batch_size=cfg.optim.batch_size, desc="decode test")
         skipped["test"] = test["skipped"]
         print_seed_metrics("test", best_epoch, test["cer"], test["wer"])

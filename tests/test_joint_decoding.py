@@ -1,0 +1,126 @@
+"""Joint CTC/GPT decoding: the CTC prefix scorer against brute-force path sums, and the search end to end."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from bridgeocr.models.joint_decoding import CTCPrefixScorer
+
+
+def collapse(path):
+    out, prev = [], None
+    for p in path:
+        if p != prev and p != 0:
+            out.append(p)
+        prev = p
+    return out
+
+
+def brute_force(logp, length, labels):
+    """(prefix log-prob, full log-prob) of `labels` by summing every frame path."""
+    T, V = length, logp.shape[1]
+    prefix = full = 0.0
+    for path in itertools.product(range(V), repeat=T):
+        p = math.exp(sum(logp[t, s].item() for t, s in enumerate(path)))
+        out = collapse(path)
+        if out[:len(labels)] == labels:
+            prefix += p
+            if out == labels:
+                full += p
+    return math.log(prefix) if prefix else float("-inf"), math.log(full) if full else float("-inf")
+
+
+@pytest.mark.parametrize("labels", [[1], [1, 2], [2, 2], [1, 2, 1], [3, 3, 3]])
+def test_prefix_scores_match_path_sums(labels):
+    torch.manual_seed(0)
+    T, V, eos = 6, 4, 4  # ids 0..3 are CTC classes (0 = blank); 4 plays EOS in a 5-way vocabulary
+    logits = torch.randn(2, T, V + 1)
+    logits[..., eos] = -30.0
+    logp = logits.log_softmax(-1)
+    lengths = torch.tensor([T, T - 1])  # item 1 has one padded frame, which must not count
+    scorer = CTCPrefixScorer(logp, lengths)
+    items = torch.tensor([0, 1])
+    r = scorer.initial()
+    last = torch.zeros(2, dtype=torch.long)
+    for k, label in enumerate(labels):
+        psi = scorer.scores(r, items, k, last, eos)
+        for b in range(2):
+            want_prefix, _ = brute_force(logp[b], int(lengths[b]), labels[:k + 1])
+            assert psi[b, label].item() == pytest.approx(want_prefix, abs=1e-6)
+        lab = torch.full((2,), label)
+        r = scorer.extend(r, items, k, last, lab)
+        last = lab
+    psi = scorer.scores(r, items, len(labels), last, eos)
+    for b in range(2):
+        _, want_full = brute_force(logp[b], int(lengths[b]), labels)
+        assert psi[b, eos].item() == pytest.approx(want_full, abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ the search
+
+def peaked(labels, frames_per_label=3, vocab=16, blank_gap=True):
+    """CTC log-posteriors [T, V] that spell `labels` with near certainty (blank between repeats)."""
+    path = []
+    for i, lab in enumerate(labels):
+        if blank_gap and i and labels[i - 1] == lab:
+            path.append(0)
+        path += [lab] * frames_per_label
+    path += [0, 0]
+    logits = torch.full((len(path), vocab), -12.0)
+    logits[torch.arange(len(path)), torch.tensor(path)] = 12.0
+    return logits.log_softmax(-1)
+
+
+def make_ocr(ctc_head=True):
+    from bridgeocr.config import DecoderConfig, EncoderConfig, ModelConfig
+    from bridgeocr.models.ocr import OCRModel
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder=EncoderConfig(dim=32, depth=1, heads=2, max_width=256), ctc_head=ctc_head,
+                      decoder=DecoderConfig(n_layer=2, n_embd=32, n_head=2, n_positions=32), max_text_tokens=12)
+    return OCRModel(cfg, 16, 32).eval()
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_a_confident_ctc_head_overrules_an_untrained_gpt(beam):
+    """With a sure CTC reading, joint search writes exactly it (repeats included), whatever the GPT says;
+    with CTC weight 0 it is the GPT's own beam search, which writes something else."""
+    from bridgeocr.models.joint_decoding import joint_search
+
+    model = make_ocr()
+    spellings = [[5, 7, 7, 3], [9, 4], [6, 6, 6, 8, 10]]
+    logps = [peaked(s) for s in spellings]
+    T = max(lp.shape[0] for lp in logps)
+    ctc = torch.zeros(len(logps), T, 16)
+    for i, lp in enumerate(logps):
+        ctc[i, :lp.shape[0]] = lp
+    lengths = torch.tensor([lp.shape[0] for lp in logps])
+    prefix = torch.randn(len(logps), 4, 32)
+    mask = torch.ones(len(logps), 4, dtype=torch.bool)
+    args = (model.decoder, prefix, mask, 0, model.bos_id, model.eos_id, 12)
+    out = joint_search(*args, ctc_log_probs=ctc, ctc_lengths=lengths, ctc_weight=0.8, beam=beam, suppress=(0, 1))
+    assert [ids for ids, _ in out] == spellings
+    assert all(len(lps) == len(ids) + 1 for ids, lps in out)  # GPT log-probs of each token and of EOS
+    gpt_only = joint_search(*args, ctc_log_probs=ctc, ctc_lengths=lengths, ctc_weight=0.0, beam=beam,
+                            suppress=(0, 1))
+    assert [ids for ids, _ in gpt_only] != spellings
+
+
+def test_read_joint_follows_the_config_and_needs_a_head():
+    from bridgeocr.errors import ConfigError
+
+    model = make_ocr()
+    imgs, mask = torch.rand(2, 1, 32, 96), torch.ones(2, 96, dtype=torch.bool)
+    model.cfg.decoding = "joint"
+    joint = model.read(imgs, mask)
+    assert joint == model.read(imgs, mask, decoding="joint", beam=model.cfg.joint_beam)
+    assert len(joint) == 2 and all(isinstance(h.text, str) for h in joint)
+    headless = make_ocr(ctc_head=False)
+    headless.cfg.decoding = "joint"
+    assert len(headless.read(imgs, mask)) == 2  # a config default it cannot follow falls back to the GPT
+    with pytest.raises(ConfigError, match="CTC head"):
+        headless.read(imgs, mask, decoding="joint")
+    with pytest.raises(ConfigError, match="decoding"):
+        model.read(imgs, mask, decoding="sideways")
