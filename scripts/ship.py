@@ -54,11 +54,15 @@ CTC frames per token) with its CTC head, trained with CTC so that it reads befor
 - `val_cer_ctc_greedy` below: CER of greedy CTC decoding (no language model) on all 960 validation lines.
 """),
     "ocr_default": (RUNS / "ocr_default" / "best", "ocr_default: the shipped OCR model", f"""
-The shipped encoder and GPT joined by a `linear_gelu_ln` connector (the seed's setting 1), fine-tuned end to
+The first CTC encoder (`encoder_ctc` as first shipped: 4,000 steps, val CER 0.117) and the plain GPT LM
+(before prefix reading) joined by a `linear_gelu_ln` connector (the seed's setting 1), fine-tuned end to
 end with CE + KD (alpha 0.1, tau 2) + CTC (0.2): what `bridgeocr recognize` uses without `--checkpoint`.
-After 2,030 steps (25 CPU minutes) the GPT path had not learnt to read yet (synthetic test CER 0.775)
-while the fine-tuned CTC head reads at CER 0.112, so this model's config says `decoding: ctc`:
-`recognize` reads with the CTC head unless `--gpt` is given.
+After 2,030 steps (25 CPU minutes) the GPT path alone had not learnt to read yet (synthetic test CER
+0.775) while the fine-tuned CTC head reads at CER 0.112; together, in joint CTC / GPT beam search
+(`models/joint_decoding.py`, beam 4, CTC weight 0.5), they read better than either: synthetic test CER
+0.063 (960 lines), Hooker val 0.620 (1,036 lines; CTC head 0.682). So this model's config says
+`decoding: joint`: `recognize` reads that way (~4 lines/s on 2 CPU cores) unless `--ctc` (fast, ~80
+lines/s) or `--gpt` is given.
 
 - Data: the synthetic Gutenberg lines and Hooker train lines above, interleaved
   (`scripts/mixed_manifest.py`); selection on a mixed validation subset (400 lines).
@@ -69,7 +73,7 @@ while the fine-tuned CTC head reads at CER 0.112, so this model's config says `d
 }
 
 # settings written into a shipped model's config.json (the run predates them in its config)
-CONFIG_PATCH = {"ocr_default": {"decoding": "ctc"}}
+CONFIG_PATCH = {"ocr_default": {"decoding": "joint"}}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or PARTS:

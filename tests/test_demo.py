@@ -28,6 +28,10 @@ def test_demo_end_to_end_and_resume(tmp_path, capsys):
     assert (out / "compare" / "compare.md").is_file()
     metrics = json.loads((out / "runs" / "qformer_kd" / "metrics.json").read_text())
     assert metrics["config"]["loss"]["kd_alpha"] == 0.3
+    assert metrics["test"]["decoding"] == "GPT, beam 1"  # the seed's settings read with the GPT alone
+    bridge = json.loads((out / "runs" / "ctc_collapse" / "metrics.json").read_text())
+    assert bridge["test"]["decoding"].startswith("joint CTC/GPT, beam 4")
+    assert "| test decoding |" in (out / "compare" / "compare.md").read_text()
 
     again = run_demo(minutes=0.6, out=out, n=48, encoder=None, lm=str(lm_dir), extra_overrides=TINY)
     assert "already finished" in capsys.readouterr().out
@@ -60,3 +64,11 @@ def test_unknown_setting_is_a_clear_error(tmp_path):
 
     with pytest.raises(BridgeOCRError, match="unknown nope"):
         run_demo(minutes=1, out=tmp_path, settings=["qformer", "nope"])
+
+
+def test_joint_settings_set_their_test_decoding_time_aside(tmp_path):
+    from bridgeocr.demo import JOINT_DECODE_LINES_PER_S, decode_minutes
+
+    (tmp_path / "settings.json").write_text(json.dumps({"counts": {"train": 3200, "val": 400, "test": 400}}))
+    assert decode_minutes("linear_gelu_ln", tmp_path) == 0.0
+    assert decode_minutes("ctc_collapse", tmp_path) == 400 / JOINT_DECODE_LINES_PER_S / 60
