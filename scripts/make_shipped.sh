@@ -32,11 +32,19 @@ cp $S/gpt_lm/tokenizer.json $S/char_tokenizer.json
 $B encoder train --data $S/synth_gutenberg $H --val-data $S/synth_gutenberg --out $S/encoder_ctc \
     --steps 4000 --minutes 80 --batch-size 32 --lr 1e-3 --resume \
     tokenizer.path=$S/char_tokenizer.json data.image.height=32 data.image.max_width=1024
+# 3b. continued on 12,000 more synthetic lines (the shipped encoder_ctc is this run)
+[ -f $S/synth_gutenberg2/settings.json ] || $B data synth --corpus $G/train.txt --out $S/synth_gutenberg2 \
+    --n 12000 --seed 8 --val-fraction 0 --test-fraction 0
+$B encoder train --data $S/synth_gutenberg $S/synth_gutenberg2 $H --val-data $S/synth_gutenberg \
+    --out $S/encoder_ctc2 --steps 4500 --minutes 100 --batch-size 32 --lr 5e-4 --resume \
+    tokenizer.path=$S/char_tokenizer.json data.image.height=32 data.image.max_width=1024 \
+    model.encoder.pretrained=$S/encoder_ctc
 
-# 4. one manifest over both (synthetic and Hooker lines interleaved), then the full OCR model
+# 4. one manifest over both (synthetic and Hooker lines interleaved), then the full OCR model (the shipped
+#    one was trained before 1b and 3b existed: from the first encoder run and the plain LM)
 .venv/bin/python scripts/mixed_manifest.py $S/synth_gutenberg $H $S/mixed
 $B train --config configs/ocr_default.yaml --resume model.encoder.pretrained=$S/encoder_ctc \
-    model.decoder.pretrained=$S/gpt_lm
+    model.decoder.pretrained=$S/gpt_lm_plain
 
 # 5. float16 copies into the package, with model cards
 .venv/bin/python scripts/ship.py
