@@ -26,12 +26,12 @@ done
 python3 - $RUN <<'PY'
 import json, sys
 from pathlib import Path
-print("| setting | steps | train lines/s | decode lines/s | val CER | test CER | test WER | precision |")
-print("|---|---:|---:|---:|---:|---:|---:|---|")
+print("| setting | steps | train lines/s | decode lines/s | val CER | test CER | test WER | test decoding | precision |")
+print("|---|---:|---:|---:|---:|---:|---:|---|---|")
 f = lambda v, s: "–" if v is None else format(v, s)
 for path in sorted(Path(sys.argv[1]).glob("*/metrics.json")):
     m = json.load(open(path))
     print(f"| {path.parent.name} | {m['step']} | {f(m['train_lines_per_s'], '.0f')} | "
           f"{f(m['decode_lines_per_s'], '.0f')} | {f(m['val_cer'], '.4f')} | {f(m['test_cer'], '.4f')} | "
-          f"{f(m['test_wer'], '.4f')} | {m['precision']} |")
+          f"{f(m['test_wer'], '.4f')} | {(m.get('test') or {}).get('decoding', '–')} | {m['precision']} |")
 PY
