@@ -80,7 +80,7 @@ class CTCPrefixScorer:
         psi[:, self.blank] = NEG_INF
         return psi
 
-    def extend(self, r: torch.Tensor, items: torch.Tensor, length: int, last: torch.Tensor | None,
+    def extend(self, r: torch.Tensor, items: torch.Tensor, length: int, last: torch.Tensor,
                labels: torch.Tensor) -> torch.Tensor:
         """r of each hypothesis extended by labels[i] (rows of r already follow their parents): [R, T, 2]."""
         xc = self._column(items, labels)
@@ -109,19 +109,20 @@ def joint_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_i
     st = _Stepper(gpt, prefix, prefix_mask, attach_layer, bos_id, use_cache)
     logits = st.start()
     dev = logits.device
-    # per item: live beams (joint score, gpt sum, ctc prefix score, ids, gpt log-probs); rows in item order
-    live = {b: [(0.0, 0.0, 0.0, [], [])] for b in range(B)}
+    # per item: live beams (joint score, GPT log-prob sum, ids, GPT log-probs per token); rows in item order
+    live = {b: [(0.0, 0.0, [], [])] for b in range(B)}
     r = scorer.initial()
     finished: dict[int, list] = {b: [] for b in range(B)}
     for t in range(max_new_tokens):
         items = torch.tensor([b for b, beams in live.items() for _ in beams], device=dev)
-        last = torch.tensor([ids[-1] if ids else 0 for beams in live.values() for *_, ids, _ in beams], device=dev)
+        last = torch.tensor([ids[-1] if ids else 0 for beams in live.values() for _, _, ids, _ in beams], device=dev)
         gpt_lp = _log_probs(logits, suppress).double()  # [R, V]
         V = gpt_lp.shape[-1]
         psi = scorer.scores(r, items, t, last, eos_id)
         if psi.shape[1] < V:  # a GPT vocabulary wider than the tokenizer's: ids the CTC head never emits
             psi = torch.cat([psi, psi.new_full((psi.shape[0], V - psi.shape[1]), NEG_INF)], dim=1)
-        gpt_sum = torch.tensor([g for beams in live.values() for _, g, *_ in beams], device=dev, dtype=torch.float64)
+        gpt_sum = torch.tensor([g for beams in live.values() for _, g, _, _ in beams], device=dev,
+                               dtype=torch.float64)
         joint = w * psi + (1 - w) * (gpt_sum[:, None] + gpt_lp)
         for tok in suppress:
             joint[:, tok] = NEG_INF
@@ -134,22 +135,22 @@ def joint_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_i
                 if v == NEG_INF:
                     break
                 p, tok = divmod(i, V)
-                _, g, _, ids, lps = beams[p]
+                _, g, ids, lps = beams[p]
                 lp = gpt_lp[row + p, tok].item()
                 if tok == eos_id:
                     finished[b].append((v, ids, lps + [lp]))
                 else:
-                    nxt.append((v, g + lp, psi[row + p, tok].item(), ids + [tok], lps + [lp], row + p))
+                    nxt.append((v, g + lp, ids + [tok], lps + [lp], row + p))
                     if len(nxt) == K:
                         break
             row += n
             best_done = max((h[0] for h in finished[b]), default=NEG_INF)
             if t == max_new_tokens - 1:  # out of length: live beams count as they are
-                finished[b].extend((v, ids, lps) for v, _, _, ids, lps, _ in nxt)
+                finished[b].extend((v, ids, lps) for v, _, ids, lps, _ in nxt)
             elif nxt and nxt[0][0] > best_done:
-                new_live[b] = [h[:5] for h in nxt]
-                parents += [h[5] for h in nxt]
-                labels += [h[3][-1] for h in nxt]
+                new_live[b] = [h[:4] for h in nxt]
+                parents += [h[4] for h in nxt]
+                labels += [h[2][-1] for h in nxt]
         if not new_live:
             break
         live = new_live
