@@ -170,8 +170,8 @@ def describe_decoding(model, decoding: str | None, beam: int | None) -> str:
     if how == "ctc":
         return "CTC head"
     if how == "joint":
-        return f"joint CTC/GPT, beam {beam or model.cfg.joint_beam}, CTC weight {model.cfg.joint_ctc_weight:g}"
-    return f"GPT, beam {beam or 1}"
+        return f"joint CTC/GPT, beam {model.beam_for(how, beam)}, CTC weight {model.cfg.joint_ctc_weight:g}"
+    return f"GPT, beam {model.beam_for(how, beam)}"
 
 
 def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, decoding=None) -> int:

@@ -151,18 +151,22 @@ class OCRModel(nn.Module):
             raise ConfigError(f"decoding: expected one of {', '.join(DECODINGS)}, got {decoding!r}")
         return decoding
 
+    def beam_for(self, decoding: str, beam: int | None = None) -> int:
+        """The beam a read uses: the one asked for, else `cfg.joint_beam` (joint) or 1 (gpt)."""
+        return beam or (self.cfg.joint_beam if decoding == "joint" else 1)
+
     def read(self, images, image_mask, beam: int | None = None, decoding: str | None = None) -> list[Hypothesis]:
         """Transcribe a batch: `decoding` gpt | ctc | joint, None = the model's `cfg.decoding`;
-        `beam` None = 1 (gpt) or `cfg.joint_beam` (joint)."""
+        `beam` None = `beam_for`'s default."""
         decoding = self.decoding_for(decoding)
         if decoding == "ctc":
             return self.ctc_decode(images, image_mask)
         if decoding == "joint":
             if self.ctc_head is None:
                 raise ConfigError("joint decoding needs the encoder's CTC head (train with model.ctc_head=true)")
-            return self.generate(images, image_mask, beam=beam or self.cfg.joint_beam,
+            return self.generate(images, image_mask, beam=self.beam_for(decoding, beam),
                                  ctc_weight=self.cfg.joint_ctc_weight)
-        return self.generate(images, image_mask, beam=beam or 1)
+        return self.generate(images, image_mask, beam=self.beam_for(decoding, beam))
 
     # ------------------------------------------------------------------------------------ save/load
 
