@@ -3,7 +3,7 @@
 Peers (none is a project dependency; see benchmarks/requirements-peers.txt):
   tesseract  Tesseract 5 LSTM, single-line mode: the `tesserocr` binding, else the `tesseract` CLI
   rapidocr   PP-OCRv6 recognition (ONNX, models in the `rapidocr` wheel), on the line crop (no detection)
-  ours       a bridgeocr checkpoint (--checkpoint), greedy decoding
+  ours       a bridgeocr checkpoint (--checkpoint), read the way its config says (decoding: gpt | ctc | joint)
   trocr      a TrOCR-style encoder-decoder trained like one of our runs (--trocr DIR, made by
              benchmarks/trocr_baseline.py train), greedy decoding; runs here (project deps only)
 
