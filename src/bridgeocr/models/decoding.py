@@ -161,10 +161,11 @@ def generate(model, images, image_mask, beam: int = 1, max_new_tokens: int | Non
         args = (gpt, visual, vmask, model.cfg.attach_layer, model.bos_id, model.eos_id, n)
         suppress = tuple(sorted({model.pad_id, model.bos_id} - {model.eos_id}))
         if ctc_weight > 0:
+            from bridgeocr.errors import ConfigError
             from bridgeocr.models.joint_decoding import joint_search
 
             if model.ctc_head is None:
-                raise ValueError("joint CTC / GPT decoding needs a model with a CTC head (model.ctc_head=true)")
+                raise ConfigError("joint decoding needs the encoder's CTC head (train with model.ctc_head=true)")
             ctc_lp = model.ctc_head(enc).float().log_softmax(-1)
             frames = model.ctc_head.frame_mask(enc_mask).sum(1)
             results = joint_search(*args, ctc_log_probs=ctc_lp, ctc_lengths=frames, ctc_weight=ctc_weight,

@@ -113,8 +113,8 @@ def joint_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_i
     live = {b: [(0.0, 0.0, [], [])] for b in range(B)}
     r = scorer.initial()
     finished: dict[int, list] = {b: [] for b in range(B)}
+    items = torch.arange(B, device=dev)  # the item of each row
     for t in range(max_new_tokens):
-        items = torch.tensor([b for b, beams in live.items() for _ in beams], device=dev)
         last = torch.tensor([ids[-1] if ids else 0 for beams in live.values() for _, _, ids, _ in beams], device=dev)
         gpt_lp = _log_probs(logits, suppress).double()  # [R, V]
         V = gpt_lp.shape[-1]

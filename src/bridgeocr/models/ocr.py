@@ -162,8 +162,6 @@ class OCRModel(nn.Module):
         if decoding == "ctc":
             return self.ctc_decode(images, image_mask)
         if decoding == "joint":
-            if self.ctc_head is None:
-                raise ConfigError("joint decoding needs the encoder's CTC head (train with model.ctc_head=true)")
             return self.generate(images, image_mask, beam=self.beam_for(decoding, beam),
                                  ctc_weight=self.cfg.joint_ctc_weight)
         return self.generate(images, image_mask, beam=self.beam_for(decoding, beam))
