@@ -112,7 +112,20 @@ def _add_lm(sub):
 
 def _add_encoder(sub):
     enc = sub.add_parser("encoder", help="pretrain the line encoder with CTC")
-    esub = enc.add_subparsers(dest="encoder_command", required=True, metavar="{train}")
+    esub = enc.add_subparsers(dest="encoder_command", required=True, metavar="{train,import}")
+    p = esub.add_parser("import", help="an encoder from PP-OCR's ONNX recogniser, reading before any training",
+                        description="Read PP-OCR's text-line recogniser (default: PP-OCRv6_rec_small from the "
+                        "installed rapidocr wheel) into a trainable bridgeocr encoder; its CTC classifier is "
+                        "mapped onto the tokenizer's characters. The directory reads at once "
+                        "(`recognize --checkpoint OUT --ctc`, `evaluate --checkpoint OUT`) and is what "
+                        "`encoder train --init OUT` fine-tunes. Needs the `onnx` package; nothing is downloaded.")
+    p.add_argument("--onnx", default=None, metavar="FILE",
+                   help="the .onnx recogniser (default: rapidocr's PP-OCRv6_rec_small.onnx)")
+    p.add_argument("--tokenizer", default="shipped:gpt_lm", metavar="PATH",
+                   help="tokenizer whose characters the CTC head covers (default: the shipped GPT's)")
+    p.add_argument("--out", required=True, help="output encoder directory")
+    p.set_defaults(target="bridgeocr.models.ppocr:import_ppocr_cli", keys=["onnx", "tokenizer", "out"])
+
     p = esub.add_parser("train", help="train the line encoder + CTC head; reports val CER of CTC decoding")
     p.add_argument("--data", nargs="+", required=True, metavar="SOURCE", help="line sources (train split used)")
     p.add_argument("--val-data", default=None, metavar="SOURCE", help="validation source (default: first --data)")
@@ -125,9 +138,15 @@ def _add_encoder(sub):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", default=None, metavar="DIR",
+                   help="start from this encoder directory (e.g. one `encoder import` wrote, or "
+                   "shipped:encoder_ctc), its CTC head and image settings included; `ppocr` imports PP-OCR")
+    p.add_argument("--augment", choices=["none", "print", "handwriting"], default="none",
+                   help="augment training lines as real scans look (blur, noise, contrast, JPEG, rotation/shear; "
+                   "handwriting adds ink width and elastic distortion); synthetic lines get it too")
     p.set_defaults(target="bridgeocr.train.encoder_pretrain:train_encoder_cli",
                    keys=["data", "val_data", "out", "config", "overrides", "steps", "minutes",
-                         "batch_size", "lr", "seed", "resume"])
+                         "batch_size", "lr", "seed", "resume", "init", "augment"])
 
 
 def _add_train_eval(sub):

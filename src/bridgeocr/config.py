@@ -54,7 +54,8 @@ class TokenizerConfig:
 class EncoderConfig:
     """ViT over the line with rectangular patches (patch_height x patch_width)."""
 
-    kind: str = "vit"
+    kind: str = "vit"  # vit (ours) | ppocr (PP-OCR's recogniser from ONNX, models/ppocr.py)
+    onnx: str | None = None  # kind ppocr: the .onnx file (default: rapidocr's PP-OCRv6_rec_small)
     patch_height: int = 32  # = image height: one row of patches, tokens run left to right
     patch_width: int = 8
     dim: int = 192

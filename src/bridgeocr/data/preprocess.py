@@ -64,8 +64,10 @@ class LineDataset(Dataset):
     """
 
     def __init__(self, source: Sequence[LineSample], image_cfg: ImageConfig, tokenizer,
-                 policy: str | None = None, max_text_tokens: int | None = None):
+                 policy: str | None = None, max_text_tokens: int | None = None, augment=None):
         self.source = source
+        self.augment = augment  # (PIL image, key) -> PIL image (data/augment.py), training only
+        self.epoch = 0  # part of the augmentation key: set by the training loop with the sampler's epoch
         self.cfg = image_cfg
         self.tokenizer = tokenizer
         self.policy = _policy(image_cfg, policy)
@@ -89,7 +91,10 @@ class LineDataset(Dataset):
         try:
             if not sample.text.strip():
                 raise DataError(where, "empty transcription")
-            image = preprocess_image(sample.load_image(), self.cfg, self.policy)
+            img = sample.load_image()
+            if self.augment is not None:
+                img = self.augment(img, (self.epoch, idx))
+            image = preprocess_image(img, self.cfg, self.policy)
             ids = self.tokenizer.encode(sample.text)
             if self.max_text_tokens is not None and len(ids) + 2 > self.max_text_tokens:
                 raise DataError(where, f"{len(ids)} tokens + BOS/EOS > max_text_tokens={self.max_text_tokens}")
@@ -234,12 +239,13 @@ class WidthBucketSampler(Sampler[list[int]]):
 
 def make_loader(source: Sequence[LineSample], image_cfg: ImageConfig, tokenizer, batch_size: int,
                 shuffle: bool, policy: str | None = None, seed: int = 0, num_workers: int = 0,
-                max_text_tokens: int | None = None, drop_last: bool = False) -> DataLoader:
+                max_text_tokens: int | None = None, drop_last: bool = False, augment=None) -> DataLoader:
     """A DataLoader of `Batch`es (or None for an all-bad batch) with width-bucketed batches.
 
     `loader.dataset` is the `LineDataset` (its `.skipped`), `loader.batch_sampler.set_epoch(e)`.
     """
-    dataset = LineDataset(source, image_cfg, tokenizer, policy=policy, max_text_tokens=max_text_tokens)
+    dataset = LineDataset(source, image_cfg, tokenizer, policy=policy, max_text_tokens=max_text_tokens,
+                          augment=augment)
     sampler = WidthBucketSampler(dataset.widths(), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
     collate = Collator.for_tokenizer(tokenizer, image_cfg.width_multiple)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,

@@ -17,6 +17,8 @@ from bridgeocr.errors import BridgeOCRError
 from bridgeocr.eval.metrics import cer as corpus_cer
 from bridgeocr.eval.metrics import line_cers, print_seed_metrics
 from bridgeocr.eval.metrics import wer as corpus_wer
+from bridgeocr.models.encoder import is_encoder_dir
+from bridgeocr.models.encoder_reader import EncoderReader, encoder_image_config
 
 __all__ = ["evaluate_model", "evaluate_cli", "load_checkpoint", "write_predictions", "print_worst",
            "TRAINING_META"]
@@ -40,6 +42,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None):
     path = resolve_pretrained(path)  # a directory, or shipped:NAME
     if not path.is_dir() or not (path / "config.json").is_file():
         raise BridgeOCRError(f"{path}: not a model checkpoint directory (no config.json)")
+    if is_encoder_dir(path):  # an encoder + CTC head alone: reads with greedy CTC
+        reader = EncoderReader.from_pretrained(path)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return reader.to(device).eval(), encoder_image_config(reader.encoder), {}
     model = OCRModel.from_pretrained(path)
     meta = {}
     if (path / TRAINING_META).is_file():

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from bridgeocr.config import EncoderConfig, config_from_dict
 from bridgeocr.errors import ConfigError
 from bridgeocr.models.ctc import CTCHead
+from bridgeocr.models.onnx_graph import OnnxGraph
+from bridgeocr.models.ppocr import PPOCR_IMAGE, PPOCREncoder, import_ppocr
 
 ENCODER_FORMAT = "bridgeocr-encoder"
 ENCODER_FORMAT_VERSION = 1
@@ -172,54 +174,111 @@ class LineEncoder(nn.Module):
 
 
 class HFLineEncoder(nn.Module):
-    """A pretrained HF ViT / DeiT / BEiT behind the LineEncoder interface, TrOCR-style.
+    """A pretrained HF ViT / DeiT / BEiT / DINOv2 (or a TrOCR's encoder half) behind the LineEncoder interface.
 
-    Each line is cropped to its real columns and resized to the model's square `image_size` (as TrOCR
-    does), so padding cannot change an item's tokens and the checkpoint's position embeddings are used
-    as trained. Ink is flipped back to dark-on-light, gray is repeated to the model's channels, then
-    normalised with the checkpoint's mean/std (0.5/0.5 if it has no preprocessor_config.json). All
-    output tokens are real (mask all True).
+    Each line is read at its aspect ratio: its real columns are cropped, resized to `line_height` px
+    (default: the model's `image_size`) by the width that keeps the aspect ratio, rounded up to a multiple
+    of the patch width, and run with the checkpoint's 2-D position embeddings interpolated to that patch
+    grid (`interpolate_pos_encoding`). CLS / distillation tokens are dropped and the patch tokens are
+    reordered column-major (all rows of column 0 first), so tokens run left to right as in LineEncoder:
+    a wider line gives more tokens. The mask is True on an item's own tokens, False on the zeros after them.
+
+    Padding invariance: the HF ViT / DeiT / BEiT models take no attention mask, so lines are never padded:
+    items are grouped by resized width and each group runs on its own, unpadded, and an item's tokens
+    cannot depend on the batch's other lines (the cost: one forward per distinct width in the batch).
+    Ink is flipped back to dark-on-light, gray is repeated to the model's channels, then normalised with
+    the checkpoint's mean/std (0.5/0.5 if it has no preprocessor_config.json). `line_height` is stored in
+    the HF config (`bridgeocr_line_height`), so a saved encoder dir rebuilds it.
     """
 
-    def __init__(self, hf_model: nn.Module, image_height: int, mean=0.5, std=0.5, cfg: EncoderConfig | None = None):
+    hf_kinds = ("vit", "deit", "beit", "dinov2")
+    line_height_key = "bridgeocr_line_height"
+
+    def __init__(self, hf_model: nn.Module, image_height: int, mean=0.5, std=0.5, cfg: EncoderConfig | None = None,
+                 line_height: int | None = None):
+        import inspect
+
         super().__init__()
+        if getattr(hf_model, "pooler", None) is not None:  # a TrOCR's encoder half has one; we never use it
+            hf_model.pooler = None
         self.hf = hf_model
         self.image_height = image_height
         hc = hf_model.config
         self.image_size = hc.image_size if isinstance(hc.image_size, int) else hc.image_size[0]
+        p = hc.patch_size
+        self.patch = (p, p) if isinstance(p, int) else (int(p[0]), int(p[1]))
+        self.line_height = int(line_height or getattr(hc, self.line_height_key, None) or self.image_size)
+        if self.line_height < self.patch[0] or self.line_height % self.patch[0]:
+            raise ConfigError(f"HF encoder: line height {self.line_height} is not a multiple of the model's "
+                              f"patch height {self.patch[0]}")
+        setattr(hc, self.line_height_key, self.line_height)  # saved with hf_config by encoder_meta
+        self.interpolate_kw = ({"interpolate_pos_encoding": True}  # DINOv2 always interpolates
+                               if "interpolate_pos_encoding" in inspect.signature(hf_model.forward).parameters else {})
         self.channels = getattr(hc, "num_channels", 3)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(-1)[:, None, None], persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(-1)[:, None, None], persistent=False)
         self.cfg = replace(cfg or EncoderConfig(), kind="hf", dim=hc.hidden_size)
+
+    @classmethod
+    def accepts(cls, hf_config: dict) -> bool:
+        """An HF config.json this wraps: a ViT/DeiT/BEiT/DINOv2, or a vision-encoder-decoder (TrOCR) with one."""
+        if hf_config.get("model_type") == "vision-encoder-decoder":
+            return (hf_config.get("encoder") or {}).get("model_type") in cls.hf_kinds
+        return hf_config.get("model_type") in cls.hf_kinds
 
     @property
     def d_out(self) -> int:
         return self.hf.config.hidden_size
 
     @classmethod
-    def from_hf(cls, path, image_height: int, cfg: EncoderConfig | None = None) -> HFLineEncoder:
-        from transformers import AutoModel
+    def from_hf(cls, path, image_height: int, cfg: EncoderConfig | None = None,
+                line_height: int | None = None) -> HFLineEncoder:
+        """An HF ViT/DeiT/BEiT/DINOv2 dir, or a TrOCR (vision-encoder-decoder) dir: its encoder half only."""
+        from transformers import AutoModel, VisionEncoderDecoderModel
 
         path = Path(path)
-        try:  # ViT / DeiT / BEiT build a pooler we do not use
-            model = AutoModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
-        except TypeError:
-            model = AutoModel.from_pretrained(str(path), local_files_only=True)
+        if json.loads((path / "config.json").read_text()).get("model_type") == "vision-encoder-decoder":
+            model = VisionEncoderDecoderModel.from_pretrained(str(path), local_files_only=True).encoder
+        else:
+            try:  # ViT / DeiT / BEiT build a pooler we do not use
+                model = AutoModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
+            except TypeError:
+                model = AutoModel.from_pretrained(str(path), local_files_only=True)
         mean, std = 0.5, 0.5
         pp = path / "preprocessor_config.json"
         if pp.is_file():
             data = json.loads(pp.read_text())
             mean, std = data.get("image_mean", mean), data.get("image_std", std)
-        return cls(model, image_height, mean, std, cfg)
+        return cls(model, image_height, mean, std, cfg, line_height)
+
+    def resized_width(self, width: int, image_height: int) -> int:
+        """A line's width once resized to `line_height`, rounded up to a multiple of the patch width."""
+        pw = self.patch[1]
+        return max(1, -(-width * self.line_height // (image_height * pw))) * pw
 
     def forward(self, images: torch.Tensor, image_mask: torch.Tensor):
-        S = self.image_size
+        """images [B, 1, H, W] (ink 1, pad 0), image_mask [B, W] -> (tokens [B, N, d_out], mask [B, N])."""
+        B, _, H, _ = images.shape
+        (ph, pw), Lh = self.patch, self.line_height
+        rows = Lh // ph
         widths = image_mask.to(torch.long).sum(1).clamp(min=1).tolist()
-        pix = torch.cat([F.interpolate(1.0 - images[b:b + 1, :, :, :w], size=(S, S), mode="bilinear",
-                                       align_corners=False, antialias=True) for b, w in enumerate(widths)])
-        pix = (pix.expand(-1, self.channels, -1, -1) - self.mean) / self.std
-        tokens = self.hf(pixel_values=pix).last_hidden_state
-        return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        sizes = [self.resized_width(w, H) for w in widths]
+        dtype = next(self.hf.parameters()).dtype
+        out: list[torch.Tensor | None] = [None] * B
+        for size in sorted(set(sizes)):  # one unpadded forward per resized width: padding cannot leak in
+            idx = [b for b in range(B) if sizes[b] == size]
+            pix = torch.cat([F.interpolate(1.0 - images[b:b + 1, :, :, :widths[b]], size=(Lh, size), mode="bilinear",
+                                           align_corners=False, antialias=True) for b in idx])
+            pix = ((pix.expand(-1, self.channels, -1, -1) - self.mean) / self.std).to(dtype)
+            y = self.hf(pixel_values=pix, **self.interpolate_kw).last_hidden_state
+            cols = size // pw
+            y = y[:, y.shape[1] - rows * cols:]  # drop CLS / distillation tokens (they come first)
+            y = y.reshape(len(idx), rows, cols, -1).transpose(1, 2).reshape(len(idx), cols * rows, -1)
+            for i, b in enumerate(idx):  # raster (row-major) -> column-major: tokens run left to right
+                out[b] = y[i]
+        tokens = nn.utils.rnn.pad_sequence(out, batch_first=True)
+        n = torch.tensor([t.shape[0] for t in out], device=tokens.device)
+        return tokens, torch.arange(tokens.shape[1], device=tokens.device)[None] < n[:, None]
 
     def save_pretrained(self, path, ctc_head: CTCHead | None = None) -> None:
         save_encoder(path, self, ctc_head)
@@ -233,21 +292,54 @@ def is_encoder_dir(path) -> bool:
     return cfg.is_file() and json.loads(cfg.read_text()).get("format") == ENCODER_FORMAT
 
 
+ENCODER_KINDS = ("vit", "ppocr")
+
+
 def build_encoder(cfg: EncoderConfig, image_height: int) -> nn.Module:
-    """A fresh encoder, or the one `cfg.pretrained` names (our encoder dir, or an HF ViT/DeiT/BEiT dir)."""
+    """A fresh encoder, or the one `cfg.pretrained` names (our encoder dir, or an HF ViT/DeiT/BEiT dir);
+    kind `ppocr` reads PP-OCR's recogniser from `cfg.onnx` (default: the rapidocr wheel's)."""
     if cfg.pretrained:
         return load_encoder(cfg.pretrained, image_height)[0]
+    if cfg.kind == "ppocr":
+        encoder = import_ppocr(cfg.onnx, cfg=cfg)[0]
+        check_image_height(encoder, image_height, cfg.onnx or "encoder.kind=ppocr")
+        return encoder
     if cfg.kind != "vit":
-        raise ConfigError(f"encoder.kind: {cfg.kind!r} is not one of vit (or set encoder.pretrained to an HF dir)")
+        raise ConfigError(f"encoder.kind: {cfg.kind!r} is not one of {' | '.join(ENCODER_KINDS)} "
+                          "(or set encoder.pretrained to a directory)")
     return LineEncoder(cfg, image_height)
+
+
+def check_image_height(encoder: nn.Module, image_height: int | None, where) -> None:
+    if image_height is not None and encoder.image_height != image_height:
+        raise ConfigError(f"{where}: the encoder reads lines {encoder.image_height} px high, the data are "
+                          f"{image_height} px: set data.image.height={encoder.image_height}")
+
+
+def encoder_image(encoder_cfg: EncoderConfig) -> dict | None:
+    """The image settings an encoder brings with it (a saved dir's `image`, or kind ppocr's), else None."""
+    from bridgeocr.shipped import resolve_pretrained
+
+    if encoder_cfg.pretrained:
+        path = resolve_pretrained(encoder_cfg.pretrained)
+        cfg_file = Path(path) / "config.json"
+        if cfg_file.is_file():
+            meta = json.loads(cfg_file.read_text())
+            if meta.get("format") == ENCODER_FORMAT:
+                return meta.get("image")
+        return None
+    return dict(PPOCR_IMAGE) if encoder_cfg.kind == "ppocr" else None
 
 
 def encoder_meta(encoder: nn.Module, ctc_vocab_size: int | None = None, ctc_upsample: int = 1) -> dict:
     """What `encoder_from_meta` needs to rebuild the encoder's structure (JSON-able)."""
     hf = isinstance(encoder, HFLineEncoder)
-    meta = {"format": ENCODER_FORMAT, "version": ENCODER_FORMAT_VERSION, "kind": "hf" if hf else "line",
+    kind = "hf" if hf else "ppocr" if isinstance(encoder, PPOCREncoder) else "line"
+    meta = {"format": ENCODER_FORMAT, "version": ENCODER_FORMAT_VERSION, "kind": kind,
             "encoder": asdict(replace(encoder.cfg, pretrained=None)), "image_height": encoder.image_height,
             "ctc_vocab_size": ctc_vocab_size, "ctc_upsample": ctc_upsample}
+    if kind == "ppocr":  # the graph (nodes, initializer shapes) and the image settings it was trained on
+        meta.update(image=encoder.image, source=encoder.source, d_out=encoder.d_out, graph=encoder.graph.spec)
     if hf:
         meta["hf_config"] = encoder.hf.config.to_dict()
         meta["norm"] = {"mean": encoder.mean.flatten().tolist(), "std": encoder.std.flatten().tolist()}
@@ -272,6 +364,9 @@ def save_encoder(path, encoder: nn.Module, ctc_head: CTCHead | None = None) -> N
 def encoder_from_meta(meta: dict) -> nn.Module:
     """Rebuild an encoder's structure (random weights) from its saved config."""
     cfg = config_from_dict(meta["encoder"], EncoderConfig)
+    if meta.get("kind") == "ppocr":
+        graph = OnnxGraph(meta["graph"], shapes=meta["graph"]["initializers"])
+        return PPOCREncoder(graph, cfg, meta["d_out"], meta.get("image"), meta.get("source", ""))
     if meta.get("kind") == "hf":
         from transformers import AutoConfig, AutoModel
 
@@ -297,11 +392,12 @@ def load_encoder(path, image_height: int | None = None) -> tuple[nn.Module, CTCH
         raise ConfigError(f"{path}: not an encoder directory (no config.json)")
     meta = json.loads((path / "config.json").read_text())
     if meta.get("format") != ENCODER_FORMAT:
-        if meta.get("model_type") in ("vit", "deit", "beit", "dinov2"):
+        if HFLineEncoder.accepts(meta):
             return HFLineEncoder.from_hf(path, image_height or 32), None
-        raise ConfigError(f"{path}: neither a bridgeocr encoder nor an HF ViT/DeiT/BEiT directory")
+        raise ConfigError(f"{path}: neither a bridgeocr encoder nor an HF ViT/DeiT/BEiT/DINOv2 (or TrOCR) directory")
     if image_height is not None and meta["image_height"] != image_height:
-        raise ConfigError(f"{path}: encoder was trained on height {meta['image_height']}, data has {image_height}")
+        raise ConfigError(f"{path}: the encoder reads lines {meta['image_height']} px high, the data are "
+                          f"{image_height} px: set data.image.height={meta['image_height']}")
     encoder = encoder_from_meta(meta)
     tensors = load_file(str(path / "model.safetensors"))
     encoder.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")}, strict=True)

@@ -18,7 +18,11 @@ import torch
 from tqdm.auto import tqdm
 
 from bridgeocr.config import ExperimentConfig, load_config
+from bridgeocr.data.augment import Augmenter
 from bridgeocr.errors import BridgeOCRError
+from bridgeocr.models.encoder import encoder_image, is_encoder_dir
+from bridgeocr.models.ppocr import import_ppocr
+from bridgeocr.shipped import resolve_pretrained
 from bridgeocr.train.checkpoint import atomic_dir, load_optimizer, read_json, save_optimizer, write_json
 from bridgeocr.train.losses import ctc_loss, ctc_targets
 from bridgeocr.train.schedule import lr_factor
@@ -57,8 +61,13 @@ def ctc_evaluate(encoder, head, loader, tokenizer, device, max_batches: int | No
 def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, out: str | Path, steps: int,
                   minutes: float | None, batch_size: int, lr: float, seed: int, resume: bool,
                   eval_every: int | None = None, eval_batches: int = 20, command: str = "",
-                  progress: bool = True) -> dict:
-    """Train encoder + CTC head on the train split of each source; keep the best by val CER in `out`."""
+                  progress: bool = True, init: str | None = None, augment: str = "none") -> dict:
+    """Train encoder + CTC head on the train split of each source; keep the best by val CER in `out`.
+
+    `init`: an encoder directory to start from (its CTC head too when the vocabulary matches, its tokenizer
+    unless `tokenizer.path` is set), or `ppocr` (PP-OCR's recogniser from the rapidocr wheel, its CTC head
+    mapped onto the tokenizer, default the shipped GPT's). An encoder that brings image settings (PP-OCR:
+    height 48) sets `data.image` to them. `augment`: none | print | handwriting (data/augment.py)."""
     from bridgeocr.data.preprocess import make_loader
     from bridgeocr.data.sources import open_source
     from bridgeocr.models.ctc import CTCHead
@@ -75,7 +84,19 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
     if not train:
         raise BridgeOCRError(f"encoder train: no training lines in {', '.join(data)}")
     val = open_source(val_data or data[0], cfg.data.val_split, **opts)
+    init_dir = None if init in (None, "ppocr") else resolve_pretrained(init)
+    if init_dir is not None and not is_encoder_dir(init_dir):
+        raise BridgeOCRError(f"--init {init}: not a bridgeocr encoder directory")
+    if not cfg.tokenizer.path and init_dir is not None and (init_dir / "tokenizer.json").is_file():
+        cfg.tokenizer.path = str(init_dir / "tokenizer.json")  # the init head's vocabulary
+    elif not cfg.tokenizer.path and init == "ppocr" and not cfg.model.decoder.pretrained:
+        cfg.tokenizer.path = "shipped:gpt_lm"  # so the encoder joins the shipped GPT
     tokenizer = build_tokenizer(cfg, [s.text for s in train])  # the OCR trainer's choice, so the CTC head fits
+    if init == "ppocr":
+        cfg.model.encoder.kind = "ppocr"
+    elif init_dir is not None:
+        cfg.model.encoder.pretrained = str(init_dir)
+    adopt_encoder_image(cfg)
     image_cfg = cfg.data.image
 
     last = out / "last"
@@ -86,10 +107,17 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
     else:
         if resume:
             print(f"--resume: nothing to resume in {last}; starting fresh", flush=True)
-        encoder = build_encoder(cfg.model.encoder, image_cfg.height)
         head = None
-        if cfg.model.encoder.pretrained:  # continue a pretrained encoder (its head if the vocab matches)
+        if cfg.model.encoder.kind == "ppocr" and not cfg.model.encoder.pretrained:
+            encoder, head, info = import_ppocr(cfg.model.encoder.onnx, tokenizer, cfg.model.encoder)
+            print(f"PP-OCR encoder from {info['onnx']}: CTC head {info['kept']} characters kept, "
+                  f"{len(info['new'])} new", flush=True)
+        elif cfg.model.encoder.pretrained:  # continue a pretrained encoder (its head if the vocab matches)
             encoder, head = load_encoder(cfg.model.encoder.pretrained, image_cfg.height)
+        else:
+            encoder = build_encoder(cfg.model.encoder, image_cfg.height)
+        if head is not None and init:
+            cfg.model.ctc_upsample = head.upsample  # an --init head keeps its frames per token
         if head is None or head.vocab_size != tokenizer.vocab_size or head.upsample != cfg.model.ctc_upsample:
             head = CTCHead(encoder.d_out, tokenizer.vocab_size, cfg.model.ctc_upsample)
     encoder.to(device).train()
@@ -103,8 +131,9 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
         step, elapsed_before = int(state["step"]), float(state["elapsed_s"])
         best_cer, history = float(state.get("best_cer", math.inf)), list(state.get("history", []))
 
+    augmenter = None if augment in (None, "none") else Augmenter(augment, seed)
     train_loader = make_loader(train, image_cfg, tokenizer, batch_size, shuffle=True, seed=seed + step,
-                               max_text_tokens=cfg.model.max_text_tokens, drop_last=True)
+                               max_text_tokens=cfg.model.max_text_tokens, drop_last=True, augment=augmenter)
     val_loader = make_loader(val, image_cfg, tokenizer, batch_size, shuffle=False)
     print(f"encoder: {len(train):,} train / {len(val):,} val lines, vocab {tokenizer.vocab_size}, "
           f"{n_params / 1e6:.2f}M params, device {device}", flush=True)
@@ -144,6 +173,7 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
     epoch = 0
     while step < steps and stopped == "steps":
         train_loader.batch_sampler.set_epoch(epoch)
+        train_loader.dataset.epoch = epoch
         for batch in train_loader:
             if step >= steps:
                 break
@@ -194,6 +224,7 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
         "encoder": {k: getattr(cfg.model.encoder, k) for k in ("dim", "depth", "heads", "patch_width",
                                                                 "patch_height", "conv_stem", "pos_embedding")},
         "image": {"height": image_cfg.height, "max_width": image_cfg.max_width},
+        "init": init, "augment": augment, "encoder_kind": cfg.model.encoder.kind,
         "params": n_params, "steps": step, "stopped_by": stopped, "batch_size": batch_size, "lr": lr,
         "seed": seed, "time_s": round(elapsed, 1), "device": str(device),
         "threads": torch.get_num_threads(), "lines_seen_this_run": lines_seen,
@@ -206,8 +237,21 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
     return card
 
 
-def train_encoder_cli(data, val_data, out, config, overrides, steps, minutes, batch_size, lr, seed, resume) -> int:
+def adopt_encoder_image(cfg: ExperimentConfig) -> None:
+    """An encoder that brings its image settings (PP-OCR: 48 px lines) sets `cfg.data.image` to them."""
+    image = encoder_image(cfg.model.encoder)
+    if not image:
+        return
+    for key in ("height", "max_width", "width_multiple"):
+        if key in image and getattr(cfg.data.image, key) != image[key]:
+            print(f"the encoder reads data.image.{key}={image[key]} (was {getattr(cfg.data.image, key)})",
+                  flush=True)
+            setattr(cfg.data.image, key, int(image[key]))
+
+
+def train_encoder_cli(data, val_data, out, config, overrides, steps, minutes, batch_size, lr, seed, resume,
+                      init=None, augment="none") -> int:
     cfg = load_config(config, overrides)
     train_encoder(cfg, data, val_data, out, steps, minutes, batch_size, lr, seed, resume,
-                  command="bridgeocr " + shlex.join(sys.argv[1:]))
+                  command="bridgeocr " + shlex.join(sys.argv[1:]), init=init, augment=augment)
     return 0

@@ -1,0 +1,206 @@
+"""PP-OCR's text-line recogniser (shipped as ONNX in the `rapidocr` wheel) as a trainable bridgeocr encoder.
+
+PP-OCRv6_rec_small: a PPLCNetV4 backbone, an SVTR neck (two global-attention blocks over the width) and an
+18,710-way CTC classifier; input [B, 3, 48, W] with pixels `(x/255 - 0.5)/0.5`, output [B, W/8, 18710].
+
+**Visual tokens** are the neck's output, the 120-d sequence the CTC classifier reads (the input of the last
+MatMul before the final Softmax): one token per 8 image columns, left to right, already shaped by the
+network to be linearly readable as characters. That is what a connector wants; the classifier itself
+becomes bridgeocr's CTC head, its rows mapped onto our character vocabulary (`map_ctc_head`).
+
+**Padding never changes an item's tokens.** The neck attends over the whole width, so a wider batch would
+change an item's features. Each line therefore runs at its own width (its real columns rounded up to the
+8-px token, filled with paper); lines of equal width share one call. The image settings the network was
+trained with (height 48, 3 channels, mean/std 0.5, white paper) travel in the encoder's config.json
+(`PPOCREncoder.image`), and bridgeocr's grey ink-is-1 tensors are turned into them here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from bridgeocr.config import EncoderConfig
+from bridgeocr.errors import ConfigError
+from bridgeocr.models.ctc import BLANK, CTCHead
+from bridgeocr.models.onnx_graph import OnnxGraph, prune_spec, spec_from_onnx
+
+__all__ = ["PPOCREncoder", "PPOCR_IMAGE", "DEFAULT_ONNX", "rapidocr_onnx_path", "import_ppocr", "map_ctc_head"]
+
+DEFAULT_ONNX = "PP-OCRv6_rec_small.onnx"
+PPOCR_IMAGE = {"height": 48, "channels": 3, "mean": 0.5, "std": 0.5, "paper": "white", "max_width": 2048,
+               "width_multiple": 8}
+PROVENANCE = ("PP-OCRv6_rec_small (PaddleOCR, Apache-2.0), as converted to ONNX and shipped in the rapidocr "
+              "wheel (PyPI rapidocr==3.10.0, Apache-2.0; see its MODEL_LICENSES.md)")
+
+
+def rapidocr_onnx_path(name: str = DEFAULT_ONNX) -> Path:
+    """The ONNX file inside the installed rapidocr wheel (found without importing rapidocr)."""
+    spec = importlib.util.find_spec("rapidocr")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("the PP-OCR encoder's weights come from the rapidocr wheel: "
+                          "pip install rapidocr==3.10.0 (or pass encoder.onnx=FILE)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / name
+    if not path.is_file():
+        raise ConfigError(f"{path}: not in this rapidocr install (pip install rapidocr==3.10.0)")
+    return path
+
+
+def _feature_tap(spec: dict) -> tuple[str, str, str | None]:
+    """(features, classifier weight, classifier bias) names: Softmax <- [Add bias] <- MatMul(features, W)."""
+    producer = {o: n for n in spec["nodes"] for o in n["outputs"]}
+    node = producer.get(spec["outputs"][0])
+    while node is not None and node["op"] in ("Identity", "Softmax"):
+        node = producer.get(node["inputs"][0])
+    bias = None
+    if node is not None and node["op"] == "Add":
+        a, b = node["inputs"]
+        bias, node = (b, producer.get(a)) if a in producer else (a, producer.get(b))
+    if node is None or node["op"] != "MatMul":
+        raise ConfigError("ONNX graph: expected the output to be softmax(features @ W + b) (a CTC classifier)")
+    return node["inputs"][0], node["inputs"][1], bias
+
+
+class PPOCREncoder(nn.Module):
+    """`forward(images [B,1,48,W] ink=1, image_mask [B,W]) -> (tokens [B, N, 120], mask [B, N])`."""
+
+    stride = 8  # image columns per token
+
+    def __init__(self, graph: OnnxGraph, cfg: EncoderConfig, d_out: int, image: dict | None = None,
+                 source: str = ""):
+        super().__init__()
+        self.graph, self.source = graph, source
+        self.image = dict(PPOCR_IMAGE if image is None else image)
+        self.image_height = int(self.image["height"])
+        self._d_out = int(d_out)
+        self.cfg = replace(cfg, kind="ppocr", dim=int(d_out), patch_height=self.image_height,
+                           patch_width=self.stride, pretrained=None)
+
+    @property
+    def d_out(self) -> int:
+        return self._d_out
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """bridgeocr's ink-is-1 grey [B,1,H,W] -> the network's normalised paper-white RGB."""
+        paper = 1.0 - images if self.image.get("paper", "white") == "white" else images
+        x = (paper - self.image["mean"]) / self.image["std"]
+        return x.expand(-1, int(self.image["channels"]), -1, -1)
+
+    def token_counts(self, image_mask: torch.Tensor) -> list[int]:
+        widths = image_mask.to(torch.long).sum(1).clamp(min=1)
+        return (-(-widths // self.stride)).tolist()
+
+    def forward(self, images: torch.Tensor, image_mask: torch.Tensor):
+        B, _, H, W = images.shape
+        if H != self.image_height:
+            raise ValueError(f"PPOCREncoder: image height {H} != {self.image_height}")
+        counts = self.token_counts(image_mask)
+        n_max = max(counts)
+        groups: dict[int, list[int]] = {}
+        for b, n in enumerate(counts):
+            groups.setdefault(n, []).append(b)
+        width = n_max * self.stride
+        if width > W:
+            images = nn.functional.pad(images, (0, width - W))
+            image_mask = nn.functional.pad(image_mask, (0, width - W))
+        ink = images * image_mask[:, None, None, :].to(images.dtype)  # padding is blank paper
+        out = images.new_zeros(B, n_max, self._d_out)
+        for n, idx in groups.items():
+            feats = self.graph(self.pixels(ink[idx, :, :, : n * self.stride]))  # [g, n, d]
+            out[idx, :n] = feats.to(out.dtype)
+        mask = torch.arange(n_max, device=images.device)[None] < torch.tensor(counts, device=images.device)[:, None]
+        return out, mask
+
+    def save_pretrained(self, path, ctc_head: CTCHead | None = None) -> None:
+        from bridgeocr.models.encoder import save_encoder
+
+        save_encoder(path, self, ctc_head)
+
+
+def map_ctc_head(weight: np.ndarray, bias: np.ndarray | None, classes: list[str], tokenizer,
+                 upsample: int = 1) -> tuple[CTCHead, dict]:
+    """PP-OCR's classifier (W [d, C], b [C], `classes[0]` = blank) as a CTCHead over the tokenizer's vocabulary:
+    the rows of characters PP-OCR knows are kept (blank -> PAD = 0), the others start silent (zero weights,
+    a low bias) for fine-tuning to teach. Returns (head, {"kept": n, "new": [chars]})."""
+    d, _ = weight.shape
+    w = torch.from_numpy(np.array(weight, dtype=np.float32)).t()  # [C, d]
+    b = torch.from_numpy(np.array(bias, dtype=np.float32)) if bias is not None else torch.zeros(w.shape[0])
+    index = {c: i for i, c in enumerate(classes) if i != BLANK}
+    head = CTCHead(d, tokenizer.vocab_size, upsample)
+    low = float(b.min()) - 5.0
+    new_w = torch.zeros(upsample, tokenizer.vocab_size, d)
+    new_b = torch.full((upsample, tokenizer.vocab_size), low)
+    kept, new = 0, []
+    specials = {tokenizer.bos_id, tokenizer.eos_id, getattr(tokenizer, "unk_id", None)}
+    for tid in range(tokenizer.vocab_size):
+        if tid == tokenizer.pad_id:
+            src = BLANK
+        elif tid in specials:
+            continue
+        else:
+            ch = tokenizer.decode([tid])
+            src = index.get(ch)
+            if src is None:
+                if ch:
+                    new.append(ch)
+                continue
+        new_w[:, tid], new_b[:, tid] = w[src], b[src]
+        kept += 1
+    with torch.no_grad():  # proj rows are frame-major: row f * V + v
+        head.proj.weight.copy_(new_w.reshape(upsample * tokenizer.vocab_size, d))
+        head.proj.bias.copy_(new_b.reshape(-1))
+    return head, {"kept": kept, "new": new}
+
+
+def import_ppocr(onnx: str | Path | None = None, tokenizer=None, cfg: EncoderConfig | None = None):
+    """Read PP-OCR's recogniser from an .onnx file (default: the rapidocr wheel's PP-OCRv6_rec_small) ->
+    (PPOCREncoder, CTCHead mapped onto `tokenizer` or None, info)."""
+    path = Path(onnx) if onnx else rapidocr_onnx_path()
+    spec, inits, meta = spec_from_onnx(path)
+    features, w_name, b_name = _feature_tap(spec)
+    trunk = prune_spec(spec, [features])
+    graph = OnnxGraph(trunk, inits)
+    weight = inits[w_name]
+    d = int(weight.shape[0])
+    source = PROVENANCE if path.name == DEFAULT_ONNX else str(path)
+    encoder = PPOCREncoder(graph, cfg or EncoderConfig(kind="ppocr"), d, source=source)
+    classes = ["<blank>"] + meta.get("character", "").splitlines() + [" "]
+    if len(classes) != weight.shape[1]:
+        raise ConfigError(f"{path}: the `character` table has {len(classes) - 2} characters (+ blank, space) "
+                          f"for a {weight.shape[1]}-way classifier")
+    info = {"onnx": str(path), "classes": len(classes), "feature_tensor": features, "dim": d}
+    head = None
+    if tokenizer is not None:
+        head, mapped = map_ctc_head(weight, inits.get(b_name) if b_name else None, classes, tokenizer)
+        info.update(mapped)
+    return encoder, head, info
+
+
+def import_ppocr_cli(onnx, tokenizer, out) -> int:
+    """`bridgeocr encoder import`: an encoder directory (encoder + mapped CTC head + tokenizer + card) that
+    reads at once (`recognize --checkpoint OUT --ctc`) and that `encoder train --init OUT` fine-tunes."""
+    import json
+
+    from bridgeocr.data.tokenizers import load_tokenizer
+    from bridgeocr.models.encoder import save_encoder
+    from bridgeocr.shipped import resolve_pretrained
+
+    tok = load_tokenizer(resolve_pretrained(tokenizer))
+    encoder, head, info = import_ppocr(onnx, tok)
+    out = Path(out)
+    save_encoder(out, encoder, head)
+    tok.save(out / "tokenizer.json")
+    card = {"made_by": "bridgeocr encoder import", "source": encoder.source, "tokenizer": str(tokenizer),
+            "params": sum(p.numel() for p in encoder.parameters()) + sum(p.numel() for p in head.parameters()),
+            "image": encoder.image, **{k: v for k, v in info.items() if k != "new"},
+            "characters_new": "".join(info["new"])}
+    (out / "encoder_card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False))
+    print(f"wrote {out}: PP-OCR encoder ({card['params'] / 1e6:.2f}M params, {info['dim']}-d tokens, height "
+          f"{encoder.image_height}), CTC head over {tok.vocab_size} tokens: {info['kept']} from PP-OCR, "
+          f"{len(info['new'])} new", flush=True)
+    return 0

@@ -1,0 +1,243 @@
+"""ONNX executor and the PP-OCR encoder: parity with onnxruntime, gradients, padding invariance, save/load,
+the CTC head mapped onto our vocabulary; on a tiny PP-OCR-shaped graph built here and, when the rapidocr
+wheel is installed, on the real PP-OCRv6 recogniser."""
+
+import numpy as np
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from bridgeocr.data.tokenizers import CharTokenizer  # noqa: E402
+from bridgeocr.errors import ConfigError  # noqa: E402
+from bridgeocr.models.encoder import load_encoder, save_encoder  # noqa: E402
+from bridgeocr.models.onnx_graph import OnnxGraph, prune_spec, spec_from_onnx  # noqa: E402
+from bridgeocr.models.ppocr import import_ppocr, rapidocr_onnx_path  # noqa: E402
+
+CHARS = list("abc xyz")  # the tiny graph's character table (+ blank in front, + space at the end)
+
+
+def _tiny_ppocr_onnx(path, d=8, seed=0):
+    """A PP-OCR-shaped recogniser: conv/BN/hardswish/maxpool backbone with an SE block, avg-pool to one row,
+    flatten via Shape/Slice/Concat/Reshape, a LayerNorm + global self-attention + GELU(erf) neck, and a CTC
+    classifier softmax(features @ W + b) over blank + CHARS + space."""
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+
+    def const(name, arr):
+        inits.append(numpy_helper.from_array(np.asarray(arr), name))
+        return name
+
+    def f32(name, *shape, scale=0.3):
+        return const(name, (rng.standard_normal(shape) * scale).astype(np.float32))
+
+    def node(op, ins, out, **attrs):
+        nodes.append(helper.make_node(op, ins, [out], **attrs))
+        return out
+
+    x = node("Conv", ["x", f32("c1.w", d, 3, 3, 3), f32("c1.b", d)], "c1", strides=[2, 2], auto_pad="SAME_UPPER",
+             kernel_shape=[3, 3])
+    bn = node("BatchNormalization", [x, f32("bn.s", d), f32("bn.b", d), f32("bn.m", d),
+                                     const("bn.v", rng.uniform(0.5, 1.5, d).astype(np.float32))], "bn", epsilon=1e-5)
+    hs = node("HardSigmoid", [bn], "hs", alpha=1 / 6, beta=0.5)
+    x = node("Mul", [bn, hs], "hswish")
+    x = node("MaxPool", [x], "mp", kernel_shape=[2, 2], strides=[1, 1], auto_pad="SAME_UPPER")
+    x = node("Conv", [x, f32("c2.w", d, 1, 3, 3), f32("c2.b", d)], "c2", strides=[2, 2], pads=[1, 1, 1, 1],
+             group=d, kernel_shape=[3, 3])
+    x = node("Relu", [x], "r2")
+    se = node("ReduceMean", [x], "se_mean", axes=[2, 3], keepdims=1)
+    se = node("Conv", [se, f32("se.w", d, d, 1, 1), f32("se.b", d)], "se_fc", kernel_shape=[1, 1])
+    se = node("Sigmoid", [se], "se_sig")
+    x = node("Mul", [x, se], "se_out")
+    x = node("Conv", [x, f32("c3.w", d, d, 3, 3), f32("c3.b", d)], "c3", strides=[2, 1], auto_pad="SAME_UPPER",
+             kernel_shape=[3, 3])  # [B, d, 6, W/4]
+    x = node("AveragePool", [x], "ap", kernel_shape=[6, 2], strides=[6, 2], pads=[0, 0, 0, 0])  # [B, d, 1, W/8]
+    shape = node("Shape", [x], "shape")
+    head = node("Slice", [shape, const("s0", np.array([0])), const("s2", np.array([2])),
+                          const("sax", np.array([0]))], "shape_head")
+    flat = node("Concat", [head, const("minus1", np.array([-1]))], "flat_shape", axis=0)
+    x = node("Reshape", [x, flat], "flat")  # [B, d, W/8]
+    x = node("Transpose", [x], "seq", perm=[0, 2, 1])  # [B, N, d]
+    mean = node("ReduceMean", [x], "ln_mean", axes=[-1])
+    cen = node("Sub", [x, mean], "ln_c")
+    var = node("ReduceMean", [node("Pow", [cen, const("two", np.float32(2.0))], "ln_sq")], "ln_var", axes=[-1])
+    std = node("Sqrt", [node("Add", [var, const("eps", np.float32(1e-5))], "ln_ve")], "ln_std")
+    ln = node("Add", [node("Mul", [node("Div", [cen, std], "ln_n"), f32("ln.g", d)], "ln_g"), f32("ln.b", d)], "ln")
+    q = node("MatMul", [ln, f32("q.w", d, d)], "q")
+    k = node("Transpose", [node("MatMul", [ln, f32("k.w", d, d)], "k0")], "k", perm=[0, 2, 1])
+    att = node("Softmax", [node("MatMul", [q, k], "qk")], "att", axis=2)
+    x = node("Add", [x, node("MatMul", [att, ln], "av")], "res")
+    g = node("Erf", [node("Div", [x, const("sqrt2", np.float32(np.sqrt(2.0)))], "g_div")], "g_erf")
+    g = node("Mul", [node("Mul", [x, node("Add", [g, const("one", np.float32(1.0))], "g_1")], "g_x"),
+                     const("half", np.float32(0.5))], "gelu")
+    feats = node("Identity", [g], "features")
+    logits = node("Add", [node("MatMul", [feats, f32("fc.w", d, len(CHARS) + 1, scale=1.0)], "fc"),
+                          f32("fc.b", len(CHARS) + 1)], "logits")
+    node("Softmax", [logits], "probs", axis=2)
+    graph = helper.make_graph(nodes, "tiny_ppocr",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 3, 48, "W"])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 7
+    helper.set_model_props(model, {"character": "\n".join(CHARS[:3] + CHARS[4:])})  # space is appended
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def tiny_onnx(tmp_path):
+    return _tiny_ppocr_onnx(tmp_path / "tiny.onnx")
+
+
+def _ort(path, x):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("width", [40, 96, 333])
+def test_executor_matches_onnxruntime(tiny_onnx, width):
+    spec, inits, _ = spec_from_onnx(tiny_onnx)
+    graph = OnnxGraph(spec, inits).eval()
+    x = np.random.default_rng(width).uniform(-1, 1, (2, 3, 48, width)).astype(np.float32)
+    ref = _ort(tiny_onnx, x)
+    with torch.no_grad():
+        out = graph(torch.from_numpy(x)).numpy()
+    assert out.shape == ref.shape
+    assert np.abs(out - ref).max() < 1e-3
+
+
+def test_gradients_reach_every_parameter(tiny_onnx):
+    spec, inits, _ = spec_from_onnx(tiny_onnx)
+    graph = OnnxGraph(spec, inits)
+    assert "bn_m" not in graph.params and "bn_s" in graph.params  # BN statistics are buffers, scale trainable
+    graph(torch.rand(2, 3, 48, 64)).log().sum().backward()
+    missing = [k for k, p in graph.params.items() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing and len(graph.params) > 10
+
+
+def test_unknown_op_is_a_config_error(tiny_onnx):
+    spec, inits, _ = spec_from_onnx(tiny_onnx)
+    spec["nodes"][0] = {**spec["nodes"][0], "op": "FancyConv"}
+    with pytest.raises(ConfigError, match="FancyConv"):
+        OnnxGraph(spec, inits)
+
+
+def test_prune_keeps_only_what_the_output_needs(tiny_onnx):
+    spec, inits, _ = spec_from_onnx(tiny_onnx)
+    trunk = prune_spec(spec, ["features"])
+    outputs = {n["outputs"][0] for n in trunk["nodes"]}
+    assert "features" in outputs and outputs.isdisjoint({"fc", "logits", "probs"})
+    assert len(trunk["nodes"]) == len(spec["nodes"]) - 3
+    with pytest.raises(ConfigError, match="no tensor"):
+        prune_spec(spec, ["nope"])
+
+
+def _tokenizer():
+    return CharTokenizer(list("abcxyz Q"))  # Q is unknown to the tiny PP-OCR table
+
+
+def test_import_maps_the_ctc_head_and_reads_like_the_onnx_model(tiny_onnx):
+    tok = _tokenizer()
+    encoder, head, info = import_ppocr(tiny_onnx, tok)
+    assert info["kept"] == 1 + 7 and info["new"] == ["Q"]  # blank + a b c x y z + space
+    encoder.eval()
+    width = 120
+    ink = torch.rand(1, 1, 48, width)
+    x = (1.0 - 2.0 * ink).expand(-1, 3, -1, -1).numpy()  # the network's own normalisation: paper white = 1
+    probs = _ort(tiny_onnx, x)[0]  # [N, 8]: blank, a, b, c, x, y, z, ' '
+    with torch.no_grad():
+        tokens, mask = encoder(ink, torch.ones(1, width, dtype=torch.bool))
+        logits = head(tokens)[0]
+    assert mask.all() and tokens.shape[1] == width // 8 == probs.shape[0]
+    classes = ["<blank>"] + list("abcxyz") + [" "]
+    ours = logits.log_softmax(-1)
+    for ch, src in (("a", 1), ("z", 6), (" ", 7)):
+        tid = tok.encode(ch)[0]
+        # same ranking of the classes PP-OCR knows: our log-probs differ from its by one constant per frame
+        diff = ours[:, tid] - torch.from_numpy(np.log(probs[:, src]))
+        assert classes[src] == ch and torch.allclose(diff, diff[0].expand_as(diff), atol=1e-3)
+    assert (ours[:, tok.encode("Q")[0]] < ours[:, 0] - 3).all()  # new characters start silent
+
+
+def test_padding_never_changes_an_items_tokens(tiny_onnx):
+    encoder = import_ppocr(tiny_onnx)[0].eval()
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(1, 1, 48, 64, generator=g), torch.rand(1, 1, 48, 200, generator=g)
+    with torch.no_grad():
+        alone, mask_alone = encoder(a, torch.ones(1, 64, dtype=torch.bool))
+        images = torch.zeros(2, 1, 48, 208)
+        images[0, :, :, :64], images[1, :, :, :200] = a[0], b[0]
+        mask = torch.zeros(2, 208, dtype=torch.bool)
+        mask[0, :64], mask[1, :200] = True, True
+        images[0, :, :, 64:] = 0.7  # garbage in the padding must not leak in either
+        both, mask_both = encoder(images, mask)
+    assert mask_both[0].sum() == 8 and mask_both[1].sum() == 25
+    assert torch.allclose(both[0, :8], alone[0], atol=1e-5)
+    assert (both[0, 8:] == 0).all()
+
+
+def test_save_load_round_trip_needs_no_onnx_file(tiny_onnx, tmp_path):
+    tok = _tokenizer()
+    encoder, head, _ = import_ppocr(tiny_onnx, tok)
+    save_encoder(tmp_path / "enc", encoder, head)
+    tiny_onnx.unlink()  # the directory describes itself
+    loaded, loaded_head = load_encoder(tmp_path / "enc", 48)
+    x, m = torch.rand(2, 1, 48, 80), torch.ones(2, 80, dtype=torch.bool)
+    with torch.no_grad():
+        assert torch.equal(encoder.eval()(x, m)[0], loaded.eval()(x, m)[0])
+        assert torch.equal(head(encoder(x, m)[0]), loaded_head(loaded(x, m)[0]))
+    assert loaded.image["height"] == 48 and loaded.image["channels"] == 3
+    with pytest.raises(ConfigError, match="data.image.height=48"):
+        load_encoder(tmp_path / "enc", 32)
+
+
+def test_encoder_dir_reads_with_evaluate_and_recognize(tiny_onnx, tmp_path):
+    from PIL import Image
+
+    from bridgeocr.api import BridgeOCR
+
+    tok = _tokenizer()
+    encoder, head, _ = import_ppocr(tiny_onnx, tok)
+    save_encoder(tmp_path / "enc", encoder, head)
+    tok.save(tmp_path / "enc" / "tokenizer.json")
+    ocr = BridgeOCR.from_pretrained(tmp_path / "enc")
+    assert ocr.image_cfg.height == 48
+    out = ocr.recognize([Image.new("L", (90, 30), 255), Image.new("L", (40, 30), 255)])
+    assert len(out) == 2 and all(isinstance(r.text, str) for r in out)
+    with pytest.raises(ConfigError, match="CTC head only"):
+        ocr.recognize(Image.new("L", (90, 30), 255), decoding="gpt")
+
+
+def _real_onnx():
+    try:
+        return rapidocr_onnx_path()
+    except ConfigError as exc:
+        pytest.skip(f"rapidocr wheel not installed: {exc}")
+
+
+@pytest.mark.parametrize("width", [64, 320, 1200])
+def test_real_ppocrv6_matches_onnxruntime(width):
+    path = _real_onnx()
+    spec, inits, _ = spec_from_onnx(path)
+    graph = OnnxGraph(spec, inits).eval()
+    x = np.random.default_rng(width).uniform(-1, 1, (1, 3, 48, width)).astype(np.float32)
+    with torch.no_grad():
+        out = graph(torch.from_numpy(x)).numpy()
+    assert np.abs(out - _ort(path, x)).max() < 1e-3
+
+
+def test_real_ppocrv6_encoder_gradients_and_padding():
+    path = _real_onnx()
+    encoder = import_ppocr(path)[0]
+    x = torch.rand(2, 1, 48, 96)
+    mask = torch.ones(2, 96, dtype=torch.bool)
+    mask[1, 40:] = False
+    tokens, tmask = encoder(x, mask)
+    assert tokens.shape == (2, 12, 120) and tmask.sum(1).tolist() == [12, 5]
+    (tokens * tmask[..., None]).sum().backward()
+    assert all(p.grad is not None for p in encoder.parameters())
+    with torch.no_grad():
+        alone = encoder.eval()(x[1:, :, :, :40], mask[1:, :40])[0]
+        assert torch.allclose(encoder(x, mask)[0][1, :5], alone[0], atol=1e-4)
