@@ -2,6 +2,8 @@
 the CTC head mapped onto our vocabulary; on a tiny PP-OCR-shaped graph built here and, when the rapidocr
 wheel is installed, on the real PP-OCRv6 recogniser."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -241,3 +243,62 @@ def test_real_ppocrv6_encoder_gradients_and_padding():
     with torch.no_grad():
         alone = encoder.eval()(x[1:, :, :, :40], mask[1:, :40])[0]
         assert torch.allclose(encoder(x, mask)[0][1, :5], alone[0], atol=1e-4)
+
+
+def test_import_finetune_and_train_an_ocr_model_on_it(tiny_onnx, tmp_path, capsys):
+    """`encoder import` -> `encoder train --init` (augmented, at the encoder's own 48 px) -> `train` with it
+    -> `evaluate` of the OCR model and of the encoder directory alone."""
+    from bridgeocr.cli import main
+    from conftest import BOX_WORDS, make_box_dataset
+
+    src = make_box_dataset(tmp_path / "data", n=12)
+    tok = CharTokenizer(sorted(set("".join(BOX_WORDS)) | {" "}))
+    tok.save(tmp_path / "tok.json")
+    enc = tmp_path / "enc"
+    assert main(["encoder", "import", "--onnx", str(tiny_onnx), "--tokenizer", str(tmp_path / "tok.json"),
+                 "--out", str(enc)]) == 0
+    assert main(["evaluate", "--checkpoint", str(enc), "--data", str(src), "--split", "test"]) == 0
+    ft = tmp_path / "ft"
+    assert main(["encoder", "train", "--init", str(enc), "--augment", "print", "--data", str(src),
+                 "--out", str(ft), "--steps", "2", "--batch-size", "4", "--lr", "1e-3"]) == 0
+    out = capsys.readouterr().out
+    assert "data.image.height=48 (was 32)" in out
+    card = json.loads((ft / "encoder_card.json").read_text())
+    assert card["image"]["height"] == 48 and card["init"] == str(enc)
+    cfg = tmp_path / "ocr.yaml"
+    cfg.write_text(f"""
+data: {{source: {src}}}
+model:
+  encoder: {{pretrained: {ft}}}
+  connector: {{kind: ctc_collapse}}
+  ctc_head: true
+  decoder: {{n_layer: 1, n_embd: 32, n_head: 2, n_positions: 96}}
+  max_text_tokens: 20
+tokenizer: {{path: {ft / "tokenizer.json"}}}
+optim: {{batch_size: 4, max_steps: 2, warmup_steps: 1}}
+train: {{name: pp, out_dir: {tmp_path / "runs"}, accelerator: cpu}}
+""")
+    assert main(["train", "--config", str(cfg)]) == 0
+    best = tmp_path / "runs" / "pp" / "best"
+    meta = json.loads((best / "config.json").read_text())
+    assert meta["image_height"] == 48 and meta["encoder"]["kind"] == "ppocr"
+    assert meta["encoder"]["image"]["channels"] == 3  # the checkpoint knows how to preprocess its input
+    assert main(["evaluate", "--checkpoint", str(best), "--data", str(src), "--split", "test", "--ctc"]) == 0
+
+
+def test_ocr_model_with_kind_ppocr_maps_the_head_and_round_trips(tiny_onnx, tmp_path):
+    from bridgeocr.config import ConnectorConfig, DecoderConfig, EncoderConfig, ModelConfig
+    from bridgeocr.models.ocr import OCRModel
+
+    tok = _tokenizer()
+    cfg = ModelConfig(encoder=EncoderConfig(kind="ppocr", onnx=str(tiny_onnx)), ctc_head=True,
+                      connector=ConnectorConfig(kind="ctc_collapse"),
+                      decoder=DecoderConfig(n_layer=1, n_embd=16, n_head=2, n_positions=64))
+    model = OCRModel(cfg, tok.vocab_size, image_height=48, tokenizer=tok).eval()
+    assert model.cfg.ctc_upsample == 1 and model.encoder.d_out == 8
+    model.save_pretrained(tmp_path / "m")
+    again = OCRModel.from_pretrained(tmp_path / "m").eval()
+    x, m = torch.rand(1, 1, 48, 64), torch.ones(1, 64, dtype=torch.bool)
+    assert [h.text for h in model.read(x, m, decoding="ctc")] == [h.text for h in again.read(x, m, decoding="ctc")]
+    with pytest.raises(ConfigError, match="data.image.height=48"):
+        OCRModel(cfg, tok.vocab_size, image_height=32, tokenizer=tok)

@@ -22,7 +22,14 @@ from bridgeocr.models.connectors import build_connector
 from bridgeocr.models.ctc import CTCHead
 from bridgeocr.models.decoder import GPT, apply_freeze
 from bridgeocr.models.decoding import Hypothesis, generate
-from bridgeocr.models.encoder import LineEncoder, encoder_from_meta, encoder_meta, load_encoder
+from bridgeocr.models.encoder import (
+    LineEncoder,
+    check_image_height,
+    encoder_from_meta,
+    encoder_meta,
+    load_encoder,
+)
+from bridgeocr.models.ppocr import import_ppocr
 
 OCR_FORMAT = "bridgeocr-ocr"
 OCR_FORMAT_VERSION = 1
@@ -65,6 +72,11 @@ class OCRModel(nn.Module):
                     if head.vocab_size != vocab_size:
                         raise ConfigError(f"{cfg.encoder.pretrained}: CTC head has {head.vocab_size} classes, "
                                           f"the tokenizer {vocab_size} (pretrain the encoder with this tokenizer)")
+                    ctc_head = head
+            elif cfg.encoder.kind == "ppocr":  # PP-OCR's recogniser, its classifier mapped onto the tokenizer
+                encoder, head, _ = import_ppocr(cfg.encoder.onnx, tokenizer, cfg.encoder)
+                check_image_height(encoder, image_height, "model.encoder.kind=ppocr")
+                if cfg.ctc_head and ctc_head is None:
                     ctc_head = head
             else:
                 encoder = LineEncoder(cfg.encoder, image_height)

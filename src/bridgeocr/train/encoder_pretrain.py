@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from bridgeocr.config import ExperimentConfig, load_config
 from bridgeocr.data.augment import Augmenter
 from bridgeocr.errors import BridgeOCRError
-from bridgeocr.models.encoder import encoder_image, is_encoder_dir
+from bridgeocr.models.encoder import is_encoder_dir
 from bridgeocr.models.ppocr import import_ppocr
 from bridgeocr.shipped import resolve_pretrained
 from bridgeocr.train.checkpoint import atomic_dir, load_optimizer, read_json, save_optimizer, write_json
@@ -72,7 +72,7 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
     from bridgeocr.data.sources import open_source
     from bridgeocr.models.ctc import CTCHead
     from bridgeocr.models.encoder import build_encoder, load_encoder, save_encoder
-    from bridgeocr.train.run import build_tokenizer
+    from bridgeocr.train.run import adopt_encoder_image, build_tokenizer
 
     out = Path(out)
     torch.manual_seed(seed)
@@ -235,18 +235,6 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
     print(f"encoder: step {step}, best val CER {full['cer']:.4f} WER {full['wer']:.4f} on {full['lines']} lines, "
           f"{elapsed / 60:.1f} min (stopped by {stopped}); saved {out}", flush=True)
     return card
-
-
-def adopt_encoder_image(cfg: ExperimentConfig) -> None:
-    """An encoder that brings its image settings (PP-OCR: 48 px lines) sets `cfg.data.image` to them."""
-    image = encoder_image(cfg.model.encoder)
-    if not image:
-        return
-    for key in ("height", "max_width", "width_multiple"):
-        if key in image and getattr(cfg.data.image, key) != image[key]:
-            print(f"the encoder reads data.image.{key}={image[key]} (was {getattr(cfg.data.image, key)})",
-                  flush=True)
-            setattr(cfg.data.image, key, int(image[key]))
 
 
 def train_encoder_cli(data, val_data, out, config, overrides, steps, minutes, batch_size, lr, seed, resume,

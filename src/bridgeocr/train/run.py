@@ -20,6 +20,7 @@ from bridgeocr.config import ExperimentConfig, load_config, save_config
 from bridgeocr.errors import BridgeOCRError, ConfigError
 from bridgeocr.eval.evaluate import TRAINING_META, evaluate_model, print_worst, summary, write_predictions
 from bridgeocr.eval.metrics import print_seed_metrics
+from bridgeocr.models.encoder import encoder_image
 from bridgeocr.train.checkpoint import atomic_dir, read_json, write_json
 
 __all__ = ["train", "train_cli", "build_tokenizer", "build_model", "load_teacher", "shard"]
@@ -51,6 +52,18 @@ def build_tokenizer(cfg: ExperimentConfig, train_texts: list[str]):
     if cfg.tokenizer.kind == "bpe":
         return BPETokenizer.train(train_texts, vocab_size=2000)
     raise ConfigError(f"tokenizer.kind: expected char or bpe, got {cfg.tokenizer.kind!r}")
+
+
+def adopt_encoder_image(cfg: ExperimentConfig) -> None:
+    """An encoder that brings its image settings (PP-OCR: 48 px lines) sets `cfg.data.image` to them."""
+    image = encoder_image(cfg.model.encoder)
+    if not image:
+        return
+    for key in ("height", "max_width", "width_multiple"):
+        if key in image and getattr(cfg.data.image, key) != image[key]:
+            print(f"the encoder reads data.image.{key}={image[key]} (was {getattr(cfg.data.image, key)})",
+                  flush=True)
+            setattr(cfg.data.image, key, int(image[key]))
 
 
 def build_model(cfg: ExperimentConfig, tokenizer):
@@ -301,6 +314,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=N
     from bridgeocr.train.module import OCRLightningModule, parse_freeze_schedule
 
     t_start = time.time()
+    adopt_encoder_image(cfg)
     oc, tc = cfg.optim, cfg.train
     if oc.max_steps < 1:
         raise ConfigError(f"optim.max_steps: must be >= 1, got {oc.max_steps}")
