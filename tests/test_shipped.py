@@ -40,3 +40,20 @@ def test_fp16_export_round_trip(tmp_path):
     ids = torch.tensor([[1, 5, 6, 2]])
     batch = Batch(images[:1], mask[:1], ids, torch.ones_like(ids, dtype=torch.bool))
     assert torch.allclose(model(batch).logits, loaded(batch).logits, atol=5e-2)
+
+
+def test_shipped_encoder_reads_a_printed_line_out_of_the_box():
+    """shipped:encoder_ctc (PP-OCR based) reads a clean line with its CTC head alone, at its own 48 px."""
+    from matplotlib import font_manager
+    from PIL import Image, ImageDraw, ImageFont
+
+    from bridgeocr.api import BridgeOCR
+    from bridgeocr.eval.metrics import cer
+
+    text = "The quick brown fox jumps over the lazy dog, 1897."
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Serif"), 28)
+    img = Image.new("L", (760, 48), 255)
+    ImageDraw.Draw(img).text((8, 6), text, font=font, fill=20)
+    ocr = BridgeOCR.from_pretrained("shipped:encoder_ctc")
+    assert ocr.image_cfg.height == 48
+    assert cer([text], [ocr.recognize(img, decoding="ctc").text]) < 0.1

@@ -151,7 +151,7 @@ def run_demo(minutes: float = 20.0, out: str | Path = "runs/demo", corpus: list[
     deadline = t_start + minutes * 60
     data = make_data(plan)
 
-    plan.encoder = _shipped("encoder_ctc") if encoder == "shipped" else encoder
+    plan.encoder = _shipped("encoder_vit") if encoder == "shipped" else encoder
     plan.lm = _shipped("gpt_lm") if lm == "shipped" else lm
     _say(plan, f"encoder: {plan.encoder or 'trained from scratch here (with a CTC loss)'}; "
                f"decoder: {plan.lm or 'an LM pretrained here'}")
