@@ -40,11 +40,22 @@ $B encoder train --data $S/synth_gutenberg $S/synth_gutenberg2 $H --val-data $S/
     tokenizer.path=$S/char_tokenizer.json data.image.height=32 data.image.max_width=1024 \
     model.encoder.pretrained=$S/encoder_ctc
 
-# 4. one manifest over both (synthetic and Hooker lines interleaved), then the full OCR model (the shipped
-#    one was trained before 1b and 3b existed: from the first encoder run and the plain LM)
-.venv/bin/python scripts/mixed_manifest.py $S/synth_gutenberg $H $S/mixed
-$B train --config configs/ocr_default.yaml --resume model.encoder.pretrained=$S/encoder_ctc \
-    model.decoder.pretrained=$S/gpt_lm_plain
+# (steps 1-3b made the small ViT that ships as shipped:encoder_vit, the demo's and the CPU study's encoder)
 
-# 5. float16 copies into the package, with model cards
+# 4. the PP-OCR-based encoder (shipped:encoder_ctc): PP-OCRv6's recogniser from the rapidocr wheel, fine-tuned
+#    on 48 px synthetic lines (print + handwriting fonts), Hooker train and the EHRI typewritten train pages
+#    (twice: they are few), augmented as scans (blur, noise, contrast, JPEG, rotation/shear, ink width,
+#    elastic), selected on Hooker val. Zero-shot, before training: `bridgeocr encoder import --out DIR`.
+[ -f $S/ehri_lines/manifest.tsv ] || .venv/bin/python scripts/alto_lines.py ../shared/data/ehri_alto/pages \
+    --out $S/ehri_lines
+[ -f $S/synth48/settings.json ] || $B data synth --corpus $G/train.txt --out $S/synth48 --n 12000 --seed 11 \
+    --val-fraction 0.03 --test-fraction 0 --height 48
+$B encoder train --init ppocr --augment handwriting --data $S/synth48 $H $S/ehri_lines $S/ehri_lines \
+    --val-data $H --out $S/encoder_ppocr --steps 4000 --minutes 75 --batch-size 16 --lr 3e-4 --resume
+
+# 5. one manifest over the three (interleaved), then the full OCR model on the frozen PP-OCR-based encoder
+.venv/bin/python scripts/mixed_manifest.py $S/synth48 $H $S/ehri_lines $S/mixed48
+$B train --config configs/ocr_default.yaml --resume
+
+# 6. float16 copies into the package, with model cards
 .venv/bin/python scripts/ship.py

@@ -1,6 +1,6 @@
 """Copy the trained parts from runs/shipped/ into the package as float16, with their model cards.
 
-usage: python scripts/ship.py [gpt_lm] [encoder_ctc] [ocr_default]   (default: all that exist)
+usage: python scripts/ship.py [gpt_lm] [encoder_vit] [encoder_ctc] [ocr_default]   (default: all that exist)
 The numbers in each card come from the run's own card JSON; the text below says how it was made
 (scripts/make_shipped.sh has the commands in order).
 """
@@ -37,10 +37,11 @@ Its config carries `bridgeocr_prefix_positions: true`: visual token i gets posit
   It is not yet a lossless copier; 14 more minutes of prefix reading lowered its reading loss but not the
   demo's CER (docs/reading.md).
 """),
-    "encoder_ctc": (RUNS / "encoder_ctc2", "encoder_ctc: the shipped CTC-pretrained line encoder", f"""
+    "encoder_vit": (RUNS / "encoder_ctc2", "encoder_vit: the small CTC-pretrained ViT line encoder (the demo's; "
+                    "shipped:encoder_ctc before PP-OCR)", f"""
 The line encoder (conv stem + ViT, 4 blocks of width 192, rectangular 32 x 8 px patches on 32 px lines, 3
 CTC frames per token) with its CTC head, trained with CTC so that it reads before it meets a GPT.
-`model.encoder.pretrained=shipped:encoder_ctc` loads it (and its head with `model.ctc_head=true`).
+`model.encoder.pretrained=shipped:encoder_vit` loads it (and its head with `model.ctc_head=true`).
 
 - Data: 22,080 + 12,000 synthetic lines (`bridgeocr data synth` on Gutenberg text, seeds 7 and 8, 97 fonts
   of which 19 handwriting-style) + 5,248 lines of Joseph Hooker's letters (Hooker HTR train split,

@@ -119,6 +119,12 @@ def test_gradients_reach_every_parameter(tiny_onnx):
     assert not missing and len(graph.params) > 10
 
 
+def test_erf_gelu_is_fused_into_one_node(tiny_onnx):
+    spec, _, _ = spec_from_onnx(tiny_onnx)
+    ops = [n["op"] for n in spec["nodes"]]
+    assert ops.count("Gelu") == 1 and "Erf" not in ops  # parity above covers its numbers
+
+
 def test_unknown_op_is_a_config_error(tiny_onnx):
     spec, inits, _ = spec_from_onnx(tiny_onnx)
     spec["nodes"][0] = {**spec["nodes"][0], "op": "FancyConv"}
@@ -131,7 +137,7 @@ def test_prune_keeps_only_what_the_output_needs(tiny_onnx):
     trunk = prune_spec(spec, ["features"])
     outputs = {n["outputs"][0] for n in trunk["nodes"]}
     assert "features" in outputs and outputs.isdisjoint({"fc", "logits", "probs"})
-    assert len(trunk["nodes"]) == len(spec["nodes"]) - 3
+    assert len(trunk["nodes"]) == len(spec["nodes"]) - 3  # MatMul, Add, Softmax
     with pytest.raises(ConfigError, match="no tensor"):
         prune_spec(spec, ["nope"])
 

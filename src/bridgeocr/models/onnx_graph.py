@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from bridgeocr.errors import ConfigError
 
-__all__ = ["OnnxGraph", "spec_from_onnx", "prune_spec", "OPS"]
+__all__ = ["OnnxGraph", "spec_from_onnx", "prune_spec", "fuse_gelu", "OPS"]
 
 # ------------------------------------------------------------------------------------------ reading ONNX
 
@@ -83,7 +83,66 @@ def spec_from_onnx(path: str | Path) -> tuple[dict, dict[str, np.ndarray], dict[
             "outputs": [o.name for o in graph.output], "nodes": nodes,
             "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=11)}
     meta = {p.key: p.value for p in model.metadata_props}
-    return spec, inits, meta
+    return fuse_gelu(spec, inits), inits, meta
+
+
+def _scalar(inits: dict, name: str) -> float | None:
+    a = inits.get(name)
+    return float(a) if a is not None and np.size(a) == 1 and np.issubdtype(np.asarray(a).dtype, np.floating) else None
+
+
+def fuse_gelu(spec: dict, inits: dict[str, np.ndarray]) -> dict:
+    """Exporters spell GELU as `x * (erf(x / sqrt 2) + 1) * 0.5` (five nodes, five passes over the tensor);
+    one `Gelu` node (ONNX opset 20's op) computes the same with one torch kernel: on PP-OCRv6 that is ~a
+    quarter of the CPU time. Only matches whose intermediate tensors nothing else reads are fused."""
+    nodes = spec["nodes"]
+    uses: dict[str, int] = {}
+    for n in nodes:
+        for i in n["inputs"]:
+            uses[i] = uses.get(i, 0) + 1
+    for o in spec["outputs"]:
+        uses[o] = uses.get(o, 0) + 1
+    by_input: dict[str, list[int]] = {}
+    for k, n in enumerate(nodes):
+        for i in n["inputs"]:
+            by_input.setdefault(i, []).append(k)
+
+    def only_consumer(name: str, op: str):
+        ks = by_input.get(name, [])
+        return nodes[ks[0]] if uses.get(name) == 1 and len(ks) == 1 and nodes[ks[0]]["op"] == op else None
+
+    def other(node, name):
+        a, b = node["inputs"]
+        return b if a == name else a
+
+    drop, replace = set(), {}
+    for k, div in enumerate(nodes):
+        if div["op"] != "Div" or abs((_scalar(inits, div["inputs"][1]) or 0) - math.sqrt(2)) > 1e-4:
+            continue
+        x = div["inputs"][0]
+        erf = only_consumer(div["outputs"][0], "Erf")
+        add = erf and only_consumer(erf["outputs"][0], "Add")
+        if not add or abs((_scalar(inits, other(add, erf["outputs"][0])) or 0) - 1.0) > 1e-6:
+            continue
+        mul = only_consumer(add["outputs"][0], "Mul")
+        if not mul or other(mul, add["outputs"][0]) != x:
+            continue
+        half = only_consumer(mul["outputs"][0], "Mul")
+        if not half or abs((_scalar(inits, other(half, mul["outputs"][0])) or 0) - 0.5) > 1e-6:
+            continue
+        group = [div, erf, add, mul, half]
+        drop.update(id(n) for n in group)
+        replace[id(div)] = {"op": "Gelu", "inputs": [x], "outputs": half["outputs"], "attrs": {},
+                            "name": f"fused_gelu_{k}"}
+    if not replace:
+        return spec
+    out = []
+    for n in nodes:
+        if id(n) in replace:
+            out.append(replace[id(n)])
+        elif id(n) not in drop:
+            out.append(n)
+    return {**spec, "nodes": out}
 
 
 def prune_spec(spec: dict, outputs: Sequence[str]) -> dict:
@@ -272,6 +331,7 @@ OPS: dict[str, Callable] = {
     "Erf": lambda x, **_: torch.erf(x),
     "Exp": lambda x, **_: torch.exp(x),
     "Tanh": lambda x, **_: torch.tanh(x),
+    "Gelu": lambda x, **a: F.gelu(x, approximate="tanh" if a.get("approximate") == "tanh" else "none"),
     "Relu": lambda x, **_: F.relu(x),
     "Sigmoid": lambda x, **_: torch.sigmoid(x),
     "HardSigmoid": lambda x, **a: torch.clamp(a.get("alpha", 0.2) * x + a.get("beta", 0.5), 0.0, 1.0),
