@@ -55,6 +55,27 @@ CTC frames per token) with its CTC head, trained with CTC so that it reads befor
   seed-8 lines added; the numbers below are this second run's (its `time_s` counts it alone).
 - `val_cer_ctc_greedy` below: CER of greedy CTC decoding (no language model) on all 960 validation lines.
 """),
+    "encoder_ctc": (RUNS / "encoder_ppocr", "encoder_ctc: PP-OCRv6's recogniser as a bridgeocr encoder, fine-tuned",
+                    f"""
+PP-OCRv6_rec_small (PaddleOCR; PPLCNetV4 backbone + SVTR neck, 3.0 M parameters without its classifier) as a
+trainable bridgeocr encoder (`models/ppocr.py`, `docs/encoders.md`): its 120-d neck features are the visual
+tokens (one per 8 px of a 48 px line), its CTC classifier mapped onto the shipped GPT's characters is the CTC
+head, fine-tuned with CTC by bridgeocr. `model.encoder.pretrained=shipped:encoder_ctc` loads it (and its head
+with `model.ctc_head=true`); lines are read 48 px high (its config.json says so; training and reading follow).
+
+- Provenance and licence: the weights come from `rapidocr/models/PP-OCRv6_rec_small.onnx` in the
+  `rapidocr==3.10.0` wheel (PyPI; RapidAI, Apache-2.0; the wheel's `MODEL_LICENSES.md` covers the model
+  files: PaddleOCR's PP-OCR models, Apache-2.0), read with `bridgeocr encoder import`. Nothing is downloaded.
+- Data: 11,640 synthetic 48 px lines (`bridgeocr data synth`, Gutenberg train text, seed 11, 97 fonts of which
+  19 handwriting-style), 5,248 Hooker train lines (CC-BY-SA 4.0, Schaefer & Litvine 2023) and 1,105 EHRI
+  typewritten lines from 34 train pages (CC-BY 4.0, cut from their ALTO by `scripts/alto_lines.py`, listed
+  twice), augmented as scans (`--augment handwriting`); selection on Hooker val (320 lines per check).
+- Hardware: {HARDWARE}.
+- Command: step 4 of `scripts/make_shipped.sh` (`bridgeocr encoder train --init ppocr ...`), AdamW, peak LR
+  3e-4, batches of 16; stopped by hand (the session's time) at the step below.
+- `val_cer_ctc_greedy` below: greedy CTC on all 1,036 Hooker val lines. Before and after, on every set:
+  `docs/benchmarks.md`, "PP-OCR encoder".
+"""),
     "ocr_default": (RUNS / "ocr_default" / "best", "ocr_default: the shipped OCR model", f"""
 The shipped encoder and GPT joined by bridgeocr's `ctc_collapse` connector (the encoder's CTC reading, one
 GPT embedding per character, `docs/reading.md`), fine-tuned end to end with CE + CTC (0.5): what

@@ -43,3 +43,28 @@ def test_encoder_train_saves_and_resumes(tmp_path, make_line_png, capsys):
     assert "resuming from" in capsys.readouterr().out
     card = json.loads((out / "encoder_card.json").read_text())
     assert card["steps"] == 5 and card["lines_seen_this_run"] == 2 * 4  # only the 2 missing steps ran
+
+
+def test_ctrl_c_ends_encoder_training_with_a_card(tmp_path, make_line_png, monkeypatch):
+    """A KeyboardInterrupt mid-run is a clean stop: evaluation, last/ and the card are still written."""
+    from bridgeocr.data.preprocess import LineDataset
+
+    data = _tiny_manifest(tmp_path / "data", make_line_png)
+    out = tmp_path / "enc"
+    calls = {"n": 0}
+    original = LineDataset.__getitem__
+
+    def flaky(self, idx):
+        calls["n"] += 1
+        if self.augment is None and calls["n"] == 12 and self.source and len(self.source) == 9:  # train split
+            raise KeyboardInterrupt
+        return original(self, idx)
+
+    monkeypatch.setattr(LineDataset, "__getitem__", flaky)
+    args = ["encoder", "train", "--data", str(data), "--out", str(out), "--batch-size", "4", "--steps", "50",
+            "data.image.height=16", "model.encoder.patch_height=16", "model.encoder.patch_width=4",
+            "model.encoder.dim=32", "model.encoder.depth=1", "model.encoder.heads=2"]
+    assert main(args) == 0
+    card = json.loads((out / "encoder_card.json").read_text())
+    assert card["stopped_by"] == "interrupted" and 0 < card["steps"] < 50
+    assert (out / "last" / "train_state.json").is_file()

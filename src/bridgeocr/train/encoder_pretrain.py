@@ -171,47 +171,51 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
     skipped_before = 0
     stopped, lines_seen = "steps", 0
     epoch = 0
-    while step < steps and stopped == "steps":
-        train_loader.batch_sampler.set_epoch(epoch)
-        train_loader.dataset.epoch = epoch
-        for batch in train_loader:
-            if step >= steps:
-                break
-            if deadline is not None and time.time() >= deadline:
-                stopped = "minutes"
-                break
-            if batch is None:
-                continue
-            batch = batch.to(device)
-            for g in optimizer.param_groups:
-                g["lr"] = lr * lr_factor(step, warmup, steps)
-            targets, lengths = ctc_targets(batch.input_ids, batch.attention_mask, drop)
-            if amp is not None:
-                with amp:
+    try:  # Ctrl-C ends the run like a budget does: final evaluation, last/ and the card are still written
+        while step < steps and stopped == "steps":
+            train_loader.batch_sampler.set_epoch(epoch)
+            train_loader.dataset.epoch = epoch
+            for batch in train_loader:
+                if step >= steps:
+                    break
+                if deadline is not None and time.time() >= deadline:
+                    stopped = "minutes"
+                    break
+                if batch is None:
+                    continue
+                batch = batch.to(device)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr * lr_factor(step, warmup, steps)
+                targets, lengths = ctc_targets(batch.input_ids, batch.attention_mask, drop)
+                if amp is not None:
+                    with amp:
+                        tokens, mask = encoder(batch.images, batch.image_mask)
+                        logits = head(tokens)
+                else:
                     tokens, mask = encoder(batch.images, batch.image_mask)
                     logits = head(tokens)
-            else:
-                tokens, mask = encoder(batch.images, batch.image_mask)
-                logits = head(tokens)
-            loss = ctc_loss(logits, head.frame_mask(mask), targets, lengths)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            step += 1
-            lines_seen += len(batch)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            skipped = train_loader.dataset.skipped
-            if skipped > skipped_before:
-                tqdm.write(f"skipped {skipped - skipped_before} bad sample(s): "
-                           f"{train_loader.dataset.skip_messages[-1]}")
-                skipped_before = skipped
-            if step % eval_every == 0:
-                elapsed = elapsed_before + time.time() - t0
-                evaluate_and_keep(elapsed)
-                save_last(elapsed)
-        epoch += 1
+                loss = ctc_loss(logits, head.frame_mask(mask), targets, lengths)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                step += 1
+                lines_seen += len(batch)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+                skipped = train_loader.dataset.skipped
+                if skipped > skipped_before:
+                    tqdm.write(f"skipped {skipped - skipped_before} bad sample(s): "
+                               f"{train_loader.dataset.skip_messages[-1]}")
+                    skipped_before = skipped
+                if step % eval_every == 0:
+                    elapsed = elapsed_before + time.time() - t0
+                    evaluate_and_keep(elapsed)
+                    save_last(elapsed)
+            epoch += 1
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+        tqdm.write(f"interrupted at step {step}: evaluating and saving")
     bar.close()
     elapsed = elapsed_before + time.time() - t0
     final = evaluate_and_keep(elapsed)
