@@ -6,13 +6,17 @@ Peers (none is a project dependency; see benchmarks/requirements-peers.txt):
   ours       a bridgeocr checkpoint (--checkpoint), read the way its config says (decoding: gpt | ctc | joint)
   trocr      a TrOCR-style encoder-decoder trained like one of our runs (--trocr DIR, made by
              benchmarks/trocr_baseline.py train), greedy decoding; runs here (project deps only)
+  kraken     Kraken's VGSL CTC recognizer trained with `ketos train` on the same data (--kraken DIR, made by
+             benchmarks/kraken_peer.py train), each line image read whole (no segmentation); runs in
+             `.venv-kraken` (benchmarks/kraken_env.sh), row "kraken (ketos, N min)"
 
 The script runs in the project's environment (it reads the data and scores with bridgeocr); a peer that is
 not importable here runs in the peers' environment (`--peer-python`, default `.venv-peers/bin/python`)
 as a worker subprocess of this same file. A peer that is available nowhere is skipped with a message.
 
   python benchmarks/peers.py --data runs/data/synth@test --data ../shared/data/hooker_htr@val --max-samples 200 \
-      [--checkpoint runs/train/x/best] [--trocr runs/baselines/trocr_x] [--out runs/peers]
+      [--checkpoint runs/train/x/best] [--trocr runs/baselines/trocr_x] [--kraken runs/baselines/kraken_x] \
+      [--out runs/peers]
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import time
 from pathlib import Path
 
 PEERS = ("tesseract", "rapidocr")
+DECODING_SUFFIXES = ("@gpt", "@ctc", "@joint")  # --checkpoint DIR@ctc reads DIR with that decoding
 TESSDATA_DIRS = ("/usr/share/tesseract-ocr/5/tessdata/", "/usr/share/tesseract-ocr/4.00/tessdata/",
                  "/usr/share/tessdata/")
 DEFAULT_PEER_PYTHON = Path(__file__).resolve().parents[1] / ".venv-peers" / "bin" / "python"
@@ -175,9 +180,11 @@ def _run_ours(checkpoint: str, data: str, split: str | None, max_samples: int | 
     from bridgeocr.eval.evaluate import evaluate_model, load_checkpoint
 
     torch.set_num_threads(threads)
+    checkpoint, _, decoding = checkpoint.rpartition("@") if checkpoint.endswith(DECODING_SUFFIXES) \
+        else (checkpoint, "", None)  # DIR@ctc: that checkpoint, read with one decoding
     model, image_cfg, _ = load_checkpoint(checkpoint)
     source = [s for s in list(open_source(data, split))[: max_samples or None] if s.text.strip()]
-    res = evaluate_model(model, source, image_cfg, batch_size=32, progress=False, decoding=None)
+    res = evaluate_model(model, source, image_cfg, batch_size=32, progress=False, decoding=decoding or None)
     return res["refs"], res["hyps"], res["seconds"], f"bridgeocr {res['decoding']} ({checkpoint})"
 
 
@@ -193,6 +200,27 @@ def _run_trocr(model_dir: str, data: str, split: str | None, max_samples: int | 
     res = evaluate_baseline(model, source, image_cfg, tok, batch_size=32,
                             max_new_tokens=int(card.get("max_new_tokens", 160)))
     return res["refs"], res["hyps"], res["seconds"], f"VisionEncoderDecoder greedy ({Path(model_dir).name})"
+
+
+def _kraken_peer():
+    """benchmarks/kraken_peer.py as a module (this file may be loaded from a path, so no plain import)."""
+    spec = importlib.util.spec_from_file_location("kraken_peer", Path(__file__).with_name("kraken_peer.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _kraken_label(model_dir: str) -> str:
+    """'kraken (ketos, N min)' from the training card: the budget is part of what the row means."""
+    card = Path(model_dir) / "card.json"
+    minutes = json.loads(card.read_text()).get("minutes") if card.is_file() else None
+    return f"kraken (ketos, {minutes:g} min)" if minutes is not None else "kraken (ketos)"
+
+
+def _run_kraken(model_dir: str, paths: list[str], tmp: Path, venv: str | None, threads: int):
+    """Reads the same image files as the peers, in the kraken environment (a worker of kraken_peer.py)."""
+    kp = _kraken_peer()
+    return kp.recognize(model_dir, paths, threads, venv or kp.DEFAULT_VENV, tmp=tmp)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -217,9 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-samples", type=int, default=200)
     p.add_argument("--peers", default=",".join(PEERS), help=f"comma list from {PEERS} (default all)")
     p.add_argument("--checkpoint", action="append", default=None,
-                   help="our model dir (or shipped:NAME), to score alongside; repeat for several")
+                   help="our model dir (or shipped:NAME, or an encoder dir), to score alongside; DIR@ctc|@gpt|@joint "
+                   "reads it with that decoding (default: its own); repeat for several")
     p.add_argument("--trocr", default=None, metavar="DIR",
                    help="a TrOCR-style baseline dir (benchmarks/trocr_baseline.py train), to score alongside")
+    p.add_argument("--kraken", default=None, metavar="DIR",
+                   help="a Kraken model dir (benchmarks/kraken_peer.py train), to score alongside")
+    p.add_argument("--kraken-venv", default=None, help="the kraken environment (default .venv-kraken)")
     p.add_argument("--peer-python", default=None, help="python of the peers' environment")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/peers")
@@ -240,11 +272,17 @@ def main(argv: list[str] | None = None) -> int:
             systems = [(peer, None) for peer in peers]
             if a.trocr:
                 systems.append(("trocr", a.trocr))
+            if a.kraken:
+                systems.append(("kraken", a.kraken))
             systems += [("ours", ckpt) for ckpt in a.checkpoint or []]
             for name, ckpt in systems:
+                system = _kraken_label(ckpt) if name == "kraken" else name
                 try:
                     if name == "trocr":
                         r, hyps, seconds, how = _run_trocr(ckpt, data, split, a.max_samples, a.threads)
+                    elif name == "kraken":
+                        hyps, seconds, how = _run_kraken(ckpt, paths, tmp, a.kraken_venv, a.threads)
+                        r = refs
                     elif ckpt:
                         r, hyps, seconds, how = _run_ours(ckpt, data, split, a.max_samples, a.threads)
                     else:
@@ -252,14 +290,14 @@ def main(argv: list[str] | None = None) -> int:
                         r = refs
                 except Exception as exc:  # a peer that fails must not lose the others
                     msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                    print(f"  {name}: skipped ({msg})", flush=True)
-                    rows.append({"set": label, "system": name, "skipped": msg})
+                    print(f"  {system}: skipped ({msg})", flush=True)
+                    rows.append({"set": label, "system": system, "skipped": msg})
                     continue
-                row = {"set": label, "system": name, "lines": len(r), "cer": cer(r, hyps), "wer": wer(r, hyps),
+                row = {"set": label, "system": system, "lines": len(r), "cer": cer(r, hyps), "wer": wer(r, hyps),
                        "seconds": seconds, "lines_per_s": len(r) / seconds if seconds > 0 else 0.0,
                        "engine": how, "threads": a.threads}
                 rows.append(row)
-                print(f"  {name}: CER {row['cer']:.4f}  WER {row['wer']:.4f}  {row['lines_per_s']:.1f} lines/s",
+                print(f"  {system}: CER {row['cer']:.4f}  WER {row['wer']:.4f}  {row['lines_per_s']:.1f} lines/s",
                       flush=True)
     table = format_table(rows)
     print(table, end="")

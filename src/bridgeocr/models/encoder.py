@@ -12,6 +12,7 @@ the CTC head when one was trained with it (encoder pretraining); `encoder.pretra
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from dataclasses import asdict, replace
@@ -196,8 +197,6 @@ class HFLineEncoder(nn.Module):
 
     def __init__(self, hf_model: nn.Module, image_height: int, mean=0.5, std=0.5, cfg: EncoderConfig | None = None,
                  line_height: int | None = None):
-        import inspect
-
         super().__init__()
         if getattr(hf_model, "pooler", None) is not None:  # a TrOCR's encoder half has one; we never use it
             hf_model.pooler = None
