@@ -57,5 +57,10 @@ $B encoder train --init ppocr --augment handwriting --data $S/synth48 $H $S/ehri
 .venv/bin/python scripts/mixed_manifest.py $S/synth48 $H $S/ehri_lines $S/mixed48
 $B train --config configs/ocr_default.yaml --resume
 
+# 5b. WiSE-FT: the average of the zero-shot and the fine-tuned encoder weights (keeps what PP-OCR read before)
+[ -d $S/encoder_zeroshot ] || $B encoder import --out $S/encoder_zeroshot
+.venv/bin/python scripts/interpolate_encoder.py $S/encoder_zeroshot $S/encoder_ppocr 0.5 $S/encoder_wise50 \
+    --into $S/ocr_default/best $S/ocr_default_wise50
+
 # 6. float16 copies into the package, with model cards
 .venv/bin/python scripts/ship.py
