@@ -124,7 +124,7 @@ def _add_encoder(sub):
     p.add_argument("--tokenizer", default="shipped:gpt_lm", metavar="PATH",
                    help="tokenizer whose characters the CTC head covers (default: the shipped GPT's)")
     p.add_argument("--out", required=True, help="output encoder directory")
-    p.set_defaults(target="bridgeocr.models.ppocr:import_ppocr_cli", keys=["onnx", "tokenizer", "out"])
+    p.set_defaults(target="bridgeocr.train.encoder_pretrain:import_ppocr_cli", keys=["onnx", "tokenizer", "out"])
 
     p = esub.add_parser("train", help="train the line encoder + CTC head; reports val CER of CTC decoding")
     p.add_argument("--data", nargs="+", required=True, metavar="SOURCE", help="line sources (train split used)")

@@ -394,10 +394,8 @@ def load_encoder(path, image_height: int | None = None) -> tuple[nn.Module, CTCH
         if HFLineEncoder.accepts(meta):
             return HFLineEncoder.from_hf(path, image_height or 32), None
         raise ConfigError(f"{path}: neither a bridgeocr encoder nor an HF ViT/DeiT/BEiT/DINOv2 (or TrOCR) directory")
-    if image_height is not None and meta["image_height"] != image_height:
-        raise ConfigError(f"{path}: the encoder reads lines {meta['image_height']} px high, the data are "
-                          f"{image_height} px: set data.image.height={meta['image_height']}")
     encoder = encoder_from_meta(meta)
+    check_image_height(encoder, image_height, path)
     tensors = load_file(str(path / "model.safetensors"))
     encoder.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")}, strict=True)
     head = None

@@ -116,11 +116,6 @@ class PPOCREncoder(nn.Module):
         mask = torch.arange(n_max, device=images.device)[None] < torch.tensor(counts, device=images.device)[:, None]
         return out, mask
 
-    def save_pretrained(self, path, ctc_head: CTCHead | None = None) -> None:
-        from bridgeocr.models.encoder import save_encoder
-
-        save_encoder(path, self, ctc_head)
-
 
 def map_ctc_head(weight: np.ndarray, bias: np.ndarray | None, classes: list[str], tokenizer,
                  upsample: int = 1) -> tuple[CTCHead, dict]:
@@ -180,27 +175,3 @@ def import_ppocr(onnx: str | Path | None = None, tokenizer=None, cfg: EncoderCon
         info.update(mapped)
     return encoder, head, info
 
-
-def import_ppocr_cli(onnx, tokenizer, out) -> int:
-    """`bridgeocr encoder import`: an encoder directory (encoder + mapped CTC head + tokenizer + card) that
-    reads at once (`recognize --checkpoint OUT --ctc`) and that `encoder train --init OUT` fine-tunes."""
-    import json
-
-    from bridgeocr.data.tokenizers import load_tokenizer
-    from bridgeocr.models.encoder import save_encoder
-    from bridgeocr.shipped import resolve_pretrained
-
-    tok = load_tokenizer(resolve_pretrained(tokenizer))
-    encoder, head, info = import_ppocr(onnx, tok)
-    out = Path(out)
-    save_encoder(out, encoder, head)
-    tok.save(out / "tokenizer.json")
-    card = {"made_by": "bridgeocr encoder import", "source": encoder.source, "tokenizer": str(tokenizer),
-            "params": sum(p.numel() for p in encoder.parameters()) + sum(p.numel() for p in head.parameters()),
-            "image": encoder.image, **{k: v for k, v in info.items() if k != "new"},
-            "characters_new": "".join(info["new"])}
-    (out / "encoder_card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False))
-    print(f"wrote {out}: PP-OCR encoder ({card['params'] / 1e6:.2f}M params, {info['dim']}-d tokens, height "
-          f"{encoder.image_height}), CTC head over {tok.vocab_size} tokens: {info['kept']} from PP-OCR, "
-          f"{len(info['new'])} new", flush=True)
-    return 0

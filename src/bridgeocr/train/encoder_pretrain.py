@@ -8,6 +8,7 @@ so keep the tokenizer of the GPT it will be joined to (`tokenizer.path=...`).
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 import sys
@@ -19,15 +20,16 @@ from tqdm.auto import tqdm
 
 from bridgeocr.config import ExperimentConfig, load_config
 from bridgeocr.data.augment import Augmenter
+from bridgeocr.data.tokenizers import load_tokenizer
 from bridgeocr.errors import BridgeOCRError
-from bridgeocr.models.encoder import is_encoder_dir
+from bridgeocr.models.encoder import build_encoder, is_encoder_dir, load_encoder, save_encoder
 from bridgeocr.models.ppocr import import_ppocr
 from bridgeocr.shipped import resolve_pretrained
 from bridgeocr.train.checkpoint import atomic_dir, load_optimizer, read_json, save_optimizer, write_json
 from bridgeocr.train.losses import ctc_loss, ctc_targets
 from bridgeocr.train.schedule import lr_factor
 
-__all__ = ["train_encoder", "train_encoder_cli", "ctc_evaluate"]
+__all__ = ["train_encoder", "train_encoder_cli", "import_ppocr_cli", "ctc_evaluate"]
 
 
 @torch.no_grad()
@@ -71,7 +73,6 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
     from bridgeocr.data.preprocess import make_loader
     from bridgeocr.data.sources import open_source
     from bridgeocr.models.ctc import CTCHead
-    from bridgeocr.models.encoder import build_encoder, load_encoder, save_encoder
     from bridgeocr.train.run import adopt_encoder_image, build_tokenizer
 
     out = Path(out)
@@ -246,4 +247,23 @@ def train_encoder_cli(data, val_data, out, config, overrides, steps, minutes, ba
     cfg = load_config(config, overrides)
     train_encoder(cfg, data, val_data, out, steps, minutes, batch_size, lr, seed, resume,
                   command="bridgeocr " + shlex.join(sys.argv[1:]), init=init, augment=augment)
+    return 0
+
+
+def import_ppocr_cli(onnx, tokenizer, out) -> int:
+    """`bridgeocr encoder import`: an encoder directory (encoder + mapped CTC head + tokenizer + card) that
+    reads at once (`recognize --checkpoint OUT --ctc`) and that `encoder train --init OUT` fine-tunes."""
+    tok = load_tokenizer(resolve_pretrained(tokenizer))
+    encoder, head, info = import_ppocr(onnx, tok)
+    out = Path(out)
+    save_encoder(out, encoder, head)
+    tok.save(out / "tokenizer.json")
+    card = {"made_by": "bridgeocr encoder import", "source": encoder.source, "tokenizer": str(tokenizer),
+            "params": sum(p.numel() for p in encoder.parameters()) + sum(p.numel() for p in head.parameters()),
+            "image": encoder.image, **{k: v for k, v in info.items() if k != "new"},
+            "characters_new": "".join(info["new"])}
+    (out / "encoder_card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False))
+    print(f"wrote {out}: PP-OCR encoder ({card['params'] / 1e6:.2f}M params, {info['dim']}-d tokens, height "
+          f"{encoder.image_height}), CTC head over {tok.vocab_size} tokens: {info['kept']} from PP-OCR, "
+          f"{len(info['new'])} new", flush=True)
     return 0
