@@ -190,8 +190,11 @@ def test_cli_on_a_saved_ocr_model_writes_into_the_run_dir(tok, tmp_path, capsys)
     out = capsys.readouterr()
     assert code == 0, out.err
     assert f"Total samples: {len(TEXTS)}" in out.out and "✗ Gaps:" in out.out
+    assert "◆ Reference Loss (GT Text as prefix → Text): " in out.out  # default: both readings
     data_json = json.loads((run / "loss_gap.json").read_text())
     assert data_json["checkpoint"].endswith("best") and data_json["total_samples"] == len(TEXTS)
+    assert data_json["readings"] == ["lm", "prefix"] and "reference_prefix" in data_json
+    assert "connector_minus_reference_prefix" in data_json["gaps"] and "kl_prefix" in data_json
     assert (run / "loss_gap_samples.csv").is_file()
     # and compare picks it up
     (run / "metrics.json").write_text(json.dumps({"test_cer": 0.5}))
@@ -199,3 +202,102 @@ def test_cli_on_a_saved_ocr_model_writes_into_the_run_dir(tok, tmp_path, capsys)
 
     row = load_run(run)
     assert row["reference_loss"] == pytest.approx(data_json["reference"])
+
+    prefix_out = tmp_path / "prefix_out"
+    assert main(["loss-gap", "--checkpoint", str(run), "--data", str(data / "m.tsv"), "--split", "all",
+                 "--reference", "prefix", "--out", str(prefix_out)]) == 0
+    only = json.loads((prefix_out / "loss_gap.json").read_text())
+    assert only["readings"] == ["prefix"] and "reference" not in only
+    assert only["reference_prefix"] == pytest.approx(data_json["reference_prefix"], abs=1e-5)
+    assert only["gaps"]["connector_minus_reference_prefix"] == pytest.approx(
+        data_json["gaps"]["connector_minus_reference_prefix"], abs=1e-5)
+
+
+# ------------------------------------------------------------------- the prefix reading of the reference
+
+
+def _prefix_line_loss(model, tok, text: str, attach_layer: int = 0) -> float:
+    """Independently, one unpadded line: its text embeddings as the prefix, then BOS text EOS."""
+    ids = torch.tensor([[tok.bos_id, *tok.encode(text), tok.eos_id]])
+    prefix = model.decoder.wte(ids[:, 1:-1])
+    with torch.no_grad():
+        logits, _ = model.decoder(ids, prefix=prefix, attach_layer=attach_layer)
+    return float(torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]))
+
+
+def test_prefix_reference_is_the_decoder_reading_the_text_as_its_prefix(tok):
+    model = FakeOCR(tok)
+    model.cfg.attach_layer = 1
+    lm_only = lg.compute_loss_gaps(model, _source(), IMG, batch_size=3, progress=False)
+    res = lg.compute_loss_gaps(model, _source(), IMG, batch_size=3, progress=False, reference="both")
+    assert lm_only["readings"] == ["lm"] and res["readings"] == ["lm", "prefix"]
+    assert "reference_prefix" not in lm_only and "kl_prefix" not in lm_only
+    for k in ("reference", "connector", "downsampled", "kl"):  # the lm numbers do not move
+        assert res[k] == pytest.approx(lm_only[k], abs=1e-6)
+    by_id = {s["id"]: s for s in res["samples"]}
+    per_line = [_prefix_line_loss(model, tok, t, attach_layer=1) for t in TEXTS]
+    for i, x in enumerate(per_line):
+        assert by_id[f"s{i}"]["reference_prefix"] == pytest.approx(x, abs=1e-5)
+    assert _prefix_line_loss(model, tok, TEXTS[1], attach_layer=0) != pytest.approx(per_line[1], abs=1e-4)
+    counts = [len(t) + 1 for t in TEXTS]
+    assert res["reference_prefix"] == pytest.approx(
+        sum(x * n for x, n in zip(per_line, counts)) / sum(counts), abs=1e-5)
+    assert res["reference_prefix"] != pytest.approx(res["reference"], abs=1e-4)
+    assert res["kl_prefix"] > 0 and res["kl_prefix"] != pytest.approx(res["kl"], rel=1e-2)
+    g = res["gaps"]
+    assert g["connector_minus_reference"] == pytest.approx(res["connector"] - res["reference"])
+    assert g["connector_minus_reference_prefix"] == pytest.approx(res["connector"] - res["reference_prefix"])
+    assert g["downsampled_minus_reference_prefix"] == pytest.approx(res["downsampled"] - res["reference_prefix"])
+    # the prefix reading alone: the same numbers, no lm keys
+    only = lg.compute_loss_gaps(model, _source(), IMG, batch_size=1, progress=False, reference="prefix")
+    assert only["readings"] == ["prefix"] and "reference" not in only and "kl" not in only
+    assert only["reference_prefix"] == pytest.approx(res["reference_prefix"], abs=1e-5)
+    assert only["kl_prefix"] == pytest.approx(res["kl_prefix"], abs=1e-5)
+    assert set(only["gaps"]) == {"connector_minus_reference_prefix", "downsampled_minus_reference_prefix",
+                                 "connector_minus_downsampled"}
+    with pytest.raises(lg.BridgeOCRError, match="reference"):
+        lg.compute_loss_gaps(model, _source(), IMG, progress=False, reference="image")
+
+
+def test_both_readings_in_the_table_and_files(tok, tmp_path):
+    res = lg.compute_loss_gaps(FakeOCR(tok), _source(), IMG, batch_size=4, progress=False, reference="both")
+    lines = lg.format_loss_gaps(res).splitlines()
+    assert lines[1].startswith("◆ Reference Loss (GT Text → Text): ")
+    assert lines[2] == f"◆ Reference Loss (GT Text as prefix → Text): {res['reference_prefix']:.4f}"
+    assert lines[3].startswith("◆ Connector Loss (Image → Text, padding): ")
+    assert lines[5].startswith("◆ KL(Q || P) (reference → connector): ")
+    assert lines[6] == f"◆ KL(Q || P) (prefix reference → connector): {res['kl_prefix']:.4f}"
+    assert lines[7] == "✗ Gaps:"
+    gp = res["gaps"]["connector_minus_reference_prefix"]
+    assert f"  Connector - Reference (prefix): {gp:.4f}" in lines and len(lines) == 13
+    assert lines[-1].startswith("  Connector - Downsampled: ")
+    only = lg.compute_loss_gaps(FakeOCR(tok), _source(), IMG, batch_size=4, progress=False, reference="prefix")
+    text = lg.format_loss_gaps(only)
+    assert "(GT Text → Text)" not in text and "Connector - Reference (prefix)" in text
+
+    jpath, cpath = lg.write_loss_gaps(res, tmp_path / "both")
+    data = json.loads(jpath.read_text())
+    assert data["readings"] == ["lm", "prefix"]
+    assert {"reference", "kl", "reference_prefix", "kl_prefix"} <= set(data)
+    with cpath.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["id", "n_tokens", "reference", "connector", "downsampled", "kl",
+                             "reference_prefix", "kl_prefix"]
+    n = sum(int(r["n_tokens"]) for r in rows)
+    assert sum(float(r["reference_prefix"]) * int(r["n_tokens"]) for r in rows) / n == pytest.approx(
+        res["reference_prefix"], abs=1e-5)
+    _, cpath = lg.write_loss_gaps(only, tmp_path / "prefix")
+    with cpath.open() as fh:
+        assert next(csv.reader(fh)) == ["id", "n_tokens", "connector", "downsampled", "reference_prefix",
+                                        "kl_prefix"]
+
+
+def test_cli_parses_reference():
+    from bridgeocr.cli import build_parser
+
+    base = ["loss-gap", "--checkpoint", "c", "--data", "d"]
+    assert build_parser().parse_args(base).reference == "both"
+    args = build_parser().parse_args(base + ["--reference", "prefix"])
+    assert args.reference == "prefix" and "reference" in args.keys
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(base + ["--reference", "image"])

@@ -119,6 +119,29 @@ def test_gradients_reach_every_parameter(tiny_onnx):
     assert not missing and len(graph.params) > 10
 
 
+def test_export_back_to_onnx_runs_the_current_weights_in_onnxruntime(tiny_onnx, monkeypatch):
+    """A frozen / evaluated encoder runs on onnxruntime (its fast path), a trained one on the torch executor."""
+    encoder = import_ppocr(tiny_onnx)[0].eval()
+    images, mask = torch.rand(3, 1, 48, 96), torch.ones(3, 96, dtype=torch.bool)
+    mask[1, 50:] = False
+    with torch.no_grad():
+        monkeypatch.setenv("BRIDGEOCR_ORT", "0")
+        torch_out = encoder(images, mask)[0]
+        monkeypatch.setenv("BRIDGEOCR_ORT", "1")
+        ort_out = encoder(images, mask)[0]
+        assert encoder._ort.session is not None  # it did run on onnxruntime
+        torch.testing.assert_close(ort_out, torch_out, atol=1e-4, rtol=1e-4)
+        next(iter(encoder.graph.params.values())).mul_(0.5)  # new weights: a new session, new numbers
+        changed = encoder(images, mask)[0]
+        monkeypatch.setenv("BRIDGEOCR_ORT", "0")
+        torch.testing.assert_close(changed, encoder(images, mask)[0], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(changed, ort_out, atol=1e-3)
+    monkeypatch.setenv("BRIDGEOCR_ORT", "1")
+    encoder._ort.session = None
+    encoder(images, mask)[0].sum().backward()  # trainable: the torch executor, gradients flow
+    assert encoder._ort.session is None and all(p.grad is not None for p in encoder.graph.params.values())
+
+
 def test_erf_gelu_is_fused_into_one_node(tiny_onnx):
     spec, _, _ = spec_from_onnx(tiny_onnx)
     ops = [n["op"] for n in spec["nodes"]]

@@ -31,7 +31,7 @@ def add_decoding_args(p) -> None:
 
 def _add_data(sub):
     data = sub.add_parser("data", help="make, check and look at line datasets")
-    dsub = data.add_subparsers(dest="data_command", required=True, metavar="{synth,check,preview}")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="{synth,check,preview,cache-features}")
 
     p = dsub.add_parser("synth", help="render synthetic text lines from a corpus with many fonts",
                         description="Render lines cut from a text corpus with varied fonts, sizes, ink, "
@@ -72,6 +72,23 @@ def _add_data(sub):
             p.add_argument("--seed", type=int, default=0)
             keys += ["out", "n", "seed"]
         p.set_defaults(target=f"bridgeocr.data.{name}:{name}_source_cli", keys=keys)
+
+    p = dsub.add_parser("cache-features", help="compute a frozen encoder's tokens for every line once, ahead of "
+                        "training", description="Fill the feature cache a `bridgeocr train` run with the same "
+                        "config reads (a frozen encoder's tokens per line, keyed by the encoder's weights, the "
+                        "image settings and the image; train fills it too, this does it ahead, e.g. once for a "
+                        "whole sweep). Stale entries are never read: another encoder or other image settings "
+                        "get another store.")
+    p.add_argument("--config", default=None, help="YAML experiment config (its encoder, data and image settings)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.source=runs/data/synth")
+    p.add_argument("--encoder", default=None, help="the frozen encoder (default: model.encoder.pretrained)")
+    p.add_argument("--data", default=None, help="the line source (default: data.source)")
+    p.add_argument("--splits", nargs="+", default=["train", "val", "test"], help="default: train val test")
+    p.add_argument("--cache-dir", default=None,
+                   help="default: data.feature_cache (auto: TRAIN_OUT_DIR/.feature_cache)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(target="bridgeocr.train.features:cache_features_cli",
+                   keys=["config", "overrides", "splits", "cache_dir", "encoder", "data", "batch_size"])
 
 
 def _add_lm(sub):
@@ -188,8 +205,11 @@ def _add_train_eval(sub):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--out", default=None, help="directory for loss_gap.json and per-sample CSV")
+    p.add_argument("--reference", choices=["lm", "prefix", "both"], default="both",
+                   help="how the decoder reads the true text for Reference and KL's Q: lm (plain LM, the "
+                        "seed's), prefix (the text's embeddings in place of the visual tokens), both")
     p.set_defaults(target="bridgeocr.eval.loss_gap:loss_gap_cli",
-                   keys=["checkpoint", "data", "split", "batch_size", "max_samples", "out"])
+                   keys=["checkpoint", "data", "split", "batch_size", "max_samples", "out", "reference"])
 
     p = sub.add_parser("compare", help="one table (Markdown + CSV) and plots from finished runs")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")

@@ -41,6 +41,9 @@ class DataConfig:
     max_eval_samples: int | None = None  # cap on val and test lines
     max_val_samples: int | None = None  # a tighter cap for the validations during training (val only)
     num_workers: int = 0
+    # a frozen encoder's tokens, computed once per line and reused (data/features.py): auto (under
+    # train.out_dir/.feature_cache when model.encoder.freeze) | off | a directory
+    feature_cache: str = "auto"
     image: ImageConfig = field(default_factory=ImageConfig)
 
 
@@ -122,7 +125,10 @@ class LossConfig:
     kd_alpha: float = 0.0
     kd_tau: float = 1.0
     kd_form: str = "sum"  # sum | interpolate
-    kd_teacher: str | None = None  # LM dir; default: the decoder's pretrained dir
+    # how the frozen teacher Q reads the text (train/teacher.py): lm (None, the default: a plain LM) |
+    # prefix (the text's own embeddings in place of the visual tokens, then the text) | an LM dir (= lm with it)
+    kd_teacher: str | None = None
+    kd_teacher_dir: str | None = None  # the teacher LM for lm / prefix; default: model.decoder.pretrained
     ctc_weight: float = 0.0  # joint CTC + attention
     input_dropout: float = 0.0  # share of input text tokens replaced by UNK in training (forces reading)
 

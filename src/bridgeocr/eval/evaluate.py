@@ -113,14 +113,20 @@ def decode_loader(model, loader, beam: int | None = None, progress: bool = True,
 
 def evaluate_model(model, source, image_cfg: ImageConfig, beam: int | None = None, batch_size: int = 32,
                    progress: bool = True, desc: str = "decode", num_workers: int = 0,
-                   decoding: str | None = "gpt") -> dict:
+                   decoding: str | None = "gpt", features=None) -> dict:
     """Decode every line of `source` -> dict(cer, wer, n, skipped, skip_messages, lines_per_s, decoding,
-    ids, refs, hyps, confidences, line_cer). Bad samples are skipped and counted, never fatal."""
+    ids, refs, hyps, confidences, line_cer). Bad samples are skipped and counted, never fatal.
+    `features`: a FeatureStore holding the model's (frozen) encoder tokens for these lines (then the
+    time measured is the connector's and the decoder's alone)."""
+    from bridgeocr.data.features import make_feature_loader
     from bridgeocr.data.preprocess import make_loader
 
     tokenizer = model.tokenizer
-    loader = make_loader(source, image_cfg, tokenizer, batch_size=batch_size, shuffle=False,
-                         num_workers=num_workers)
+    if features is not None:
+        loader = make_feature_loader(source, features, image_cfg, tokenizer, batch_size=batch_size, shuffle=False)
+    else:
+        loader = make_loader(source, image_cfg, tokenizer, batch_size=batch_size, shuffle=False,
+                             num_workers=num_workers)
     t0 = time.perf_counter()
     ids, refs, hyps, confs = decode_loader(model, loader, beam=beam, progress=progress, desc=desc,
                                            total=len(source), decoding=decoding)

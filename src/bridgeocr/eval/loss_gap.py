@@ -2,14 +2,17 @@
 
 Over one split, in one pass (each image is read once and preprocessed both ways):
 
-- **Reference** loss: the decoder as a plain LM reading the ground-truth text (no visual prefix),
-  mean next-token CE over the text tokens (targets: the text tokens and EOS; BOS is never a target,
-  PAD never counts) -- the same positions the training CE uses.
+- **Reference** loss: the model's own decoder reading the ground-truth text, mean next-token CE over the
+  text tokens (targets: the text tokens and EOS; BOS is never a target, PAD never counts) -- the same
+  positions the training CE uses. Two readings (`train/teacher.py`, `reference=`): `lm`, a plain LM with
+  no prefix (the seed's; keys `reference`, `kl`, `*_minus_reference`), and `prefix`, the text's own token
+  embeddings in place of the visual tokens (what a perfect connector would give; keys `reference_prefix`,
+  `kl_prefix`, `*_minus_reference_prefix`).
 - **Connector** loss: the same CE when the decoder reads the connector's visual tokens of the line
   preprocessed with the `pad` width policy (aspect kept).
 - **Downsampled** loss: the same with the `resize` policy (every line squeezed to `resize_width`).
-- **KL(Q || P)**: Q = the reference next-token distribution, P = the connector (pad) one, summed over
-  the vocabulary (`train.losses.kd_loss`, tau = 1): what the KD loss would pull on.
+- **KL(Q || P)**: Q = a reference next-token distribution, P = the connector (pad) one, summed over
+  the vocabulary (`train.losses.kd_loss`, tau = 1): what the KD loss would pull on (`loss.kd_teacher`).
 
 All means are token-weighted (total over all target tokens / number of target tokens), so long lines
 weigh more, as in a batched CE. Gaps are differences of these means.
@@ -29,11 +32,30 @@ from bridgeocr.config import ImageConfig
 from bridgeocr.data.sample import LineSample
 from bridgeocr.errors import BridgeOCRError
 from bridgeocr.train.losses import ce_loss, kd_loss, target_mask
+from bridgeocr.train.teacher import READINGS, read_text
 
-__all__ = ["compute_loss_gaps", "format_loss_gaps", "loss_gap_cli", "write_loss_gaps"]
+__all__ = ["REFERENCES", "compute_loss_gaps", "format_loss_gaps", "loss_gap_cli", "value_columns",
+           "write_loss_gaps"]
 
 SAMPLES_CSV = "loss_gap_samples.csv"
 RESULT_JSON = "loss_gap.json"
+REFERENCES = (*READINGS, "both")  # what `reference=` / `--reference` accept
+_SUFFIX = {"lm": "", "prefix": "_prefix"}  # key suffix of each reading: the seed's keys stay the lm ones
+
+
+def _readings(reference: str) -> tuple[str, ...]:
+    if reference == "both":
+        return READINGS
+    if reference in READINGS:
+        return (reference,)
+    raise BridgeOCRError(f"reference: expected one of {', '.join(REFERENCES)}, got {reference!r}")
+
+
+def value_columns(readings) -> list[str]:
+    """Per-line value names: the seed's (reference, connector, downsampled, kl) first, then the prefix's."""
+    lm = "lm" in readings
+    cols = (["reference"] if lm else []) + ["connector", "downsampled"] + (["kl"] if lm else [])
+    return cols + (["reference_prefix", "kl_prefix"] if "prefix" in readings else [])
 
 
 # ------------------------------------------------------------------------------------ model adapters
@@ -46,14 +68,29 @@ def _device(model) -> torch.device:
         return torch.device("cpu")
 
 
-def reference_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Next-token logits [B, T, V] of the decoder reading the text alone (no visual prefix)."""
+def reference_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     reading: str = "lm") -> torch.Tensor:
+    """Next-token logits [B, T, V] of the model's own decoder reading the text: alone (`lm`), or after the
+    text's embeddings placed where the visual tokens go (`prefix`, at the model's attach layer)."""
     fn = getattr(model, "text_logits", None)
-    if callable(fn):
+    if reading == "lm" and callable(fn):
         out = fn(input_ids, attention_mask)
-    else:
-        out = model.decoder(input_ids, attention_mask)
-    return out[0] if isinstance(out, tuple) else out
+        return out[0] if isinstance(out, tuple) else out
+    tok = model.tokenizer
+    attach = getattr(getattr(model, "cfg", None), "attach_layer", 0)
+    return read_text(model.decoder, input_ids, attention_mask, reading, (tok.pad_id, tok.bos_id, tok.eos_id),
+                     attach)
+
+
+def _line_ce(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B]: each line's CE summed over its target tokens."""
+    return ce_loss(logits, input_ids, attention_mask, reduction="none").sum(1)
+
+
+def _line_kl(student: torch.Tensor, teacher: torch.Tensor, tmask: torch.Tensor, counts: torch.Tensor):
+    """[B]: each line's KL(Q || P) summed over its target tokens (kd_loss per line times its count)."""
+    return torch.stack([kd_loss(student[b:b + 1], teacher[b:b + 1], tmask[b:b + 1], tau=1.0) * counts[b]
+                        for b in range(student.shape[0])])
 
 
 def image_logits(model, batch):
@@ -100,17 +137,21 @@ class _Items:
 
 @torch.no_grad()
 def compute_loss_gaps(model, source, image_cfg: ImageConfig, batch_size: int = 32,
-                      max_samples: int | None = None, progress: bool = True) -> dict:
+                      max_samples: int | None = None, progress: bool = True, reference: str = "lm") -> dict:
     """Reference / connector / downsampled CE, KL(Q||P) and the gaps over `source` (token-weighted).
 
-    `model` is an OCRModel (`model(batch).logits`, `model.decoder`, `model.tokenizer`). Returns a dict:
-    total_samples, tokens, reference, connector, downsampled, kl, gaps{...}, visual_tokens{pad, resize},
-    skipped, skip_messages, samples (per line: id, n_tokens, reference, connector, downsampled, kl).
+    `model` is an OCRModel (`model(batch).logits`, `model.decoder`, `model.tokenizer`). `reference`: lm
+    (the seed's plain-LM reading), prefix (the text as the prefix) or both. Returns a dict: readings,
+    total_samples, tokens, connector, downsampled, reference + kl (lm), reference_prefix + kl_prefix
+    (prefix), gaps{...}, visual_tokens{pad, resize}, skipped, skip_messages, samples (per line: id,
+    n_tokens and `value_columns(readings)`).
     """
     from bridgeocr.data.preprocess import Collator, WidthBucketSampler, image_sizes, target_width
 
     if batch_size < 1:
         raise BridgeOCRError(f"batch_size must be >= 1, got {batch_size}")
+    readings = _readings(reference)
+    cols = value_columns(readings)
     samples = list(source)
     if max_samples is not None:
         samples = samples[: max(0, int(max_samples))]
@@ -125,7 +166,7 @@ def compute_loss_gaps(model, source, image_cfg: ImageConfig, batch_size: int = 3
     device = _device(model)
     was_training = model.training
     model.eval()
-    tot = {"reference": 0.0, "connector": 0.0, "downsampled": 0.0, "kl": 0.0}
+    tot = dict.fromkeys(cols, 0.0)
     n_tok = 0
     vis = {"pad": 0.0, "resize": 0.0}
     per_sample: list[dict] = []
@@ -139,20 +180,19 @@ def compute_loss_gaps(model, source, image_cfg: ImageConfig, batch_size: int = 3
             pad_batch = collate([p[0] for p in pairs]).to(device)
             res_batch = collate([p[1] for p in pairs]).to(device)
             ids, mask = pad_batch.input_ids, pad_batch.attention_mask
-            ref = reference_logits(model, ids, mask)
             con, con_vmask = image_logits(model, pad_batch)
             down, down_vmask = image_logits(model, res_batch)
             tmask = target_mask(mask)
             counts = tmask.sum(1)  # target tokens per line
-            sums = {name: ce_loss(lg, ids, mask, reduction="none").sum(1)
-                    for name, lg in (("reference", ref), ("connector", con), ("downsampled", down))}
-            kl = torch.stack([kd_loss(con[b:b + 1], ref[b:b + 1], tmask[b:b + 1], tau=1.0) * counts[b]
-                              for b in range(len(pairs))])
-            sums["kl"] = kl
+            sums = {"connector": _line_ce(con, ids, mask), "downsampled": _line_ce(down, ids, mask)}
+            for reading in readings:
+                ref = reference_logits(model, ids, mask, reading)
+                sums["reference" + _SUFFIX[reading]] = _line_ce(ref, ids, mask)
+                sums["kl" + _SUFFIX[reading]] = _line_kl(con, ref, tmask, counts)
             for b, item in enumerate(p[0] for p in pairs):
                 n = int(counts[b])
                 per_sample.append({"id": item["id"], "n_tokens": n,
-                                   **{k: float(v[b]) / max(n, 1) for k, v in sums.items()}})
+                                   **{k: float(sums[k][b]) / max(n, 1) for k in cols}})
             for k, v in sums.items():
                 tot[k] += float(v.sum())
             n_tok += int(counts.sum())
@@ -170,14 +210,11 @@ def compute_loss_gaps(model, source, image_cfg: ImageConfig, batch_size: int = 3
                              + (f" ({make_items.skip_messages[0]})" if make_items.skip_messages else ""))
     means = {k: v / n_tok for k, v in tot.items()}
     return {
+        "readings": list(readings),
         "total_samples": n,
         "tokens": n_tok,
         **means,
-        "gaps": {
-            "connector_minus_reference": means["connector"] - means["reference"],
-            "downsampled_minus_reference": means["downsampled"] - means["reference"],
-            "connector_minus_downsampled": means["connector"] - means["downsampled"],
-        },
+        "gaps": _gaps(means, readings),
         "visual_tokens": {k: (v / n if v else None) for k, v in vis.items()},
         "image": {"height": image_cfg.height, "max_width": image_cfg.max_width,
                   "resize_width": image_cfg.resize_width, "width_multiple": image_cfg.width_multiple},
@@ -187,23 +224,40 @@ def compute_loss_gaps(model, source, image_cfg: ImageConfig, batch_size: int = 3
     }
 
 
+def _gaps(means: dict, readings) -> dict:
+    """Connector / downsampled minus each reference, then connector minus downsampled (the seed's order)."""
+    gaps = {}
+    for reading in readings:
+        ref = means["reference" + _SUFFIX[reading]]
+        gaps["connector_minus_reference" + _SUFFIX[reading]] = means["connector"] - ref
+        gaps["downsampled_minus_reference" + _SUFFIX[reading]] = means["downsampled"] - ref
+    gaps["connector_minus_downsampled"] = means["connector"] - means["downsampled"]
+    return gaps
+
+
 # ------------------------------------------------------------------------------------------ output
+
+# per reading: (what the reference reads, what Q is called, the gap lines' tag)
+_LABELS = {"lm": ("GT Text → Text", "reference", ""), "prefix": ("GT Text as prefix → Text", "prefix reference",
+                                                                 " (prefix)")}
 
 
 def format_loss_gaps(result: dict) -> str:
-    """The seed report's layout (4 decimals)."""
+    """The seed report's layout (4 decimals); with the prefix reading, its lines follow each lm one."""
     g = result["gaps"]
-    return "\n".join([
-        f"Total samples: {result['total_samples']}",
-        f"◆ Reference Loss (GT Text → Text): {result['reference']:.4f}",
-        f"◆ Connector Loss (Image → Text, padding): {result['connector']:.4f}",
-        f"◆ Downsampled Loss (Image → Text, resized): {result['downsampled']:.4f}",
-        f"◆ KL(Q || P) (reference → connector): {result['kl']:.4f}",
-        "✗ Gaps:",
-        f"  Connector - Reference: {g['connector_minus_reference']:.4f}",
-        f"  Downsampled - Reference: {g['downsampled_minus_reference']:.4f}",
-        f"  Connector - Downsampled: {g['connector_minus_downsampled']:.4f}",
-    ])
+    readings = result.get("readings", ["lm"])
+    labels = [(_SUFFIX[r], *_LABELS[r]) for r in readings]
+    lines = [f"Total samples: {result['total_samples']}"]
+    lines += [f"◆ Reference Loss ({what}): {result['reference' + sfx]:.4f}" for sfx, what, _, _ in labels]
+    lines += [f"◆ Connector Loss (Image → Text, padding): {result['connector']:.4f}",
+              f"◆ Downsampled Loss (Image → Text, resized): {result['downsampled']:.4f}"]
+    lines += [f"◆ KL(Q || P) ({q} → connector): {result['kl' + sfx]:.4f}" for sfx, _, q, _ in labels]
+    lines.append("✗ Gaps:")
+    for sfx, _, _, tag in labels:
+        lines += [f"  Connector - Reference{tag}: {g['connector_minus_reference' + sfx]:.4f}",
+                  f"  Downsampled - Reference{tag}: {g['downsampled_minus_reference' + sfx]:.4f}"]
+    lines.append(f"  Connector - Downsampled: {g['connector_minus_downsampled']:.4f}")
+    return "\n".join(lines)
 
 
 def write_loss_gaps(result: dict, out: str | Path, extra: dict | None = None) -> tuple[Path, Path]:
@@ -215,12 +269,12 @@ def write_loss_gaps(result: dict, out: str | Path, extra: dict | None = None) ->
     jpath = out / RESULT_JSON
     jpath.write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
     cpath = out / SAMPLES_CSV
+    cols = value_columns(result.get("readings", ["lm"]))
     with cpath.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["id", "n_tokens", "reference", "connector", "downsampled", "kl"])
+        w.writerow(["id", "n_tokens", *cols])
         for s in result["samples"]:
-            w.writerow([s["id"], s["n_tokens"]] + [_f(s[k]) for k in ("reference", "connector", "downsampled",
-                                                                        "kl")])
+            w.writerow([s["id"], s["n_tokens"]] + [_f(s[k]) for k in cols])
     return jpath, cpath
 
 
@@ -241,7 +295,8 @@ def _resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
     raise BridgeOCRError(f"{path}: not a model checkpoint (no config.json) nor a run directory (no best/ or last/)")
 
 
-def loss_gap_cli(checkpoint, data, split="test", batch_size=32, max_samples=None, out=None) -> int:
+def loss_gap_cli(checkpoint, data, split="test", batch_size=32, max_samples=None, out=None,
+                 reference="both") -> int:
     from bridgeocr.data.sources import open_source
     from bridgeocr.eval.evaluate import load_checkpoint
 
@@ -250,7 +305,8 @@ def loss_gap_cli(checkpoint, data, split="test", batch_size=32, max_samples=None
     source = open_source(data, None if split in (None, "all") else split)
     if len(source) == 0:
         raise BridgeOCRError(f"{data}: split {split!r} has no lines")
-    result = compute_loss_gaps(model, source, image_cfg, batch_size=batch_size, max_samples=max_samples)
+    result = compute_loss_gaps(model, source, image_cfg, batch_size=batch_size, max_samples=max_samples,
+                               reference=reference)
     if result["skipped"]:
         print(f"skipped {result['skipped']} bad sample(s), e.g. {result['skip_messages'][0]}")
     print(format_loss_gaps(result))

@@ -153,7 +153,7 @@ def generate(model, images, image_mask, beam: int = 1, max_new_tokens: int | Non
     was_training = model.training
     model.eval()
     try:
-        enc, enc_mask = model.encoder(images, image_mask)
+        enc, enc_mask = model.encoder_tokens(images, image_mask)
         visual, vmask = model.connector(enc, enc_mask)
         gpt = model.decoder
         limit = gpt.cfg.n_positions

@@ -119,13 +119,27 @@ class OCRModel(nn.Module):
 
     # ------------------------------------------------------------------------------------- forward
 
+    def train(self, mode: bool = True) -> OCRModel:
+        """A frozen encoder stays in eval mode (no dropout): its tokens are the same in every step, which is
+        also what lets them be cached (data/features.py)."""
+        super().train(mode)
+        if self.cfg.encoder.freeze:
+            self.encoder.eval()
+        return self
+
+    def encoder_tokens(self, images: torch.Tensor, image_mask: torch.Tensor):
+        """-> (tokens [B, N, d_enc], mask [B, N]). A batch of cached tokens (3-D `images`, from
+        data/features.py) is already the encoder's output and passes through."""
+        if images.dim() == 3:
+            return images, image_mask.to(torch.bool)
+        return self.encoder(images, image_mask)
+
     def encode(self, images: torch.Tensor, image_mask: torch.Tensor):
         """-> (visual [B, M, d_model], visual_mask [B, M]): the connector's output."""
-        enc, enc_mask = self.encoder(images, image_mask)
-        return self.connector(enc, enc_mask)
+        return self.connector(*self.encoder_tokens(images, image_mask))
 
     def forward(self, batch) -> OCROutput:
-        enc, enc_mask = self.encoder(batch.images, batch.image_mask)
+        enc, enc_mask = self.encoder_tokens(batch.images, batch.image_mask)
         visual, vmask = self.connector(enc, enc_mask)
         logits, _ = self.decoder(batch.input_ids, batch.attention_mask, prefix=visual, prefix_mask=vmask,
                                  attach_layer=self.cfg.attach_layer)
@@ -151,7 +165,7 @@ class OCRModel(nn.Module):
 
         if self.ctc_head is None:
             raise BridgeOCRError("this model has no CTC head (train with model.ctc_head=true)")
-        return ctc_read(self.encoder, self.ctc_head, images, image_mask, self.tokenizer)
+        return ctc_read(self.encoder_tokens, self.ctc_head, images, image_mask, self.tokenizer)
 
     def decoding_for(self, decoding: str | None = None) -> str:
         """The decoding a read uses: the one asked for, else `cfg.decoding` (gpt when it needs a missing head)."""

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from bridgeocr.errors import ConfigError
 
-__all__ = ["OnnxGraph", "spec_from_onnx", "prune_spec", "fuse_gelu", "OPS"]
+__all__ = ["OnnxGraph", "OrtRunner", "spec_from_onnx", "prune_spec", "fuse_gelu", "OPS"]
 
 # ------------------------------------------------------------------------------------------ reading ONNX
 
@@ -429,3 +429,63 @@ class OnnxGraph(nn.Module):
             env[node["outputs"][0]] = out
         outs = tuple(env[o] for o in self.spec["outputs"])
         return outs[0] if len(outs) == 1 else outs
+
+    # --------------------------------------------------------------------------- back to ONNX
+
+    def to_onnx(self):
+        """The graph with its *current* weights as an onnx ModelProto (needs `onnx`): a fine-tuned network
+        runs in onnxruntime, or in any tool that reads ONNX. A fused `Gelu` below opset 20 is written as
+        onnxruntime's `com.microsoft` Gelu (the same function)."""
+        from onnx import TensorProto, helper, numpy_helper
+
+        opset = int(self.spec.get("opset", 11))
+        nodes = [helper.make_node(n["op"], n["inputs"], n["outputs"], name=n.get("name") or None,
+                                  domain="com.microsoft" if n["op"] == "Gelu" and opset < 20 else "",
+                                  **n["attrs"]) for n in self.spec["nodes"]]
+        inits = []
+        for name, info in self.spec["initializers"].items():
+            t = self.params[self.names[name]] if name in self.names else getattr(self, self.consts[name])
+            inits.append(numpy_helper.from_array(t.detach().cpu().numpy().astype(info["dtype"]), name))
+        graph = helper.make_graph(
+            nodes, "bridgeocr", [helper.make_tensor_value_info(i, TensorProto.FLOAT, None) for i in self.spec["inputs"]],
+            [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in self.spec["outputs"]], inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                       helper.make_opsetid("com.microsoft", 1)])
+
+    def weights_version(self) -> tuple:
+        """Changes whenever a weight is replaced or modified in place (an optimizer step, a load)."""
+        return tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
+
+
+class OrtRunner:
+    """An onnxruntime session over an OnnxGraph's current weights, rebuilt when they change: the frozen
+    encoder's fast path (onnxruntime runs PP-OCR's graph ~2.5x faster than the node-by-node torch executor
+    on a CPU). `available()` is False without onnxruntime or `onnx`, or with BRIDGEOCR_ORT=0."""
+
+    def __init__(self, graph: OnnxGraph):
+        self.graph = graph
+        self.session = None
+        self.version = None
+
+    @staticmethod
+    def available() -> bool:
+        import importlib.util
+        import os
+
+        if os.environ.get("BRIDGEOCR_ORT", "1") == "0":
+            return False
+        return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import onnxruntime as ort
+
+        version = self.graph.weights_version()
+        if self.session is None or version != self.version:
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = torch.get_num_threads()
+            opts.log_severity_level = 3
+            self.session = ort.InferenceSession(self.graph.to_onnx().SerializeToString(), opts,
+                                                providers=["CPUExecutionProvider"])
+            self.version = version
+        (out,) = self.session.run(None, {self.graph.spec["inputs"][0]: x.detach().float().cpu().numpy()})
+        return torch.from_numpy(out)

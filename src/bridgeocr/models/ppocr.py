@@ -28,7 +28,7 @@ import torch.nn as nn
 from bridgeocr.config import EncoderConfig
 from bridgeocr.errors import ConfigError
 from bridgeocr.models.ctc import BLANK, CTCHead
-from bridgeocr.models.onnx_graph import OnnxGraph, prune_spec, spec_from_onnx
+from bridgeocr.models.onnx_graph import OnnxGraph, OrtRunner, prune_spec, spec_from_onnx
 
 __all__ = ["PPOCREncoder", "PPOCR_IMAGE", "DEFAULT_ONNX", "rapidocr_onnx_path", "import_ppocr", "map_ctc_head"]
 
@@ -80,6 +80,15 @@ class PPOCREncoder(nn.Module):
         self._d_out = int(d_out)
         self.cfg = replace(cfg, kind="ppocr", dim=int(d_out), patch_height=self.image_height,
                            patch_width=self.stride, pretrained=None)
+        self._ort = OrtRunner(graph)
+
+    def _run_graph(self, x: torch.Tensor) -> torch.Tensor:
+        """The graph on onnxruntime when nothing needs its gradient (a frozen encoder, any evaluation) on a
+        CPU, else the trainable torch executor (the two agree to ~1e-5, tests/test_models_ppocr.py)."""
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.graph.parameters())
+        if not needs_grad and x.device.type == "cpu" and OrtRunner.available():
+            return self._ort(x).to(x.dtype)
+        return self.graph(x)
 
     @property
     def d_out(self) -> int:
@@ -111,7 +120,7 @@ class PPOCREncoder(nn.Module):
         ink = images * image_mask[:, None, None, :].to(images.dtype)  # padding is blank paper
         out = images.new_zeros(B, n_max, self._d_out)
         for n, idx in groups.items():
-            feats = self.graph(self.pixels(ink[idx, :, :, : n * self.stride]))  # [g, n, d]
+            feats = self._run_graph(self.pixels(ink[idx, :, :, : n * self.stride]))  # [g, n, d]
             out[idx, :n] = feats.to(out.dtype)
         mask = torch.arange(n_max, device=images.device)[None] < torch.tensor(counts, device=images.device)[:, None]
         return out, mask

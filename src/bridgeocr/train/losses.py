@@ -1,4 +1,5 @@
-"""Training losses: next-token CE, KD = KL(Q || P) from a text-only teacher LM, CTC, and their mix.
+"""Training losses: next-token CE, KD = KL(Q || P) from a teacher LM reading the text (train/teacher.py),
+CTC, and their mix.
 
 Alignment convention (docs/architecture.md): `logits[:, t]` predicts `input_ids[:, t + 1]`; the loss is
 taken only where the *target* token is real (attention_mask[:, t + 1]), so PAD never contributes.

@@ -1,4 +1,5 @@
-"""LightningModule for OCR training: CE (+ KD from a frozen text-only LM) (+ CTC), greedy val decoding.
+"""LightningModule for OCR training: CE (+ KD from a frozen LM reading the text, train/teacher.py) (+ CTC),
+greedy val decoding.
 
 Parameter groups (each with its own learning rate): `encoder` (+ the CTC head), `connector` (everything
 that is neither encoder nor decoder), `decoder`. `optim.freeze_schedule` entries
@@ -24,6 +25,7 @@ from bridgeocr.eval.metrics import line_cers
 from bridgeocr.eval.metrics import wer as corpus_wer
 from bridgeocr.train.losses import ce_loss, combine, ctc_loss, ctc_targets, kd_loss, target_mask
 from bridgeocr.train.schedule import lr_factor
+from bridgeocr.train.teacher import teacher_logits
 
 __all__ = ["OCRLightningModule", "GROUPS", "param_group_name", "parse_freeze_schedule"]
 
@@ -132,7 +134,7 @@ class OCRLightningModule(pl.LightningModule):
         lc = self.cfg.loss
         if lc.kd_alpha > 0 and self.teacher is not None:
             with torch.no_grad():
-                t_logits = self.teacher(batch.input_ids, batch.attention_mask)[0]
+                t_logits = teacher_logits(self.teacher, batch.input_ids, batch.attention_mask)
             kd = kd_loss(logits, t_logits, target_mask(batch.attention_mask), lc.kd_tau)
             parts["kd"] = kd.detach()
         loss = combine(ce, kd, lc.kd_alpha, lc.kd_form)

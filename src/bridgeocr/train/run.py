@@ -74,18 +74,24 @@ def build_model(cfg: ExperimentConfig, tokenizer):
 
 
 def load_teacher(cfg: ExperimentConfig, tokenizer):
-    """The frozen text-only LM for KD: loss.kd_teacher, else the decoder's pretrained dir; None if KD off."""
+    """The frozen KD teacher (`train.teacher.KDTeacher`: an LM and its reading, `loss.kd_teacher`), its LM
+    `loss.kd_teacher_dir`, else the decoder's pretrained dir; None if KD is off."""
     if cfg.loss.kd_alpha <= 0:
         return None
     from bridgeocr.models.decoder import GPT
+    from bridgeocr.train.teacher import KDTeacher, kd_teacher_spec
 
-    path = _resolve(cfg.loss.kd_teacher or cfg.model.decoder.pretrained)
+    lc = cfg.loss
+    reading, path = kd_teacher_spec(lc.kd_teacher, lc.kd_teacher_dir, cfg.model.decoder.pretrained)
     if path is None:
-        raise ConfigError("loss.kd_alpha > 0 needs a teacher LM: set loss.kd_teacher or model.decoder.pretrained")
-    teacher = GPT.from_hf(path)
-    if teacher.vocab_size < tokenizer.vocab_size:
-        raise ConfigError(f"loss.kd_teacher: {path} has vocabulary {teacher.vocab_size} < the tokenizer's "
+        raise ConfigError("loss.kd_alpha > 0 needs a teacher LM: set loss.kd_teacher_dir (or a directory as "
+                          "loss.kd_teacher) or model.decoder.pretrained")
+    lm = GPT.from_hf(path)
+    if lm.vocab_size < tokenizer.vocab_size:
+        raise ConfigError(f"loss.kd_teacher: {path} has vocabulary {lm.vocab_size} < the tokenizer's "
                           f"{tokenizer.vocab_size} (teacher and OCR model must share the tokenizer)")
+    teacher = KDTeacher(lm, reading, special_ids=(tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id),
+                        attach_layer=cfg.model.attach_layer)
     return teacher.eval().requires_grad_(False)
 
 
@@ -103,10 +109,15 @@ def shard(samples: list, rank: int, world: int, even: bool) -> list:
 
 
 def _make_loader(source, cfg: ExperimentConfig, tokenizer, shuffle: bool, rank: int, world: int,
-                 batch_size: int | None = None) -> DataLoader:
-    """Width-bucketed loader over this rank's share of the lines."""
+                 batch_size: int | None = None, store=None) -> DataLoader:
+    """Width-bucketed loader over this rank's share of the lines (of cached encoder tokens with `store`)."""
+    from bridgeocr.data.features import make_feature_loader
     from bridgeocr.data.preprocess import make_loader
 
+    if store is not None:
+        return make_feature_loader(shard(source, rank, world, even=shuffle), store, cfg.data.image, tokenizer,
+                                   batch_size=batch_size or cfg.optim.batch_size, shuffle=shuffle,
+                                   seed=cfg.train.seed, max_text_tokens=cfg.model.max_text_tokens)
     return make_loader(shard(source, rank, world, even=shuffle), cfg.data.image, tokenizer,
                        batch_size=batch_size or cfg.optim.batch_size, shuffle=shuffle, seed=cfg.train.seed,
                        num_workers=cfg.data.num_workers, max_text_tokens=cfg.model.max_text_tokens)
@@ -280,7 +291,7 @@ def _progress_bar():
 class _DataModule:
     """Builds the loaders lazily, once the trainer knows its rank and world size."""
 
-    def __init__(self, cfg, tokenizer, train_src, val_src):
+    def __init__(self, cfg, tokenizer, train_src, val_src, store=None):
         import lightning.pytorch as pl
 
         outer = self
@@ -288,17 +299,45 @@ class _DataModule:
         class DM(pl.LightningDataModule):
             def train_dataloader(self):
                 outer.train_loader = _make_loader(train_src, cfg, tokenizer, True, self.trainer.global_rank,
-                                                  self.trainer.world_size)
+                                                  self.trainer.world_size, store=store)
                 return outer.train_loader
 
             def val_dataloader(self):
                 outer.val_loader = _make_loader(val_src, cfg, tokenizer, False, self.trainer.global_rank,
-                                                self.trainer.world_size)
+                                                self.trainer.world_size, store=store)
                 return outer.val_loader
 
         self.dm = DM()
+        self.store = store
         self.train_loader = None
         self.val_loader = None
+
+
+def _feature_store(cfg: ExperimentConfig, encoder, splits: dict[str, list], world: int):
+    """The run's cached encoder tokens, filled for these splits; None when the encoder trains, the cache is
+    off, or several processes train (each would fill the same store)."""
+    from bridgeocr.train.features import fill_store, open_store, store_root
+
+    root = store_root(cfg)
+    if root is None:
+        return None
+    if world > 1:
+        print("data.feature_cache: not used with several processes (fill it first with "
+              "`bridgeocr data cache-features`, then train with one process, or set data.feature_cache=off)",
+              flush=True)
+        return None
+    gpu = torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda")
+    device = torch.device("cuda" if gpu else "cpu")
+    encoder.to(device)
+    store = open_store(encoder, cfg.data.image, root)
+    try:
+        for split, samples in splits.items():
+            fill_store(encoder, store, samples, cfg.data.image, batch_size=cfg.optim.batch_size,
+                       desc=f"encoder features [{split}]", device=device)
+    finally:
+        encoder.to("cpu")
+    print(f"frozen encoder: its tokens for {len(store)} lines are cached in {store.dir}", flush=True)
+    return store
 
 
 # ------------------------------------------------------------------------------------------- train
@@ -343,7 +382,6 @@ def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=N
     teacher = load_teacher(cfg, tokenizer)
     module = OCRLightningModule(model, cfg, tokenizer, teacher=teacher, total_steps=oc.max_steps)
     callback = _make_callback(run_dir, cfg)
-    data = _DataModule(cfg, tokenizer, train_src, val_src)
 
     part = 0
     if resuming:
@@ -364,6 +402,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=N
         logger=loggers, callbacks=[callback, _progress_bar()], enable_checkpointing=False, use_distributed_sampler=False,
         log_every_n_steps=max(1, tc.log_every_steps), num_sanity_val_steps=0, deterministic=False,
         enable_model_summary=False, **val_kwargs)
+    store = _feature_store(cfg, model.encoder, {"train": train_src, "val": val_src}, trainer.world_size)
+    data = _DataModule(cfg, tokenizer, train_src, val_src, store)
 
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -411,8 +451,14 @@ def _finish(cfg, run_dir: Path, module, data, trainer, callback, tokenizer, t_st
     test_src = _open(cfg, cfg.data.test_split, cfg.data.max_eval_samples)
     test = None
     if test_src:
+        store = data.store if data.store is not None and _same_encoder(best, data.store, cfg) else None
+        if store is not None:
+            from bridgeocr.train.features import fill_store
+
+            fill_store(best.encoder, store, test_src, cfg.data.image, batch_size=cfg.optim.batch_size,
+                       desc="encoder features [test]")
         test = evaluate_model(best, test_src, cfg.data.image, beam=cfg.train.eval_beam, decoding=None,
-                              batch_size=cfg.optim.batch_size, desc="decode test")
+                              batch_size=cfg.optim.batch_size, desc="decode test", features=store)
         skipped["test"] = test["skipped"]
         print_seed_metrics("test", best_epoch, test["cer"], test["wer"])
         write_predictions(run_dir / "predictions_test.tsv", test)
@@ -455,6 +501,13 @@ def _finish(cfg, run_dir: Path, module, data, trainer, callback, tokenizer, t_st
     print(f"run finished ({stopped_by}, step {trainer.global_step}); wrote {run_dir / 'metrics.json'}",
           flush=True)
     return metrics
+
+
+def _same_encoder(model, store, cfg: ExperimentConfig) -> bool:
+    """Whether the store holds this model's encoder tokens (a resumed run may have swapped the encoder)."""
+    from bridgeocr.train.features import encoder_fingerprint
+
+    return encoder_fingerprint(model.encoder, cfg.data.image) == store.fingerprint
 
 
 def train_cli(config, overrides, resume, devices, num_nodes) -> int:
