@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bridgeocr.config import ExperimentConfig, ImageConfig, load_config
-from bridgeocr.data.features import FeatureStore, line_key
+from bridgeocr.data.features import FeatureStore
 from bridgeocr.data.sample import LineSample
 from bridgeocr.errors import ConfigError
 
