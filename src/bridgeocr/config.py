@@ -81,6 +81,9 @@ class ConnectorConfig:
     kind: str = "linear_gelu_ln"
     reduce: str | None = None  # None | pool | concat: merge `reduce_k` neighbouring tokens first
     reduce_k: int = 1
+    # random | ctc: a token-wise kind fitted, before training, to the ctc_embed prefix the GPT learnt to
+    # read (train/connector_init.py; needs an encoder with a CTC head)
+    init: str = "random"
     num_queries: int = 32  # qformer / cabstractor: M output tokens
     layers: int = 2  # qformer blocks
     heads: int = 4

@@ -39,7 +39,7 @@ DEFAULT_SETTINGS = [*SEED_SETTINGS, "ctc_collapse"]
 
 # What every demo run shares: CPU-sized, parts from the shipped checkpoints, connector first then all.
 DEMO_OVERRIDES = [
-    "data.image.height=32", "data.image.max_width=1024",
+    "data.image.height=48", "data.image.max_width=2048",  # what the shipped PP-OCR encoder reads
     "model.encoder.freeze=true",  # the shipped encoder already reads: on a CPU, spend the budget on the bridge
     "optim.batch_size=16", "optim.max_steps=100000", "optim.warmup_steps=60",
     "optim.lr_encoder=1e-4", "optim.lr_connector=1e-3", "optim.lr_decoder=3e-4",
@@ -151,7 +151,7 @@ def run_demo(minutes: float = 20.0, out: str | Path = "runs/demo", corpus: list[
     deadline = t_start + minutes * 60
     data = make_data(plan)
 
-    plan.encoder = _shipped("encoder_vit") if encoder == "shipped" else encoder
+    plan.encoder = _shipped("encoder_ctc") if encoder == "shipped" else encoder
     plan.lm = _shipped("gpt_lm") if lm == "shipped" else lm
     _say(plan, f"encoder: {plan.encoder or 'trained from scratch here (with a CTC loss)'}; "
                f"decoder: {plan.lm or 'an LM pretrained here'}")

@@ -404,6 +404,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=N
         enable_model_summary=False, **val_kwargs)
     store = _feature_store(cfg, model.encoder, {"train": train_src, "val": val_src}, trainer.world_size)
     data = _DataModule(cfg, tokenizer, train_src, val_src, store)
+    if not resuming:
+        _init_connector(cfg, model, tokenizer, train_src, store)
 
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -501,6 +503,27 @@ def _finish(cfg, run_dir: Path, module, data, trainer, callback, tokenizer, t_st
     print(f"run finished ({stopped_by}, step {trainer.global_step}); wrote {run_dir / 'metrics.json'}",
           flush=True)
     return metrics
+
+
+def _init_connector(cfg: ExperimentConfig, model, tokenizer, train_src, store) -> None:
+    """`model.connector.init=ctc`: fit the connector to the prefix the GPT reads (train/connector_init.py)."""
+    from bridgeocr.train.connector_init import INITS, fit_projector_to_ctc
+
+    init = cfg.model.connector.init
+    if init not in INITS:
+        raise ConfigError(f"model.connector.init: expected one of {', '.join(INITS)}, got {init!r}")
+    if init == "random":
+        return
+    head = model.ctc_head
+    if head is None and cfg.model.encoder.pretrained:
+        from bridgeocr.models.encoder import load_encoder
+
+        head = load_encoder(cfg.model.encoder.pretrained, cfg.data.image.height)[1]
+    if head is None or head.vocab_size > model.decoder.vocab_size:
+        raise ConfigError("model.connector.init=ctc needs an encoder with a CTC head over the tokenizer")
+    loader = _make_loader(train_src, cfg, tokenizer, True, 0, 1, store=store)
+    fit = fit_projector_to_ctc(model, head, loader)
+    print(f"connector fitted to the CTC prefix on {fit['tokens']} encoder tokens (R^2 {fit['r2']:.3f})", flush=True)
 
 
 def _same_encoder(model, store, cfg: ExperimentConfig) -> bool:

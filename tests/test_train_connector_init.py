@@ -1,0 +1,54 @@
+"""model.connector.init=ctc: a token-wise connector fitted to the ctc_embed prefix before training."""
+
+import pytest
+import torch
+
+from bridgeocr.config import ConnectorConfig, ImageConfig
+from bridgeocr.data.preprocess import make_loader
+from bridgeocr.data.sources import open_source
+from bridgeocr.errors import ConfigError
+from bridgeocr.models.connectors import CTCEmbed
+from bridgeocr.train.connector_init import fit_projector_to_ctc
+from conftest import make_box_dataset, tiny_ocr_model
+
+
+def _gap(model, loader) -> float:
+    """Mean squared distance between the connector's output and the ctc_embed prefix on real tokens."""
+    target = CTCEmbed(ConnectorConfig(kind="ctc_embed"), model.encoder.d_out, model.decoder.n_embd)
+    target.init_from(model.ctc_head, model.decoder.wte)
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for batch in loader:
+            tokens, mask = model.encoder_tokens(batch.images, batch.image_mask)
+            out, _ = model.connector(tokens, mask)
+            y, _ = target(tokens, mask)
+            total += float(((out - y) ** 2)[mask].sum())
+            n += int(mask.sum())
+    return total / n
+
+
+@pytest.mark.parametrize("kind", ["linear", "linear_gelu_ln", "mlp"])
+def test_fit_brings_the_connector_to_the_ctc_prefix(tmp_path, kind):
+    from bridgeocr.models.connectors import build_connector
+
+    model = tiny_ocr_model(ctc=True).eval()
+    model.cfg.connector.kind = kind
+    model.connector = build_connector(ConnectorConfig(kind=kind), model.encoder.d_out, model.decoder.n_embd)
+    src = list(open_source(make_box_dataset(tmp_path / "d", n=12), "train"))
+    loader = make_loader(src, ImageConfig(height=16, width_multiple=4), model.tokenizer, 4, shuffle=False)
+    before = _gap(model, loader)
+    fit = fit_projector_to_ctc(model, model.ctc_head, loader)
+    after = _gap(model, loader)
+    assert fit["tokens"] > 0 and 0.0 < fit["r2"] <= 1.0
+    assert after < 0.5 * before
+
+
+def test_kinds_it_cannot_fit_are_a_config_error(tmp_path):
+    from bridgeocr.models.connectors import build_connector
+
+    model = tiny_ocr_model(ctc=True)
+    model.cfg.connector.kind = "qformer"
+    model.connector = build_connector(ConnectorConfig(kind="qformer", num_queries=4, heads=2), model.encoder.d_out,
+                                      model.decoder.n_embd)
+    with pytest.raises(ConfigError, match="connector.init=ctc"):
+        fit_projector_to_ctc(model, model.ctc_head, [])
