@@ -86,6 +86,8 @@ class ConnectorConfig:
     init: str = "random"
     num_queries: int = 32  # qformer / cabstractor: M output tokens
     layers: int = 2  # qformer blocks
+    locality: float = 0.0  # qformer: > 0 biases query i's cross-attention to its share of the width (std, as a
+    #                        fraction of the line; 0 = the seed's plain Q-Former)
     heads: int = 4
     dropout: float = 0.0
 

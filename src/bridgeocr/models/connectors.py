@@ -119,7 +119,8 @@ class MaskedAttention(nn.Module):
         self.q, self.k, self.v = nn.Linear(d_q, d_q), nn.Linear(d_kv, d_q), nn.Linear(d_kv, d_q)
         self.o = nn.Linear(d_q, d_q)
 
-    def forward(self, x, ctx, key_mask=None):
+    def forward(self, x, ctx, key_mask=None, bias=None):
+        """`bias` [B, M, N] (optional) is added to the attention logits (a locality prior)."""
         B, M, D = x.shape
         h = self.heads
 
@@ -127,6 +128,9 @@ class MaskedAttention(nn.Module):
             return t.view(B, -1, h, D // h).transpose(1, 2)
 
         mask = None if key_mask is None else key_mask[:, None, None, :]
+        if bias is not None:
+            mask = bias[:, None].masked_fill(~key_mask[:, None, None, :], float("-inf")) if mask is not None \
+                else bias[:, None]
         y = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(ctx)), split(self.v(ctx)), attn_mask=mask,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.o(y.transpose(1, 2).reshape(B, M, D))
@@ -143,19 +147,30 @@ class QFormerBlock(nn.Module):
         self.ln_ffn = nn.LayerNorm(d)
         self.ffn = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d), nn.Dropout(dropout))
 
-    def forward(self, q, ctx, mask):
+    def forward(self, q, ctx, mask, bias=None):
         h = self.ln_self(q)
         q = q + self.self_attn(h, h)
-        q = q + self.cross_attn(self.ln_cross(q), self.ln_ctx(ctx), mask)
+        q = q + self.cross_attn(self.ln_cross(q), self.ln_ctx(ctx), mask, bias)
         return q + self.ffn(self.ln_ffn(q))
+
+
+def locality_bias(mask: torch.Tensor, m_out: int, width: float) -> torch.Tensor:
+    """[B, M, N] attention-logit prior: query i prefers the tokens near (i + 0.5) / M of *its own* line's real
+    width, a Gaussian of std `width` (a fraction of the line), so the queries read the line in order."""
+    n = mask.sum(1, keepdim=True).clamp(min=1).to(torch.float32)  # [B, 1]
+    u = (torch.arange(mask.shape[1], device=mask.device)[None] + 0.5) / n  # [B, N] token centre in [0, 1]
+    c = (torch.arange(m_out, device=mask.device, dtype=torch.float32) + 0.5) / m_out  # [M]
+    return -((u[:, None, :] - c[None, :, None]) ** 2) / (2.0 * width ** 2)
 
 
 @register_connector("qformer")
 class QFormer(nn.Module):
-    """BLIP-2-style: `num_queries` learned queries through `layers` blocks; output mask all True."""
+    """BLIP-2-style: `num_queries` learned queries through `layers` blocks; output mask all True.
+    `locality` > 0 adds `locality_bias` to every cross-attention (0: the seed's plain Q-Former)."""
 
     def __init__(self, cfg: ConnectorConfig, d_in: int, d_model: int):
         super().__init__()
+        self.locality = float(cfg.locality)
         self.queries = nn.Parameter(torch.randn(cfg.num_queries, d_model) * 0.02)
         self.blocks = nn.ModuleList(QFormerBlock(d_model, d_in, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
         self.ln = nn.LayerNorm(d_model)
@@ -163,8 +178,9 @@ class QFormer(nn.Module):
 
     def forward(self, x, mask):
         q = self.queries[None].expand(x.shape[0], -1, -1)
+        bias = locality_bias(mask, q.shape[1], self.locality).to(x.dtype) if self.locality > 0 else None
         for blk in self.blocks:
-            q = blk(q, x, mask)
+            q = blk(q, x, mask, bias)
         out = self.proj(self.ln(q))
         return out, torch.ones(out.shape[:2], dtype=torch.bool, device=out.device)
 
