@@ -192,3 +192,20 @@ def test_tiny_real_sweep_trains_two_cells_then_skips_them(tmp_path, capsys):
     capsys.readouterr()
     assert sw.sweep_cli(str(sweep_file), [], [], str(out), False) == 0
     assert capsys.readouterr().out.count("skipped") == 2
+
+
+def test_seed_axis_summary_gives_mean_std_and_z(tmp_path):
+    cells = []
+    values = {("0", "1"): 0.30, ("0", "2"): 0.32, ("0", "3"): 0.31, ("1", "1"): 0.20, ("1", "2"): 0.21,
+              ("1", "3"): 0.19}
+    for (alpha, seed), cer in values.items():
+        run = tmp_path / f"a{alpha}s{seed}"
+        run.mkdir()
+        (run / "metrics.json").write_text(json.dumps({"test_cer": cer, "test_wer": 2 * cer, "val_cer": cer,
+                                                      "step": 100}))
+        cells.append(sw.Cell(run.name, [], run, "done", {"loss.kd_alpha": alpha, "train.seed": seed}))
+    out = sw.summarise_seeds(tmp_path, cells)
+    text = out.read_text()
+    assert "| loss.kd_alpha=0 | 3 | 0.3100 ± 0.0100" in text
+    assert "| loss.kd_alpha=1 | 3 | 0.2000 ± 0.0100" in text and "-0.1100 | -13.5 |" in text
+    assert sw.summarise_seeds(tmp_path, [sw.Cell("x", [], tmp_path, "done", {"a": "1"})]) is None

@@ -7,7 +7,7 @@ from bridgeocr.config import ConnectorConfig, ImageConfig
 from bridgeocr.data.preprocess import make_loader
 from bridgeocr.data.sources import open_source
 from bridgeocr.errors import ConfigError
-from bridgeocr.models.connectors import CTCEmbed
+from bridgeocr.models.connectors import CTCEmbed, Reduce
 from bridgeocr.train.connector_init import fit_projector_to_ctc
 from conftest import make_box_dataset, tiny_ocr_model
 
@@ -20,20 +20,23 @@ def _gap(model, loader) -> float:
     with torch.no_grad():
         for batch in loader:
             tokens, mask = model.encoder_tokens(batch.images, batch.image_mask)
-            out, _ = model.connector(tokens, mask)
-            y, _ = target(tokens, mask)
-            total += float(((out - y) ** 2)[mask].sum())
-            n += int(mask.sum())
+            out, out_mask = model.connector(tokens, mask)
+            y, _ = Reduce("pool" if model.connector.reduce.kind else None, model.connector.reduce.k,
+                          model.decoder.n_embd)(*target(tokens, mask))
+            total += float(((out - y) ** 2)[out_mask].sum())
+            n += int(out_mask.sum())
     return total / n
 
 
-@pytest.mark.parametrize("kind", ["linear", "linear_gelu_ln", "mlp"])
+@pytest.mark.parametrize("kind", ["linear", "linear_gelu_ln", "mlp", "linear_ln+pool", "linear_ln+concat"])
 def test_fit_brings_the_connector_to_the_ctc_prefix(tmp_path, kind):
     from bridgeocr.models.connectors import build_connector
 
     model = tiny_ocr_model(ctc=True).eval()
-    model.cfg.connector.kind = kind
-    model.connector = build_connector(ConnectorConfig(kind=kind), model.encoder.d_out, model.decoder.n_embd)
+    kind, _, reduce = kind.partition("+")
+    cfg = ConnectorConfig(kind=kind, reduce=reduce or None, reduce_k=2 if reduce else 1)
+    model.cfg.connector = cfg
+    model.connector = build_connector(cfg, model.encoder.d_out, model.decoder.n_embd)
     src = list(open_source(make_box_dataset(tmp_path / "d", n=12), "train"))
     loader = make_loader(src, ImageConfig(height=16, width_multiple=4), model.tokenizer, 4, shuffle=False)
     before = _gap(model, loader)

@@ -19,12 +19,15 @@ from pathlib import Path
 from bridgeocr.errors import BridgeOCRError
 from bridgeocr.shipped import SHIPPED_DIR
 
-# The seed's settings (its report, "Experiment: which connector layer is better").
+# The seed's settings (its report, "Experiment: which connector layer is better"), each with the lever that
+# makes it read in minutes on a CPU (docs/reading.md): the projection starts as the prefix the GPT learnt to
+# read (connector.init=ctc), the Q-Former's queries each read their share of the line (connector.locality).
+QFORMER = ["model.connector.kind=qformer", "model.connector.num_queries=32", "model.connector.layers=2",
+           "model.connector.locality=0.03"]
 SEED_SETTINGS: dict[str, list[str]] = {
-    "linear_gelu_ln": ["model.connector.kind=linear_gelu_ln"],
-    "qformer": ["model.connector.kind=qformer", "model.connector.num_queries=32", "model.connector.layers=2"],
-    "qformer_kd": ["model.connector.kind=qformer", "model.connector.num_queries=32", "model.connector.layers=2",
-                   "loss.kd_alpha=0.3", "loss.kd_tau=2.0"],
+    "linear_gelu_ln": ["model.connector.kind=linear_gelu_ln", "model.connector.init=ctc"],
+    "qformer": QFORMER,
+    "qformer_kd": QFORMER + ["loss.kd_alpha=0.3", "loss.kd_tau=2.0", "loss.kd_teacher=KD_TEACHER"],
 }
 
 # bridgeocr's own bridges, trainable beside the seed's (`--settings`): the encoder's CTC reading written in
@@ -46,6 +49,7 @@ DEMO_OVERRIDES = [
     "loss.ctc_weight=0.0", "train.val_every_steps=250", "train.log_every_steps=10",
     "data.max_val_samples=200",  # validations during training on 200 lines; the test split is read whole
 ]
+LOSS_GAP_LINES = 200  # the loss diagnostic reads the encoder twice per line (pad, resize): 200 test lines
 FREEZE_SCHEDULE = "optim.freeze_schedule=[{until_step: 100, train: [connector]}]"
 # Joint CTC / GPT beam search read 19-23 demo lines/s on 2 CPU cores (GPT greedy ~60-70; measured 2026-11-26):
 # a setting that decodes jointly leaves that time (with margin) for its test decoding out of its training
@@ -178,7 +182,8 @@ def run_demo(minutes: float = 20.0, out: str | Path = "runs/demo", corpus: list[
     for name in results:  # the seed's loss diagnostic on the test lines, per setting
         run_dir = plan.out / "runs" / name
         if not (run_dir / "loss_gap.json").is_file():
-            loss_gap_cli(checkpoint=run_dir / "best", data=str(data), split="test", out=str(run_dir))
+            loss_gap_cli(checkpoint=run_dir / "best", data=str(data), split="test", out=str(run_dir),
+                         max_samples=LOSS_GAP_LINES)
 
     reference = ctc_reference(plan, data) if plan.encoder else None
     report = write_report(plan, results, time.time() - t_start, reference)

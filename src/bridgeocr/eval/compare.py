@@ -44,6 +44,11 @@ COLUMNS = [
     ("down−ref", "gap_downsampled_reference", ".4f"),
     ("conn−down", "gap_connector_downsampled", ".4f"),
     ("KL(Q‖P)", "kl", ".4f"),
+    ("ref loss (prefix)", "reference_prefix_loss", ".4f"),
+    ("conn−ref (prefix)", "gap_connector_reference_prefix", ".4f"),
+    ("KL(Q‖P) (prefix)", "kl_prefix", ".4f"),
+    ("minutes", "train_minutes", ".1f"),
+    ("steps", "steps", "s"),
 ]
 
 # metric -> the spellings a metrics.json may use (first found wins)
@@ -179,6 +184,8 @@ def load_run(run_dir: str | Path) -> dict:
         row["kd"] = "off"
     else:
         row["kd"] = f"{alpha:g}/{tau:g}" if tau is not None else f"{alpha:g}"
+        teacher = _lookup(cfg, "loss.kd_teacher")
+        row["kd"] += f" ({teacher if teacher in ('lm', 'prefix') else 'lm'})"
 
     gap_path = run_dir / "loss_gap.json"
     gap = _read_json(gap_path) if gap_path.is_file() else {}
@@ -190,6 +197,11 @@ def load_run(run_dir: str | Path) -> dict:
     row["gap_connector_reference"] = _num(gaps.get("connector_minus_reference"))
     row["gap_downsampled_reference"] = _num(gaps.get("downsampled_minus_reference"))
     row["gap_connector_downsampled"] = _num(gaps.get("connector_minus_downsampled"))
+    row["train_minutes"] = _num(metrics.get("wall_time_s")) / 60 if _num(metrics.get("wall_time_s")) else None
+    row["steps"] = metrics.get("step")
+    row["reference_prefix_loss"] = _num(gap.get("reference_prefix"))
+    row["kl_prefix"] = _num(gap.get("kl_prefix"))
+    row["gap_connector_reference_prefix"] = _num(gaps.get("connector_minus_reference_prefix"))
     row["_curves"] = read_curves(run_dir / "metrics.csv")
     return row
 

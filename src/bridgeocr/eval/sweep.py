@@ -331,10 +331,72 @@ def sweep_cli(config: str, grid: list[str] | None = None, overrides: list[str] |
         from bridgeocr.eval.compare import compare_cli
 
         compare_cli([str(p) for p in finished], out=str(sweep_dir / "compare"))
+        summary = summarise_seeds(sweep_dir, cells)
+        if summary:
+            print(summary.read_text())
     if failed:
         print(f"{len(failed)} of {n} cell(s) failed: {', '.join(failed)}")
         return 1
     return 0
+
+
+SEED_AXIS = "train.seed"
+SUMMARY_METRICS = ("test_cer", "test_wer", "val_cer")
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    return m, (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else float("nan")
+
+
+def summarise_seeds(sweep_dir: Path, cells: list[Cell]) -> Path | None:
+    """With a `train.seed` axis: one row per setting (the other axes), mean ± std over its seeds, and its
+    difference from the first setting in units of that difference's standard error (|z| < 2: within noise).
+    Writes seeds.md and seeds.csv; None without a seed axis."""
+    import csv
+
+    if not any(SEED_AXIS in c.values for c in cells):
+        return None
+    groups: dict[str, list[dict]] = {}
+    for c in cells:
+        key = "  ".join(f"{k}={v}" for k, v in c.values.items() if k != SEED_AXIS) or "(all)"
+        metrics = c.run_dir / "metrics.json"
+        if metrics.is_file():
+            groups.setdefault(key, []).append(json.loads(metrics.read_text()))
+        else:
+            groups.setdefault(key, [])
+    rows = []
+    for key, runs in groups.items():
+        row = {"setting": key, "seeds": len(runs)}
+        for m in SUMMARY_METRICS:
+            xs = [float(r[m]) for r in runs if r.get(m) is not None]
+            row[m] = _mean_std(xs) if xs else (float("nan"), float("nan"))
+            row[m + "_n"] = len(xs)
+        row["steps"] = sum(r.get("step", 0) for r in runs) / max(1, len(runs))
+        rows.append(row)
+    base = rows[0]
+    lines = [f"# {sweep_dir.name}: mean ± std over seeds", "",
+             "| setting | seeds | test CER | test WER | val CER | steps | Δ test CER vs first | z |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        (m, sd), (bm, bsd) = row["test_cer"], base["test_cer"]
+        se = ((sd ** 2 / max(1, row["test_cer_n"])) + (bsd ** 2 / max(1, base["test_cer_n"]))) ** 0.5
+        z = (m - bm) / se if row is not base and se > 0 else float("nan")
+        row["delta"], row["z"] = (m - bm if row is not base else 0.0), z
+        cells_txt = " | ".join(f"{row[k][0]:.4f} ± {row[k][1]:.4f}" for k in SUMMARY_METRICS)
+        lines.append(f"| {row['setting']} | {row['seeds']} | {cells_txt} | {row['steps']:.0f} | "
+                     f"{row['delta']:+.4f} | {'–' if z != z else f'{z:+.1f}'} |")
+    lines += ["", "z: the difference divided by its standard error (Welch); |z| < 2 is within the seed noise.", ""]
+    out = sweep_dir / "seeds.md"
+    out.write_text("\n".join(lines))
+    with (sweep_dir / "seeds.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["setting", "seeds"] + [f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "std")]
+                   + ["steps", "delta_test_cer", "z"])
+        for row in rows:
+            w.writerow([row["setting"], row["seeds"]] + [v for m in SUMMARY_METRICS for v in row[m]]
+                       + [row["steps"], row["delta"], row["z"]])
+    return out
 
 
 def _write_plan(sweep_dir: Path, config: str, base: Path | None, common: list[str], cells: list[Cell]):

@@ -20,23 +20,28 @@ from bridgeocr.errors import ConfigError
 __all__ = ["INITS", "fit_projector_to_ctc"]
 
 INITS = ("random", "ctc")
-FITTED_KINDS = ("linear", "linear_ln", "linear_gelu_ln", "mlp")
+FITTED_KINDS = ("linear", "linear_ln", "linear_gelu_ln", "mlp", "qformer")
 GELU_SHIFT = 3.0  # pre-activations y + 3: GELU(z) = z within 0.4 % for z >= 3, so GELU(y + 3) ~ y + 3
 
 
 @torch.no_grad()
-def _tokens_and_targets(model, head, loader, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _tokens_and_targets(model, head, loader, max_tokens: int, norm=None) -> tuple[torch.Tensor, torch.Tensor]:
     from bridgeocr.config import ConnectorConfig
-    from bridgeocr.models.connectors import CTCEmbed
+    from bridgeocr.models.connectors import CTCEmbed, Reduce
 
     target = CTCEmbed(ConnectorConfig(kind="ctc_embed"), head.proj.in_features, model.decoder.n_embd)
     target.init_from(head, model.decoder.wte)
+    reduce = model.connector.reduce  # merged tokens are fitted to the mean of their targets
+    pool = Reduce("pool" if reduce.kind else None, reduce.k, model.decoder.n_embd)
     xs, ys, n = [], [], 0
     for batch in loader:
         if batch is None:
             continue
         tokens, mask = model.encoder_tokens(batch.images, batch.image_mask)
-        y, _ = target(tokens, mask)
+        y, _ = pool(*target(tokens, mask))
+        tokens, mask = reduce(tokens, mask)
+        if norm is not None:
+            tokens = norm(tokens)
         xs.append(tokens[mask].float())
         ys.append(y[mask].float())
         n += int(mask.sum())
@@ -55,18 +60,20 @@ def fit_projector_to_ctc(model, head, loader, max_tokens: int = 60_000, ridge: f
     kind = model.cfg.connector.kind
     if kind not in FITTED_KINDS:
         raise ConfigError(f"model.connector.init=ctc: fits kinds {', '.join(FITTED_KINDS)}, not {kind}")
-    if model.connector.reduce.kind is not None:
-        raise ConfigError("model.connector.init=ctc: not with token reduction (connector.reduce)")
+    body = model.connector.body
     was_training = model.training
     model.eval()
-    x, y = _tokens_and_targets(model, head, loader, max_tokens)
+    x, y = _tokens_and_targets(model, head, loader, max_tokens, body.blocks[0].ln_ctx if kind == "qformer" else None)
     model.train(was_training)
     xa = torch.cat([x, torch.ones(len(x), 1)], 1).double()
     gram = xa.T @ xa + ridge * len(x) * torch.eye(xa.shape[1], dtype=torch.float64)
     w = torch.linalg.solve(gram, xa.T @ y.double()).float()  # [d_in + 1, d_model]
     pred = xa.float() @ w
     r2 = 1.0 - float(((pred - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum().clamp(min=1e-12))
-    layers = list(model.connector.body.proj)
+    if kind == "qformer":
+        _set_qformer(body, w, y)
+        return {"tokens": len(x), "r2": r2}
+    layers = list(body.proj)
     first = layers[0]
     first.weight.copy_(w[:-1].T)
     first.bias.copy_(w[-1])
@@ -81,3 +88,29 @@ def fit_projector_to_ctc(model, head, loader, max_tokens: int = 60_000, ridge: f
         ln.weight.fill_(float(y.std(1).mean()))
         ln.bias.copy_(y.mean(0))
     return {"tokens": len(x), "r2": r2}
+
+
+def _set_qformer(body, w: torch.Tensor, y: torch.Tensor) -> None:
+    """A Q-Former that starts as a positional average of the fitted prefix: the first cross-attention
+    attends by its locality prior alone (key weights zero), its values are the fitted map and its output the
+    identity; every other residual branch starts at zero (as ReZero / Fixup start residual nets), so query
+    i = the mean prefix over its share of the line, and the final LayerNorm gives back the targets' scale."""
+    if body.locality <= 0:
+        raise ConfigError("model.connector.init=ctc with a qformer needs connector.locality > 0 (each query "
+                          "must start on its own share of the line)")
+    first = body.blocks[0].cross_attn
+    first.k.weight.zero_()
+    first.k.bias.zero_()
+    first.v.weight.copy_(w[:-1].T)
+    first.v.bias.copy_(w[-1])
+    first.o.weight.copy_(torch.eye(first.o.out_features))
+    first.o.bias.zero_()
+    for i, blk in enumerate(body.blocks):
+        branches = [blk.self_attn.o, blk.ffn[2]] + ([blk.cross_attn.o] if i > 0 else [])
+        for lin in branches:
+            lin.weight.zero_()
+            lin.bias.zero_()
+    body.ln.weight.fill_(float(y.std(1).mean()))
+    body.ln.bias.copy_(y.mean(0))
+    body.proj.weight.copy_(torch.eye(body.proj.out_features))
+    body.proj.bias.zero_()
