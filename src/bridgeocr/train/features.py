@@ -20,7 +20,7 @@ from bridgeocr.data.features import FeatureStore
 from bridgeocr.data.sample import LineSample
 from bridgeocr.errors import ConfigError
 
-__all__ = ["encoder_fingerprint", "fill_store", "open_store", "store_root", "cache_enabled",
+__all__ = ["encoder_fingerprint", "fill_store", "fill_for_config", "open_store", "store_root", "cache_enabled",
            "cache_features_cli"]
 
 FEATURES_VERSION = 1  # bump when the stored layout or meaning changes: every old store becomes stale
@@ -127,38 +127,51 @@ def cache_enabled(cfg: ExperimentConfig) -> bool:
     return store_root(cfg) is not None
 
 
+def fill_for_config(cfg: ExperimentConfig, splits: dict[str, int | None], batch_size: int = 16,
+                    progress: bool = True) -> FeatureStore | None:
+    """Fill the store a `train` run with `cfg` reads, for {split: max lines or None}; None if it caches nothing."""
+    from bridgeocr.data.sources import open_source
+    from bridgeocr.models.encoder import check_image_height, load_encoder
+    from bridgeocr.train.run import adopt_encoder_image
+
+    adopt_encoder_image(cfg)
+    root = store_root(cfg)
+    if root is None:
+        return None
+    if not cfg.model.encoder.pretrained:
+        raise ConfigError("cache-features: name the frozen encoder (--encoder DIR or model.encoder.pretrained)")
+    enc, _ = load_encoder(cfg.model.encoder.pretrained)
+    check_image_height(enc, cfg.data.image.height, cfg.model.encoder.pretrained)
+    store = open_store(enc, cfg.data.image, root)
+    d = cfg.data
+    for split, limit in splits.items():
+        samples = list(open_source(d.source, split, split_file=d.split_file, iam_split_dir=d.iam_split_dir,
+                                   drop_err=d.drop_err))[:limit]
+        stats = fill_store(enc, store, samples, d.image, batch_size=batch_size, desc=f"encoder features [{split}]",
+                           progress=progress)
+        print(f"{d.source} [{split}]: {len(samples)} lines, {stats['computed']} computed, "
+              f"{stats['cached']} already cached, {stats['skipped']} unreadable"
+              + (f" (e.g. {stats['skip_messages'][0]})" if stats["skip_messages"] else ""), flush=True)
+    print(f"features: {store.dir} ({len(store)} lines, {d.image.height} px high)", flush=True)
+    return store
+
+
 def cache_features_cli(config: str | None, overrides: list[str], splits: list[str], cache_dir: str | None = None,
                        encoder: str | None = None, data: str | None = None, batch_size: int = 16) -> int:
     """`bridgeocr data cache-features`: fill the cache a `train` run with this config reads (training fills
     it too; this does it ahead, e.g. once for a whole sweep). `--encoder`/`--data` override the config's."""
-    from bridgeocr.data.sources import open_source
-    from bridgeocr.models.encoder import check_image_height, load_encoder
-    from bridgeocr.train.run import adopt_encoder_image
+    from bridgeocr.models.encoder import load_encoder
 
     cfg = load_config(config, list(overrides or []) + ["model.encoder.freeze=true"])
     if encoder:
         cfg.model.encoder.pretrained = encoder
     if data:
         cfg.data.source = data
-    if not cfg.model.encoder.pretrained:
-        raise ConfigError("cache-features: name the frozen encoder (--encoder DIR or model.encoder.pretrained)")
-    adopt_encoder_image(cfg)
     if cache_dir:
         cfg.data.feature_cache = cache_dir
-    root = store_root(cfg)
-    if root is None:
+    if str(cfg.data.feature_cache).lower() in ("off", "false", "none", ""):
         raise ConfigError("cache-features: data.feature_cache=off")
-    enc, _ = load_encoder(cfg.model.encoder.pretrained)
-    if config is None:  # no experiment config: the encoder's own line height
-        cfg.data.image.height = int(enc.image_height)
-    check_image_height(enc, cfg.data.image.height, cfg.model.encoder.pretrained)
-    store = open_store(enc, cfg.data.image, root)
-    for split in splits:
-        samples = list(open_source(cfg.data.source, split, split_file=cfg.data.split_file,
-                                   iam_split_dir=cfg.data.iam_split_dir, drop_err=cfg.data.drop_err))
-        stats = fill_store(enc, store, samples, cfg.data.image, batch_size=batch_size, desc=f"features [{split}]")
-        print(f"{cfg.data.source} [{split}]: {len(samples)} lines, {stats['computed']} computed, "
-              f"{stats['cached']} already cached, {stats['skipped']} unreadable"
-              + (f" (e.g. {stats['skip_messages'][0]})" if stats["skip_messages"] else ""), flush=True)
-    print(f"features: {store.dir} ({len(store)} lines, {cfg.data.image.height} px high)")
+    if config is None and cfg.model.encoder.pretrained:  # no experiment config: the encoder's own line height
+        cfg.data.image.height = int(load_encoder(cfg.model.encoder.pretrained)[0].image_height)
+    fill_for_config(cfg, {s: None for s in splits}, batch_size=batch_size)
     return 0
