@@ -127,7 +127,7 @@ def run_overrides(plan: DemoPlan, name: str, minutes: float, data: Path, extra: 
     parts = [f"model.encoder.pretrained={plan.encoder}" if plan.encoder else "model.ctc_head=true",
              f"model.decoder.pretrained={plan.lm}"]
     if not plan.encoder:  # no pretrained encoder: train it here, with CTC to make it read sooner
-        parts += ["model.encoder.freeze=false", "loss.ctc_weight=0.3"]
+        parts += ["model.encoder.freeze=false", "loss.ctc_weight=0.3", "model.encoder.patch_height=48"]
     return (DEMO_OVERRIDES + [FREEZE_SCHEDULE] + parts + ALL_SETTINGS[name]
             + [f"data.source={data}", f"train.out_dir={plan.out / 'runs'}", f"train.name={name}",
                f"optim.max_minutes={minutes:.3f}"] + list(extra or []))
