@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from bridgeocr.demo import DEMO_OVERRIDES, FREEZE_SCHEDULE
-from bridgeocr.eval.sweep import sweep_cli
+from bridgeocr.eval.sweep import plan_sweep, summarise_seeds, sweep_cli
 
 SWEEPS = ["no_gelu", "downsample", "attach", "kd_alpha0", "kd"]
 OUT_NAMES = {"kd_alpha0": "kd"}  # the KD baseline cells join the KD sweep's directory
@@ -31,15 +31,28 @@ def main() -> int:
     ap.add_argument("--data", default="runs/demo/data", help="line source (default: the demo's lines)")
     ap.add_argument("--only", nargs="+", choices=SWEEPS, default=SWEEPS)
     ap.add_argument("--out", default="runs/sweeps")
-    ap.add_argument("overrides", nargs="*", help="dotted key=value overrides for every cell")
+    ap.add_argument("--summary-only", action="store_true",
+                    help="train nothing: rewrite each sweep dir's seeds.md (mean ± std) from the finished cells")
+    ap.add_argument("overrides", nargs="*", help="dotted key=value overrides for every cell (before --only)")
     args = ap.parse_args()
     budget = ([f"optim.max_steps={args.steps}", f"train.val_every_steps={max(1, args.steps // 2)}",
                "optim.warmup_steps=30", f"optim.freeze_schedule=[{{until_step: {max(1, args.steps // 5)}, "
                "train: [connector]}]"] if args.steps else [f"optim.max_minutes={args.minutes}"])
     common = DEMO_OVERRIDES + [FREEZE_SCHEDULE, f"data.source={args.data}"] + budget + args.overrides
-    for name in args.only:
+    for name in [] if args.summary_only else args.only:
         sweep_cli(str(REPO / "configs" / "sweeps" / f"{name}.yaml"), overrides=common,
                   out=str(Path(args.out) / OUT_NAMES.get(name, name)))
+    # one noise table per sweep dir over every sweep file that writes into it (KD: its alpha=0 baseline first)
+    dirs: dict[str, list] = {}
+    for name in args.only:
+        out = str(Path(args.out) / OUT_NAMES.get(name, name))
+        _, cells, _, _ = plan_sweep(str(REPO / "configs" / "sweeps" / f"{name}.yaml"), overrides=common, out=out)
+        dirs.setdefault(out, [])
+        dirs[out] = cells + dirs[out] if name in OUT_NAMES else dirs[out] + cells
+    for out, cells in dirs.items():
+        summary = summarise_seeds(Path(out), cells)
+        if summary:
+            print(summary.read_text())
     return 0
 
 

@@ -203,10 +203,11 @@ def test_seed_axis_summary_gives_mean_std_and_z(tmp_path):
         run = tmp_path / f"a{alpha}s{seed}"
         run.mkdir()
         (run / "metrics.json").write_text(json.dumps({"test_cer": cer, "test_wer": 2 * cer, "val_cer": cer,
-                                                      "step": 100}))
+                                                      "step": 100, "decode_lines_per_s": 50.0}))
         cells.append(sw.Cell(run.name, [], run, "done", {"loss.kd_alpha": alpha, "train.seed": seed}))
     out = sw.summarise_seeds(tmp_path, cells)
     text = out.read_text()
     assert "| loss.kd_alpha=0 | 3 | 0.3100 ± 0.0100" in text
     assert "| loss.kd_alpha=1 | 3 | 0.2000 ± 0.0100" in text and "-0.1100 | -13.5 |" in text
+    assert (tmp_path / "seeds.png").is_file() and (tmp_path / "seeds.csv").read_text().count("\n") == 3
     assert sw.summarise_seeds(tmp_path, [sw.Cell("x", [], tmp_path, "done", {"a": "1"})]) is None

@@ -373,6 +373,8 @@ def summarise_seeds(sweep_dir: Path, cells: list[Cell]) -> Path | None:
             row[m] = _mean_std(xs) if xs else (float("nan"), float("nan"))
             row[m + "_n"] = len(xs)
         row["steps"] = sum(r.get("step", 0) for r in runs) / max(1, len(runs))
+        speeds = [float(r["decode_lines_per_s"]) for r in runs if r.get("decode_lines_per_s")]
+        row["decode_lines_per_s"] = sum(speeds) / len(speeds) if speeds else float("nan")
         rows.append(row)
     base = rows[0]
     lines = [f"# {sweep_dir.name}: mean ± std over seeds", "",
@@ -387,6 +389,8 @@ def summarise_seeds(sweep_dir: Path, cells: list[Cell]) -> Path | None:
         lines.append(f"| {row['setting']} | {row['seeds']} | {cells_txt} | {row['steps']:.0f} | "
                      f"{row['delta']:+.4f} | {'–' if z != z else f'{z:+.1f}'} |")
     lines += ["", "z: the difference divided by its standard error (Welch); |z| < 2 is within the seed noise.", ""]
+    if _plot_seeds(rows, sweep_dir / "seeds.png"):
+        lines += ["![test CER (mean ± std over seeds) against decode speed](seeds.png)", ""]
     out = sweep_dir / "seeds.md"
     out.write_text("\n".join(lines))
     with (sweep_dir / "seeds.csv").open("w", newline="") as f:
@@ -397,6 +401,34 @@ def summarise_seeds(sweep_dir: Path, cells: list[Cell]) -> Path | None:
             w.writerow([row["setting"], row["seeds"]] + [v for m in SUMMARY_METRICS for v in row[m]]
                        + [row["steps"], row["delta"], row["z"]])
     return out
+
+
+def _plot_seeds(rows: list[dict], path: Path) -> bool:
+    """Test CER (mean ± std over seeds) against decode lines/s per setting: the speed/accuracy frontier
+    with its noise bands. False when matplotlib is missing or nothing finished."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    pts = [r for r in rows if r["test_cer_n"] and r["decode_lines_per_s"] == r["decode_lines_per_s"]]
+    if not pts:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for r in pts:
+        m, sd = r["test_cer"]
+        ax.errorbar(r["decode_lines_per_s"], m, yerr=0 if sd != sd else sd, fmt="o", capsize=4)
+        ax.annotate(r["setting"].replace("model.connector.", "").replace("loss.", ""), (r["decode_lines_per_s"], m),
+                    textcoords="offset points", xytext=(5, 5), fontsize=7)
+    ax.set_xlabel("decode lines/s (test, mean over seeds)")
+    ax.set_ylabel("test CER (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def _write_plan(sweep_dir: Path, config: str, base: Path | None, common: list[str], cells: list[Cell]):
