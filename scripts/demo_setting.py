@@ -1,0 +1,27 @@
+"""One demo setting under the demo's exact conditions (its overrides, data and cached tokens), e.g. to measure
+a lever (docs/reading.md section 4):
+
+    python scripts/demo_setting.py qformer 3 model.connector.locality=0.02 tag=qf_loc02
+
+NAME is a demo setting (src/bridgeocr/demo.py), MINUTES its training budget; the rest are dotted overrides,
+`tag=` names the run (default NAME). Runs land in runs/exp/runs/<tag>; prints one RESULT line.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from bridgeocr.config import load_config
+from bridgeocr.demo import DemoPlan, run_overrides
+from bridgeocr.train.run import train
+
+name, minutes, extra = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+tag = next((e.split("=", 1)[1] for e in extra if e.startswith("tag=")), name)
+extra = [e for e in extra if not e.startswith("tag=")]
+plan = DemoPlan(out=Path("runs/exp"), minutes=minutes, n=4000, corpus=None,
+                encoder="shipped:encoder_ctc", lm="shipped:gpt_lm")
+overrides = run_overrides(plan, name, minutes, Path("runs/demo/data"),
+                          ["data.feature_cache=runs/demo/cache", f"train.name={tag}"] + extra)
+m = train(load_config(None, overrides))
+print("RESULT", tag, json.dumps({k: m.get(k) for k in ("val_cer", "test_cer", "test_wer", "step",
+                                                        "train_lines_per_s", "decode_lines_per_s", "wall_time_s")}))
