@@ -223,10 +223,9 @@ def ctc_reference(plan: DemoPlan, data: Path) -> dict:
     from bridgeocr.data.sources import open_source
     from bridgeocr.data.tokenizers import load_tokenizer
     from bridgeocr.models.encoder import load_encoder
+    from bridgeocr.models.encoder_reader import encoder_image_config
     from bridgeocr.shipped import resolve_pretrained
     from bridgeocr.train.encoder_pretrain import ctc_evaluate
-
-    from bridgeocr.models.encoder_reader import encoder_image_config
 
     encoder, head = load_encoder(plan.encoder)
     image = encoder_image_config(encoder)  # the encoder's own line height (and PP-OCR's width settings)
