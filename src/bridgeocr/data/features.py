@@ -27,10 +27,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from bridgeocr.config import ImageConfig
-from bridgeocr.data.preprocess import WidthBucketSampler, image_sizes, target_width, text_batch
+from bridgeocr.data.preprocess import LineDataset, WidthBucketSampler, text_batch
 from bridgeocr.data.sample import Batch, LineSample
 from bridgeocr.errors import DataError
 
@@ -142,27 +142,16 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-class FeatureDataset(Dataset):
+class FeatureDataset(LineDataset):
     """source[i] -> dict(features [N, d], ids, text, id), or None when bad (counted in `.skipped`, as
-    LineDataset does: an empty text, too many tokens, or a line the encoder could not read)."""
+    LineDataset does: an empty text, too many tokens, or a line the encoder could not read). Its `widths`
+    are LineDataset's (pixel widths), so both loaders form the same batches."""
 
     def __init__(self, source: Sequence[LineSample], store: FeatureStore, tokenizer, image_cfg: ImageConfig,
                  max_text_tokens: int | None = None):
-        self.source, self.store, self.tokenizer, self.image_cfg = source, store, tokenizer, image_cfg
-        self.max_text_tokens = max_text_tokens
+        super().__init__(source, image_cfg, tokenizer, max_text_tokens=max_text_tokens)
+        self.store = store
         self.keys = [line_key(s) for s in source]
-        self.skipped = 0
-        self.skip_messages: list[str] = []
-        self._skipped_idx: set[int] = set()
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def _skip(self, idx: int, msg: str) -> None:
-        if idx not in self._skipped_idx:
-            self._skipped_idx.add(idx)
-            self.skipped += 1
-            self.skip_messages.append(msg)
 
     def __getitem__(self, idx: int):
         sample, key = self.source[idx], self.keys[idx]
@@ -178,10 +167,6 @@ class FeatureDataset(Dataset):
             self._skip(idx, f"{where}: {len(ids)} tokens + BOS/EOS > max_text_tokens={self.max_text_tokens}")
             return None
         return {"features": self.store.get(key), "ids": ids, "text": sample.text, "id": sample.id}
-
-    def widths(self) -> list[int]:
-        """The preprocessed pixel widths LineDataset buckets by, so both loaders form the same batches."""
-        return [target_width(w, h, self.image_cfg) for w, h in image_sizes(self.source)]
 
 
 class FeatureCollator:

@@ -20,7 +20,7 @@ from bridgeocr.data.features import FeatureStore
 from bridgeocr.data.sample import LineSample
 from bridgeocr.errors import ConfigError
 
-__all__ = ["encoder_fingerprint", "fill_store", "fill_for_config", "open_store", "store_root", "cache_enabled",
+__all__ = ["encoder_fingerprint", "fill_store", "fill_for_config", "open_store", "store_root",
            "cache_features_cli"]
 
 FEATURES_VERSION = 1  # bump when the stored layout or meaning changes: every old store becomes stale
@@ -121,10 +121,6 @@ def store_root(cfg: ExperimentConfig) -> Path | None:
                               "(set model.encoder.freeze=true, or data.feature_cache=off)")
         return None
     return Path(cfg.train.out_dir) / ".feature_cache" if value == "auto" else Path(value)
-
-
-def cache_enabled(cfg: ExperimentConfig) -> bool:
-    return store_root(cfg) is not None
 
 
 def fill_for_config(cfg: ExperimentConfig, splits: dict[str, int | None], batch_size: int = 16,
