@@ -19,8 +19,8 @@ from pathlib import Path
 from bridgeocr.demo import DEMO_OVERRIDES, FREEZE_SCHEDULE
 from bridgeocr.eval.sweep import plan_sweep, summarise_seeds, sweep_cli
 
-SWEEPS = ["no_gelu", "downsample", "attach", "kd_alpha0", "kd"]
-OUT_NAMES = {"kd_alpha0": "kd"}  # the KD baseline cells join the KD sweep's directory
+SWEEPS = ["no_gelu", "downsample", "attach", "kd_alpha0", "kd", "kd_qformer_alpha0", "kd_qformer"]
+OUT_NAMES = {"kd_alpha0": "kd", "kd_qformer_alpha0": "kd_qformer"}  # baselines join their sweep's directory
 REPO = Path(__file__).resolve().parents[1]
 
 

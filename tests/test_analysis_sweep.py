@@ -73,7 +73,8 @@ def test_sweep_file_with_grid_base_and_overrides(tmp_path, monkeypatch):
         sw.plan_sweep(str(f), overrides=["loss.kd_tau=3"], out=str(tmp_path / "o"))
 
 
-@pytest.mark.parametrize("name", ["no_gelu", "downsample", "attach", "kd", "kd_alpha0"])
+@pytest.mark.parametrize("name", ["no_gelu", "downsample", "attach", "kd", "kd_alpha0", "kd_qformer",
+                                  "kd_qformer_alpha0"])
 def test_shipped_sweep_files_expand(name, monkeypatch):
     monkeypatch.chdir(ROOT)
     path = ROOT / "configs" / "sweeps" / f"{name}.yaml"
@@ -82,7 +83,8 @@ def test_shipped_sweep_files_expand(name, monkeypatch):
         pytest.skip(f"base config of {path.name} not written yet")
     _, cells, _, _ = sw.plan_sweep(str(path), out="/tmp/never-written")
     # 3 seeds per setting; KD: 2 teachers x 3 alphas x 2 taus, its alpha=0 baseline in kd_alpha0.yaml
-    assert len(cells) == 3 * {"no_gelu": 2, "downsample": 4, "attach": 3, "kd": 12, "kd_alpha0": 1}[name]
+    assert len(cells) == 3 * {"no_gelu": 2, "downsample": 4, "attach": 3, "kd": 12, "kd_alpha0": 1, "kd_qformer": 2,
+                            "kd_qformer_alpha0": 1}[name]
     assert sname == name.replace("_alpha0", "")
 
 
