@@ -2,6 +2,7 @@
 
 1. synthesise lines from the built-in corpus (or --corpus),
 2. take the shipped CTC-pretrained encoder and GPT LM (or, where a package has none, pretrain an LM here),
+   and compute the frozen encoder's tokens of every line once (the feature cache, data/features.py),
 3. train the seed's three settings -- `linear_gelu_ln`, `qformer`, `qformer` + KD -- and bridgeocr's
    `ctc_collapse` connector, each in an equal share of the budget,
 4. evaluate them and write `report.md`: the seed's numbers, curves, and where the checkpoints are.
