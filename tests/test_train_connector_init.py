@@ -50,8 +50,30 @@ def test_kinds_it_cannot_fit_are_a_config_error(tmp_path):
     from bridgeocr.models.connectors import build_connector
 
     model = tiny_ocr_model(ctc=True)
-    model.cfg.connector.kind = "qformer"
-    model.connector = build_connector(ConnectorConfig(kind="qformer", num_queries=4, heads=2), model.encoder.d_out,
-                                      model.decoder.n_embd)
-    with pytest.raises(ConfigError, match="connector.init=ctc"):
-        fit_projector_to_ctc(model, model.ctc_head, [])
+    for cfg in (ConnectorConfig(kind="cabstractor", num_queries=4, layers=1), ConnectorConfig(kind="qformer",
+                                                                                          num_queries=4, heads=2)):
+        model.cfg.connector = cfg
+        model.connector = build_connector(cfg, model.encoder.d_out, model.decoder.n_embd)
+        src = list(open_source(make_box_dataset(tmp_path / cfg.kind, n=8), "train"))
+        loader = make_loader(src, ImageConfig(height=16, width_multiple=4), model.tokenizer, 4, shuffle=False)
+        with pytest.raises(ConfigError, match="cabstractor" if cfg.kind == "cabstractor" else "locality"):
+            fit_projector_to_ctc(model, model.ctc_head, loader)
+
+
+def test_a_qformer_with_locality_starts_as_the_positional_average_of_the_fitted_prefix(tmp_path):
+    from bridgeocr.models.connectors import build_connector
+
+    model = tiny_ocr_model(ctc=True).eval()
+    cfg = ConnectorConfig(kind="qformer", num_queries=4, heads=2, layers=2, locality=0.1)
+    model.cfg.connector = cfg
+    model.connector = build_connector(cfg, model.encoder.d_out, model.decoder.n_embd)
+    src = list(open_source(make_box_dataset(tmp_path / "d", n=8), "train"))
+    loader = make_loader(src, ImageConfig(height=16, width_multiple=4), model.tokenizer, 4, shuffle=False)
+    fit = fit_projector_to_ctc(model, model.ctc_head, loader)
+    body = model.connector.body
+    assert 0 < fit["r2"] <= 1 and not body.blocks[0].cross_attn.k.weight.any()
+    assert not body.blocks[1].cross_attn.o.weight.any() and not body.blocks[0].ffn[2].weight.any()
+    batch = next(iter(loader))
+    with torch.no_grad():  # the queries' outputs differ along the line: each reads its own share
+        out, _ = model.connector(*model.encoder_tokens(batch.images, batch.image_mask))
+    assert (out[:, 0] - out[:, -1]).abs().max() > 1e-3
