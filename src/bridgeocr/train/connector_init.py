@@ -55,8 +55,8 @@ def _tokens_and_targets(model, head, loader, max_tokens: int, norm=None) -> tupl
 @torch.no_grad()
 def fit_projector_to_ctc(model, head, loader, max_tokens: int = 60_000, ridge: float = 1e-2) -> dict:
     """Fit `model.connector` (kind linear / linear_ln / linear_gelu_ln / mlp, or a qformer with locality) to
-    the `ctc_embed` prefix of the encoder tokens in `loader`, given the encoder's CTC `head`. Returns {"tokens", "r2"}: how much of
-    the targets' variance the fitted linear map explains (1 = all)."""
+    the `ctc_embed` prefix of the encoder tokens in `loader`, given the encoder's CTC `head`.
+    Returns {"tokens", "r2"}: how much of the targets' variance the fitted linear map explains (1 = all)."""
     kind = model.cfg.connector.kind
     if kind not in FITTED_KINDS:
         raise ConfigError(f"model.connector.init=ctc: fits kinds {', '.join(FITTED_KINDS)}, not {kind}")
