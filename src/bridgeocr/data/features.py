@@ -40,21 +40,28 @@ INDEX = "index.json"
 META = "meta.json"
 
 
+_KEY_CACHE: dict[tuple[str, int, int], str] = {}
+
+
 def line_key(sample: LineSample) -> str:
-    """A content hash of the line's image (file bytes, or the in-memory image's mode, size and pixels)."""
-    h = hashlib.blake2b(digest_size=16)
+    """A content hash of the line's image (file bytes, or the in-memory image's mode, size and pixels).
+    A file's hash is remembered by path, mtime and size, as `image_size` remembers sizes: a run asks for
+    every line's key several times (fill, training loader, connector fit, test)."""
     if sample.image is not None:
         img = sample.image
-        h.update(f"{img.mode}:{img.width}x{img.height}:".encode())
+        h = hashlib.blake2b(f"{img.mode}:{img.width}x{img.height}:".encode(), digest_size=16)
         h.update(img.tobytes())
-    elif sample.image_path is not None:
-        try:
-            h.update(Path(sample.image_path).read_bytes())
-        except OSError:
-            return ""  # unreadable: never cached; LineDataset reports it when the line is computed
-    else:
+        return h.hexdigest()
+    if sample.image_path is None:
         return ""
-    return h.hexdigest()
+    try:
+        st = os.stat(sample.image_path)
+        where = (str(sample.image_path), st.st_mtime_ns, st.st_size)
+        if where not in _KEY_CACHE:
+            _KEY_CACHE[where] = hashlib.blake2b(Path(sample.image_path).read_bytes(), digest_size=16).hexdigest()
+        return _KEY_CACHE[where]
+    except OSError:
+        return ""  # unreadable: never cached; LineDataset reports it when the line is computed
 
 
 class FeatureStore:

@@ -197,7 +197,8 @@ def load_run(run_dir: str | Path) -> dict:
     row["gap_connector_reference"] = _num(gaps.get("connector_minus_reference"))
     row["gap_downsampled_reference"] = _num(gaps.get("downsampled_minus_reference"))
     row["gap_connector_downsampled"] = _num(gaps.get("connector_minus_downsampled"))
-    row["train_minutes"] = _num(metrics.get("wall_time_s")) / 60 if _num(metrics.get("wall_time_s")) else None
+    wall = _num(metrics.get("wall_time_s"))
+    row["train_minutes"] = wall / 60 if wall else None
     row["steps"] = metrics.get("step")
     row["reference_prefix_loss"] = _num(gap.get("reference_prefix"))
     row["kl_prefix"] = _num(gap.get("kl_prefix"))

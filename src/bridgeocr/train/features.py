@@ -115,8 +115,10 @@ def store_root(cfg: ExperimentConfig) -> Path | None:
     """Where a run's cached features live: None when `data.feature_cache` is off or the encoder trains."""
     value = str(cfg.data.feature_cache)
     value = {"false": "off", "none": "off", "": "off", "true": "auto", "on": "auto"}.get(value.lower(), value)
-    if value == "off" or not cfg.model.encoder.freeze:
-        if value not in ("off", "auto") and not cfg.model.encoder.freeze:
+    if value == "off":
+        return None
+    if not cfg.model.encoder.freeze:  # auto: nothing to cache; a directory asked for is a mistake
+        if value != "auto":
             raise ConfigError(f"data.feature_cache={value}: features can be cached only for a frozen encoder "
                               "(set model.encoder.freeze=true, or data.feature_cache=off)")
         return None
