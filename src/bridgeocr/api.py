@@ -40,9 +40,12 @@ class Recognition:
 
 
 def _to_pil(image) -> Image.Image:
-    """PIL image, path or array (H x W or H x W x C, uint8 0-255 or float 0-1; dark ink on light paper)."""
+    """PIL image, path or array (H x W or H x W x C, uint8 0-255, 16-bit 0-65535 or float 0-1; dark ink on
+    light paper), as 8-bit grayscale (`data.sample.to_grayscale`)."""
+    from bridgeocr.data.sample import to_grayscale
+
     if isinstance(image, Image.Image):
-        return image.convert("L")
+        return to_grayscale(image)  # 16-bit scaled, transparency onto white paper
     if isinstance(image, (str, Path)):
         from bridgeocr.data.sample import LineSample
 
@@ -59,10 +62,12 @@ def _to_pil(image) -> Image.Image:
             arr = np.asarray(arr, dtype=np.float32)
             if arr.size and arr.max() <= 1.0:
                 arr = arr * 255.0
+            elif arr.size and 255.0 < arr.max() <= 65535.0 and arr.min() >= 0:  # 16-bit values
+                arr = arr / 257.0
             arr = np.clip(arr, 0, 255).astype(np.uint8)
         if arr.ndim not in (2, 3) or arr.shape[0] == 0 or arr.shape[1] == 0:
             raise DataError("array", f"expected an H x W (x C) image, got shape {tuple(image.shape)}")
-        return Image.fromarray(arr).convert("L")
+        return to_grayscale(Image.fromarray(arr))
     raise DataError(type(image).__name__, "not an image (expected a PIL image, a path or an array)")
 
 

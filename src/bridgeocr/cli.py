@@ -66,6 +66,10 @@ def _add_data(sub):
         p.add_argument("--split-file", default=None, help="manifest split file (default: found beside it)")
         p.add_argument("--iam-split-dir", default=None, help="IAM: folder with the split lists")
         keys = ["source", "split", "split_file", "iam_split_dir"]
+        if name == "check":
+            p.add_argument("--allow-outside", action="store_true",
+                           help="accept manifest image paths outside the manifest's folder (else problems)")
+            keys += ["allow_outside"]
         if name == "preview":
             p.add_argument("--out", required=True, help="PNG file to write")
             p.add_argument("--n", type=int, default=24, help="number of samples (default 24)")
@@ -186,8 +190,11 @@ def _add_train_eval(sub):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--out", default=None, help="directory for predictions.tsv and metrics.json")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="accept manifest image paths outside the manifest's folder (else refused)")
     p.set_defaults(target="bridgeocr.eval.evaluate:evaluate_cli",
-                   keys=["checkpoint", "data", "split", "beam", "batch_size", "max_samples", "out", "decoding"])
+                   keys=["checkpoint", "data", "split", "beam", "batch_size", "max_samples", "out", "decoding",
+                         "allow_outside"])
 
     p = sub.add_parser("recognize", help="transcribe line images (files, folders, globs)")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")

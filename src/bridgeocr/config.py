@@ -37,6 +37,7 @@ class DataConfig:
     split_file: str | None = None  # manifest: TSV `path<TAB>split[<TAB>group]` (auto-found beside it)
     iam_split_dir: str | None = None  # IAM only: folder with the split lists
     drop_err: bool = False  # IAM only: drop lines marked `err`
+    allow_outside: bool = False  # manifests: accept image paths outside the manifest's folder (else refused)
     max_train_samples: int | None = None
     max_eval_samples: int | None = None  # cap on val and test lines
     max_val_samples: int | None = None  # a tighter cap for the validations during training (val only)

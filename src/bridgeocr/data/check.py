@@ -7,6 +7,7 @@ from collections import Counter
 
 from tqdm import tqdm
 
+from bridgeocr.data.preprocess import MIN_SIDE
 from bridgeocr.data.sources import open_source
 from bridgeocr.errors import DataError
 
@@ -21,9 +22,15 @@ def _stats(values) -> str:
             f"max {max(values):g}")
 
 
-def check_source(source, split=None, split_file=None, iam_split_dir=None, progress: bool = True) -> dict:
-    """Read every sample; return counts, statistics and `problems` (one 'file:line: message' each)."""
-    src = open_source(source, split, split_file=split_file, iam_split_dir=iam_split_dir)
+def check_source(source, split=None, split_file=None, iam_split_dir=None, progress: bool = True,
+                 allow_outside: bool = False) -> dict:
+    """Read every sample; return counts, statistics and `problems` (one 'file:line: message' each).
+
+    Manifest rows naming images outside the manifest's folder (unless `allow_outside`) and duplicate
+    rows or ids are problems too (data/manifest.py), as are degenerate (< 2 px) images.
+    """
+    src = open_source(source, split, split_file=split_file, iam_split_dir=iam_split_dir,
+                      allow_outside=allow_outside)
     problems = list(src.problems)
     chars: Counter = Counter()
     lengths, raw_w, raw_h, ref_w = [], [], [], []
@@ -42,6 +49,9 @@ def check_source(source, split=None, split_file=None, iam_split_dir=None, progre
             problems.append(f"{s.image_path} (from {where}): unreadable image ({type(exc).__name__})")
             continue
         w, h = img.size
+        if w < MIN_SIDE or h < MIN_SIDE:
+            problems.append(f"{s.image_path} (from {where}): degenerate image {w}x{h} px (nothing to read)")
+            continue
         raw_w.append(w)
         raw_h.append(h)
         ref_w.append(round(w * REFERENCE_HEIGHT / h))
@@ -53,8 +63,8 @@ def check_source(source, split=None, split_file=None, iam_split_dir=None, progre
             "raw_widths": raw_w, "raw_heights": raw_h, "ref_widths": ref_w, "problems": problems}
 
 
-def check_source_cli(source, split=None, split_file=None, iam_split_dir=None) -> int:
-    r = check_source(source, split, split_file, iam_split_dir)
+def check_source_cli(source, split=None, split_file=None, iam_split_dir=None, allow_outside=False) -> int:
+    r = check_source(source, split, split_file, iam_split_dir, allow_outside=allow_outside)
     print(f"source: {r['name']}  ({source}{', split ' + split if split else ''})")
     print(f"lines: {r['lines']}   missing: {r['missing']}   readable images: {len(r['raw_widths'])}")
     chars = r["chars"]

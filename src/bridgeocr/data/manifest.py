@@ -5,11 +5,20 @@ optional split file `relative_image_path<TAB>train|val|test[<TAB>group]` selects
 `manifest.tsv` it is `split.tsv`, beside `labels.tsv` it is `split_by_letter.tsv` (found
 automatically). Every bad row becomes one `path:line: message` in `.problems` (or a DataError when
 `strict`). Rows whose image file does not exist are not yielded; they count in `.missing`.
+
+Rows whose image path leads outside the manifest's folder (`../../etc/passwd`, an absolute path
+elsewhere) are refused (a problem, not yielded) unless `allow_outside`. This is decided on the
+lexical path, `normpath(folder/path)`, without resolving symlinks: a dataset whose folders are
+symlinks to storage elsewhere keeps working, while `..` and absolute paths cannot escape. A row
+naming an image an earlier row already named (the same normalised path), or with an earlier row's
+id (the JSONL `id`, or the id derived from the path), is a problem, `path:line: duplicate of line
+N`, and only the first is kept, so no line is read or scored twice.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from bridgeocr.data.sample import LineSample
@@ -106,7 +115,21 @@ def _parse_rows(path: Path, problems: list[str], strict: bool):
         yield lineno, _norm(rel), text, (str(sid) if sid is not None else None)
 
 
-def open_manifest(path, split: str | None = None, *, split_file=None, strict: bool = False) -> LineSource:
+def _lexical(root: Path, rel: str) -> tuple[str, bool]:
+    """(normpath of root/rel, whether it lies inside root), decided without resolving symlinks."""
+    base = os.path.abspath(root)
+    full = os.path.normpath(os.path.join(base, rel))
+    inside = full == base or full.startswith(base.rstrip(os.sep) + os.sep)
+    return full, inside
+
+
+def open_manifest(path, split: str | None = None, *, split_file=None, strict: bool = False,
+                  allow_outside: bool = False) -> LineSource:
+    """A manifest's rows (of `split`, when given) as a LineSource; see the module docstring.
+
+    `allow_outside`: also accept image paths that lead outside the manifest's folder (decided on
+    the lexical path, symlinks unresolved).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(str(path), "manifest not found")
@@ -123,7 +146,15 @@ def open_manifest(path, split: str | None = None, *, split_file=None, strict: bo
     root = path.parent
     samples: list[LineSample] = []
     seen: set[str] = set()
+    first_path: dict[str, int] = {}  # lexical image path -> line of the first row naming it
+    first_id: dict[str, int] = {}
     missing = 0
+
+    def refuse(origin: str, msg: str) -> None:
+        if strict:
+            raise DataError(origin, msg)
+        problems.append(f"{origin}: {msg}")
+
     for lineno, rel, text, sid in _parse_rows(path, problems, strict):
         if splits is not None:
             entry = splits.get(rel)
@@ -131,12 +162,27 @@ def open_manifest(path, split: str | None = None, *, split_file=None, strict: bo
                 continue
         seen.add(rel)
         origin = f"{path}:{lineno}"
+        full, inside = _lexical(root, rel)
+        if not inside and not allow_outside:
+            refuse(origin, f"image path {rel!r} leads outside the manifest's folder {root} (refused; "
+                   "allow with data.allow_outside / --allow-outside)")
+            continue
+        sample_id = sid or str(Path(rel).with_suffix("")).replace("\\", "/")
+        key = os.path.normcase(full)
+        if key in first_path:
+            refuse(origin, f"duplicate of line {first_path[key]} (the same image {rel}; only the first is kept)")
+            continue
+        if sample_id in first_id:
+            refuse(origin, f"duplicate of line {first_id[sample_id]} (the same id {sample_id!r}; only the "
+                   "first is kept)")
+            continue
+        first_path[key] = lineno
+        first_id[sample_id] = lineno
         image_path = root / rel
         if not image_path.is_file():
             missing += 1
             problems.append(f"{image_path} (from {origin}): image file not found")
             continue
-        sample_id = sid or str(Path(rel).with_suffix("")).replace("\\", "/")
         samples.append(LineSample(id=sample_id, text=text, image_path=image_path, origin=origin))
     if splits is not None:
         for rel, (s, lineno) in splits.items():

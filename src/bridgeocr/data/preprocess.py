@@ -8,15 +8,16 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from bridgeocr.config import ImageConfig
-from bridgeocr.data.sample import Batch, LineSample
+from bridgeocr.data.sample import Batch, LineSample, load_line_image, to_grayscale
 from bridgeocr.errors import ConfigError, DataError
 
 POLICIES = ("pad", "resize")
@@ -43,9 +44,10 @@ def preprocess_image(img: Image.Image, cfg: ImageConfig, policy: str | None = No
     """PIL image -> float tensor [1, cfg.height, W] in [0, 1], grayscale, ink = 1, paper = 0.
 
     `pad`: keep the aspect ratio (only lines wider than `cfg.max_width` are squeezed down to it);
-    `resize`: every line becomes `cfg.resize_width` wide.
+    `resize`: every line becomes `cfg.resize_width` wide. 16-bit, float and transparent images are
+    read as `to_grayscale` says (scaled by their range, composited onto white paper).
     """
-    gray = img.convert("L")
+    gray = to_grayscale(img)
     if gray.width == 0 or gray.height == 0:
         raise DataError("image", "zero-size image")
     w = target_width(gray.width, gray.height, cfg, policy)
@@ -55,12 +57,74 @@ def preprocess_image(img: Image.Image, cfg: ImageConfig, policy: str | None = No
     return torch.from_numpy(1.0 - arr / 255.0).unsqueeze(0)
 
 
+MIN_SIDE = 2  # an image narrower or lower than this is degenerate (a 1 x 1 placeholder, a 1 px sliver)
+MAX_SQUEEZE = 4.0  # pad policy: a line squeezed more than this many times by max_width is warned about
+_WARNED: set[tuple[str, str]] = set()  # (file, kind) already warned about in this process
+
+
+def size_warnings(width: int, height: int, cfg: ImageConfig, policy: str | None = None,
+                  patch_width: int | None = None) -> list[tuple[str, str]]:
+    """(kind, message) for a `width x height` line the preprocessing will read badly, else [].
+
+    kinds: `degenerate` (width or height < MIN_SIDE), `narrow` (narrower than one encoder patch,
+    `patch_width`, default `cfg.width_multiple`, after scaling to `cfg.height`), `squeezed` (pad
+    policy: scaled to `cfg.height` it is more than MAX_SQUEEZE times `cfg.max_width`).
+    """
+    if width <= 0 or height <= 0:
+        return []  # unreadable or empty: reported as a skipped sample instead
+    if width < MIN_SIDE or height < MIN_SIDE:
+        return [("degenerate", f"degenerate image {width}x{height} px (nothing to read)")]
+    out = []
+    policy = _policy(cfg, policy)
+    patch = int(patch_width or cfg.width_multiple or 8)
+    w = target_width(width, height, cfg, policy)
+    if w < patch:
+        out.append(("narrow", f"{width}x{height} px is {w} px wide at height {cfg.height}, narrower than "
+                    f"one {patch} px encoder patch"))
+    if policy == "pad":
+        natural = width * cfg.height / height
+        if natural > MAX_SQUEEZE * cfg.max_width:
+            out.append(("squeezed", f"{width}x{height} px is squeezed {natural / cfg.max_width:.1f}x "
+                        f"horizontally (about {round(natural)} px at height {cfg.height} into max_width "
+                        f"{cfg.max_width})"))
+    return out
+
+
+def warn_image_size(where: str, width: int, height: int, cfg: ImageConfig, policy: str | None = None,
+                    patch_width: int | None = None, key: str | None = None) -> list[str]:
+    """Print each of `size_warnings` as one `warning: WHERE: message` line on stderr, once per file
+    (`key`, default `where`) and kind in this process; returns the lines printed."""
+    printed = []
+    for kind, msg in size_warnings(width, height, cfg, policy, patch_width):
+        if (key or where, kind) in _WARNED:
+            continue
+        _WARNED.add((key or where, kind))
+        line = f"warning: {where}: {msg}"
+        print(line, file=sys.stderr, flush=True)
+        printed.append(line)
+    return printed
+
+
+def _where(sample: LineSample) -> tuple[str, str]:
+    """(how a message names the sample, the key it is warned once by)."""
+    if sample.image_path is not None:
+        where = f"{sample.image_path} (from {sample.origin})" if sample.origin else str(sample.image_path)
+        return where, str(sample.image_path)
+    where = sample.origin or sample.id
+    return where, where
+
+
 class LineDataset(Dataset):
     """source[i] -> dict(image [1,H,W], ids list[int] (no specials), text, id), or None if bad.
 
     A bad sample (unreadable image, empty text, too many tokens) is never fatal: it is counted in
     `.skipped` and its one-line message kept in `.skip_messages` (in this process; worker processes
     keep their own counts). `max_text_tokens` counts BOS and EOS.
+
+    A line the preprocessing reads badly (degenerate, narrower than one patch, squeezed more than
+    MAX_SQUEEZE times by max_width; `size_warnings`) gets one `warning:` line on stderr naming its
+    file, once per file: from the headers in `widths()` (the loader does that in the main process)
+    or, without it, when the item is first read in the main process. `.warn_messages` keeps them.
     """
 
     def __init__(self, source: Sequence[LineSample], image_cfg: ImageConfig, tokenizer,
@@ -75,6 +139,8 @@ class LineDataset(Dataset):
         self.skipped = 0
         self.skip_messages: list[str] = []
         self._skipped_idx: set[int] = set()
+        self.warn_messages: list[str] = []
+        self._warned_idx: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.source)
@@ -85,6 +151,13 @@ class LineDataset(Dataset):
             self.skipped += 1
             self.skip_messages.append(msg)
 
+    def _warn(self, idx: int, size: tuple[int, int]) -> None:
+        if idx in self._warned_idx:
+            return
+        self._warned_idx.add(idx)
+        where, key = _where(self.source[idx])
+        self.warn_messages += warn_image_size(where, size[0], size[1], self.cfg, self.policy, key=key)
+
     def __getitem__(self, idx: int):
         sample = self.source[idx]
         where = sample.origin or sample.id
@@ -92,6 +165,8 @@ class LineDataset(Dataset):
             if not sample.text.strip():
                 raise DataError(where, "empty transcription")
             img = sample.load_image()
+            if idx not in self._warned_idx and get_worker_info() is None:
+                self._warn(idx, img.size)
             if self.augment is not None:
                 img = self.augment(img, (self.epoch, idx))
             image = preprocess_image(img, self.cfg, self.policy)
@@ -107,8 +182,12 @@ class LineDataset(Dataset):
         return {"image": image, "ids": ids, "text": sample.text, "id": sample.id}
 
     def widths(self) -> list[int]:
-        """Preprocessed widths (from image headers only; cached) for width bucketing."""
-        return [target_width(w, h, self.cfg, self.policy) for w, h in image_sizes(self.source)]
+        """Preprocessed widths (from image headers only; cached) for width bucketing; warns about
+        lines the preprocessing reads badly (see the class)."""
+        sizes = image_sizes(self.source)
+        for idx, size in enumerate(sizes):
+            self._warn(idx, size)
+        return [target_width(w, h, self.cfg, self.policy) for w, h in sizes]
 
 
 _SIZE_CACHE: dict[tuple[str, int], tuple[int, int]] = {}
@@ -252,5 +331,6 @@ def make_loader(source: Sequence[LineSample], image_cfg: ImageConfig, tokenizer,
                       persistent_workers=num_workers > 0)
 
 
-__all__ = ["preprocess_image", "target_width", "LineDataset", "Collator", "WidthBucketSampler",
+__all__ = ["preprocess_image", "target_width", "size_warnings", "warn_image_size", "load_line_image",
+           "to_grayscale", "LineDataset", "Collator", "WidthBucketSampler",
            "make_loader", "image_size", "image_sizes"]

@@ -5,10 +5,84 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from bridgeocr.errors import DataError
+
+_HIGH_DEPTH_MODES = ("I", "F")  # and every "I;16..." variant
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit / 32-bit int / float single-band image -> mode "L", scaled by its actual range.
+
+    Values that all fit 0..255 are taken as 8-bit already (float images in 0..1 as fractions);
+    otherwise 0..65535 is divided by 257 (16-bit full range), and anything wider or negative is
+    stretched from its minimum to its maximum.
+    """
+    arr = np.asarray(img, dtype=np.float64)
+    if arr.size == 0:
+        return Image.new("L", img.size, 255)
+    finite = arr[np.isfinite(arr)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if lo >= 0.0 and hi <= 1.0 and img.mode == "F":
+        arr = arr * 255.0
+    elif lo >= 0.0 and hi <= 255.0:
+        pass
+    elif lo >= 0.0 and hi <= 65535.0:
+        arr = arr / 257.0
+    else:
+        arr = (arr - lo) * (255.0 / (hi - lo))
+    arr = np.nan_to_num(arr, nan=255.0, posinf=255.0, neginf=0.0)
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+
+
+def to_grayscale(img: Image.Image) -> Image.Image:
+    """Any PIL image -> 8-bit grayscale ("L") as a reader of the line would see it.
+
+    8-bit L/RGB/CMYK/... images: exactly `img.convert("L")`. 16-bit, 32-bit int and float images are
+    scaled to 8 bits by their range (`convert("L")` clips them: ink at 2,000-60,000 turned white).
+    Transparency (RGBA, LA, PA, P or L/RGB with a transparent colour) is composited onto white
+    paper; when that leaves no contrast but the alpha channel has some (white ink on a transparent
+    background), the alpha channel is the ink.
+    """
+    mode = img.mode
+    if mode.startswith("I") or mode in _HIGH_DEPTH_MODES:
+        return _to_8bit(img)
+    has_alpha = mode in _ALPHA_MODES or "transparency" in img.info
+    if not has_alpha:
+        return img.convert("L")
+    rgba = img.convert("RGBA")
+    alpha = np.asarray(rgba.getchannel("A"))
+    if alpha.size == 0 or alpha.min() == 255:  # nothing transparent: exactly what it always was
+        return img.convert("L")
+    paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    gray = Image.alpha_composite(paper, rgba).convert("L")
+    arr = np.asarray(gray)
+    if int(arr.max()) - int(arr.min()) < 16 <= int(alpha.max()) - int(alpha.min()):
+        return Image.fromarray((255 - alpha).astype(np.uint8))
+    return gray
+
+
+def load_line_image(path, where: str | None = None) -> Image.Image:
+    """The one reader of line image files: `path` -> 8-bit grayscale ("L", see `to_grayscale`).
+
+    DataError naming `where` (default: the path) if the file is missing, unreadable or zero-size.
+    """
+    where = where or str(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            gray = to_grayscale(img)
+    except FileNotFoundError:
+        raise DataError(where, "image file not found") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(where, f"unreadable image ({type(exc).__name__})") from None
+    if gray.width == 0 or gray.height == 0:
+        raise DataError(where, "zero-size image")
+    return gray
 
 
 @dataclass
@@ -25,23 +99,13 @@ class LineSample:
     origin: str = ""
 
     def load_image(self) -> Image.Image:
-        """The image as 8-bit grayscale; DataError (naming file and line) if it cannot be read."""
+        """The image as 8-bit grayscale (`to_grayscale`); DataError (naming file and line) if unreadable."""
         if self.image is not None:
-            return self.image.convert("L")
-        where = f"{self.image_path} (from {self.origin})" if self.origin else str(self.image_path)
+            return to_grayscale(self.image)
         if self.image_path is None:
             raise DataError(self.origin or self.id, "sample has no image")
-        try:
-            with Image.open(self.image_path) as img:
-                img.load()
-                gray = img.convert("L")
-        except FileNotFoundError:
-            raise DataError(where, "image file not found") from None
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise DataError(where, f"unreadable image ({type(exc).__name__})") from None
-        if gray.width == 0 or gray.height == 0:
-            raise DataError(where, "zero-size image")
-        return gray
+        where = f"{self.image_path} (from {self.origin})" if self.origin else str(self.image_path)
+        return load_line_image(self.image_path, where)
 
 
 @dataclass

@@ -51,11 +51,13 @@ class LineSource(Sequence):
 
 
 def open_source(spec, split: str | None = None, *, split_file=None, iam_split_dir=None,
-                drop_err: bool = False, strict: bool = False) -> LineSource:
+                drop_err: bool = False, strict: bool = False, allow_outside: bool = False) -> LineSource:
     """Open a line source; DataError naming the path if it is missing or of an unknown kind.
 
     `split`: None for every line, or train/val/test (IAM also val2, or a split list's path).
     `strict`: raise the first problem (bad manifest row) instead of recording it in `.problems`.
+    `allow_outside`: a manifest may name images outside its folder (else such rows are refused, as
+    problems; decided on the lexical path, symlinks unresolved: see data/manifest.py).
     """
     if isinstance(spec, LineSource):
         return spec
@@ -81,6 +83,6 @@ def open_source(spec, split: str | None = None, *, split_file=None, iam_split_di
             return open_iam(path.parent.parent, split, split_dir=iam_split_dir, drop_err=drop_err)
         from bridgeocr.data.manifest import open_manifest
 
-        return open_manifest(path, split, split_file=split_file, strict=strict)
+        return open_manifest(path, split, split_file=split_file, strict=strict, allow_outside=allow_outside)
     raise DataError(str(path), "unknown data source: expected an IAM root, a .tsv/.jsonl manifest or a "
                     "dataset directory")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import csv
+import sys
 import time
 from pathlib import Path
 
@@ -187,12 +188,17 @@ def describe_decoding(model, decoding: str | None, beam: int | None) -> str:
     return f"GPT, beam {model.beam_for(how, beam)}"
 
 
-def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, decoding=None) -> int:
+def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, decoding=None,
+                 allow_outside=False) -> int:
     from bridgeocr.data.sources import open_source
     from bridgeocr.train.checkpoint import write_json
 
     model, image_cfg, meta = load_checkpoint(checkpoint)
-    source = open_source(data, None if split in (None, "all") else split)  # `all`: every line of the source
+    source = open_source(data, None if split in (None, "all") else split,  # `all`: every line of the source
+                         allow_outside=allow_outside)
+    problems = getattr(source, "problems", [])
+    if problems:  # refused rows (outside the folder, duplicates) and missing images: never silently
+        print(f"{data}: {len(problems)} problem(s), not scored, e.g. {problems[0]}", file=sys.stderr, flush=True)
     if max_samples is not None:
         source = list(source)[: max(0, int(max_samples))]
     if len(source) == 0:
