@@ -167,12 +167,28 @@ def tokenizer_from_dict(data: dict, where: str = "tokenizer"):
         vocab = data.get("vocab")
         if not isinstance(vocab, list) or vocab[: len(SPECIALS)] != SPECIALS:
             raise DataError(where, "char tokenizer: bad or missing 'vocab'")
+        if not all(isinstance(c, str) for c in vocab):
+            raise DataError(where, "char tokenizer: 'vocab' holds something other than strings")
+        if len(set(vocab)) != len(vocab):
+            dup = sorted({c for c in vocab if vocab.count(c) > 1})
+            raise DataError(where, f"char tokenizer: duplicate entries in 'vocab' ({', '.join(map(repr, dup[:3]))})")
         return CharTokenizer(vocab[len(SPECIALS):])
     if kind == "bpe":
         from tokenizers import Tokenizer
 
-        return BPETokenizer(Tokenizer.from_str(json.dumps(data["tokenizer"])))
+        if not isinstance(data.get("tokenizer"), dict):
+            raise DataError(where, "bpe tokenizer: bad or missing 'tokenizer'")
+        try:
+            tk = Tokenizer.from_str(json.dumps(data["tokenizer"]))
+        except Exception as exc:
+            raise DataError(where, f"bpe tokenizer: not a valid 'tokenizer' ({_first_line(exc)})") from None
+        return BPETokenizer(tk)
     raise DataError(where, f"unknown tokenizer kind {kind!r}")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:160]}" if text else type(exc).__name__
 
 
 def _load_hf_dir(path: Path):
@@ -180,11 +196,19 @@ def _load_hf_dir(path: Path):
 
     tj = path / "tokenizer.json"
     if tj.is_file():
-        return BPETokenizer(Tokenizer.from_file(str(tj)))
+        try:
+            tk = Tokenizer.from_file(str(tj))
+        except Exception as exc:
+            raise DataError(str(tj), f"not a tokenizer file ({_first_line(exc)})") from None
+        return BPETokenizer(tk)
     if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
         from tokenizers import decoders, models, pre_tokenizers
 
-        model = models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt"))
+        try:
+            model = models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt"))
+        except Exception as exc:
+            raise DataError(str(path / "vocab.json"), f"not a BPE vocabulary with merges.txt ({_first_line(exc)})") \
+                from None
         tk = Tokenizer(model)
         tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tk.decoder = decoders.ByteLevel()
@@ -201,8 +225,10 @@ def _load_hf_dir(path: Path):
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(str(path), f"not valid JSON ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}", f"not valid JSON ({exc.msg}, column {exc.colno})") from None
+    except UnicodeDecodeError:
+        raise DataError(str(path), "not valid JSON (not UTF-8 text)") from None
 
 
 def _ours(data) -> bool:

@@ -35,26 +35,34 @@ def model_device(model) -> torch.device:
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device | None = None):
-    """OCRModel.from_pretrained(path) + its image settings + training metadata (epoch, step, ...)."""
+    """OCRModel.from_pretrained(path) + its image settings + training metadata (epoch, step, ...).
+
+    A directory that does not match is refused with one BridgeOCRError naming the file (models/model_dir.py):
+    no tokenizer.json (its output could not be turned into text), a tokenizer of another size than the
+    model's vocabulary or CTC head, a broken config.json / training.json, a truncated or corrupt
+    model.safetensors, missing / extra / wrong-shape tensors."""
+    from bridgeocr.models.model_dir import check_tokenizer_matches, read_config_json
     from bridgeocr.models.ocr import OCRModel
     from bridgeocr.shipped import resolve_pretrained
-    from bridgeocr.train.checkpoint import read_json
 
     path = resolve_pretrained(path)  # a directory, or shipped:NAME
     if not path.is_dir() or not (path / "config.json").is_file():
         raise BridgeOCRError(f"{path}: not a model checkpoint directory (no config.json)")
+    if not (path / "tokenizer.json").is_file():
+        raise BridgeOCRError(f"{path}: no tokenizer.json, so the model's output cannot be turned into text "
+                             "(copy the tokenizer the model was trained with into the directory)")
     if is_encoder_dir(path):  # an encoder + CTC head alone: reads with greedy CTC
         reader = EncoderReader.from_pretrained(path)
+        classes = reader.ctc_head.vocab_size
+        check_tokenizer_matches(reader.tokenizer, classes, path / "tokenizer.json", exact=classes,
+                                exact_what="the encoder's CTC head has {n} classes")
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return reader.to(device).eval(), encoder_image_config(reader.encoder), {}
     model = OCRModel.from_pretrained(path)
     meta = {}
-    if (path / TRAINING_META).is_file():
-        try:
-            meta = read_json(path / TRAINING_META)
-        except ValueError:
-            meta = {}
+    if (path / TRAINING_META).is_file():  # its image settings are how the model reads: never guessed
+        meta = read_config_json(path / TRAINING_META)
     image_cfg = image_config_for(model, meta)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -238,10 +238,22 @@ class GPT(nn.Module):
 
         hf_logging.disable_progress_bar()  # a 40-tensor load needs no bar between our own progress lines
 
+        from bridgeocr.models.model_dir import hf_weights_checked, names_list
+
         path = Path(path)
         if not (path / "config.json").is_file():
             raise ConfigError(f"{path}: not a HF model directory (no config.json)")
-        hf = GPT2LMHeadModel.from_pretrained(str(path), local_files_only=True)
+        with hf_weights_checked(path):  # broken config.json / weights -> one BridgeOCRError naming the file
+            hf, info = GPT2LMHeadModel.from_pretrained(str(path), local_files_only=True, output_loading_info=True)
+        # transformers fills tensors missing from the file with random values and only warns: refuse them
+        missing = [k for k in info.get("missing_keys", ()) if not k.endswith((".attn.bias", ".attn.masked_bias"))
+                   and k != "lm_head.weight"]  # tied to wte
+        mismatched = [k for k, *_ in info.get("mismatched_keys", ())]
+        if missing or mismatched:
+            what = [f"missing tensors {names_list(missing)}"] if missing else []
+            what += [f"wrong shape: {names_list(mismatched)}"] if mismatched else []
+            where = path / "model.safetensors" if (path / "model.safetensors").is_file() else path
+            raise ConfigError(f"{where}: " + "; ".join(what))
         hc = hf.config
         n_layer = hc.n_layer if n_layer is None else n_layer
         if not 1 <= n_layer <= hc.n_layer:

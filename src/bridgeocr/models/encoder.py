@@ -235,18 +235,21 @@ class HFLineEncoder(nn.Module):
         """An HF ViT/DeiT/BEiT/DINOv2 dir, or a TrOCR (vision-encoder-decoder) dir: its encoder half only."""
         from transformers import AutoModel, VisionEncoderDecoderModel
 
+        from bridgeocr.models.model_dir import hf_weights_checked, read_config_json
+
         path = Path(path)
-        if json.loads((path / "config.json").read_text()).get("model_type") == "vision-encoder-decoder":
-            model = VisionEncoderDecoderModel.from_pretrained(str(path), local_files_only=True).encoder
-        else:
-            try:  # ViT / DeiT / BEiT build a pooler we do not use
-                model = AutoModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
-            except TypeError:
-                model = AutoModel.from_pretrained(str(path), local_files_only=True)
+        with hf_weights_checked(path):
+            if read_config_json(path / "config.json").get("model_type") == "vision-encoder-decoder":
+                model = VisionEncoderDecoderModel.from_pretrained(str(path), local_files_only=True).encoder
+            else:
+                try:  # ViT / DeiT / BEiT build a pooler we do not use
+                    model = AutoModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
+                except TypeError:
+                    model = AutoModel.from_pretrained(str(path), local_files_only=True)
         mean, std = 0.5, 0.5
         pp = path / "preprocessor_config.json"
         if pp.is_file():
-            data = json.loads(pp.read_text())
+            data = read_config_json(pp)
             mean, std = data.get("image_mean", mean), data.get("image_std", std)
         return cls(model, image_height, mean, std, cfg, line_height)
 
@@ -287,8 +290,11 @@ class HFLineEncoder(nn.Module):
 
 
 def is_encoder_dir(path) -> bool:
+    """A bridgeocr encoder directory (its config.json says so); a broken config.json -> BridgeOCRError."""
+    from bridgeocr.models.model_dir import read_config_json
+
     cfg = Path(path) / "config.json"
-    return cfg.is_file() and json.loads(cfg.read_text()).get("format") == ENCODER_FORMAT
+    return cfg.is_file() and read_config_json(cfg).get("format") == ENCODER_FORMAT
 
 
 ENCODER_KINDS = ("vit", "ppocr")
@@ -323,7 +329,9 @@ def encoder_image(encoder_cfg: EncoderConfig) -> dict | None:
         path = resolve_pretrained(encoder_cfg.pretrained)
         cfg_file = Path(path) / "config.json"
         if cfg_file.is_file():
-            meta = json.loads(cfg_file.read_text())
+            from bridgeocr.models.model_dir import read_config_json
+
+            meta = read_config_json(cfg_file)
             if meta.get("format") == ENCODER_FORMAT:
                 return meta.get("image")
         return None
@@ -381,25 +389,45 @@ def encoder_from_meta(meta: dict) -> nn.Module:
 
 
 def load_encoder(path, image_height: int | None = None) -> tuple[nn.Module, CTCHead | None]:
-    """Our encoder dir -> (encoder, CTC head or None); an HF ViT/DeiT/BEiT dir -> (HFLineEncoder, None)."""
-    from safetensors.torch import load_file
-
+    """Our encoder dir -> (encoder, CTC head or None); an HF ViT/DeiT/BEiT dir -> (HFLineEncoder, None).
+    A broken config.json, a truncated or corrupt model.safetensors, missing / extra / wrong-shape tensors ->
+    one BridgeOCRError naming the file (models/model_dir.py)."""
+    from bridgeocr.errors import BridgeOCRError
+    from bridgeocr.models.model_dir import (
+        config_value,
+        load_state_checked,
+        read_config_json,
+        safetensors_shapes,
+    )
     from bridgeocr.shipped import resolve_pretrained
 
     path = resolve_pretrained(path)
-    if not (path / "config.json").is_file():
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
         raise ConfigError(f"{path}: not an encoder directory (no config.json)")
-    meta = json.loads((path / "config.json").read_text())
+    meta = read_config_json(cfg_file)
     if meta.get("format") != ENCODER_FORMAT:
         if HFLineEncoder.accepts(meta):
             return HFLineEncoder.from_hf(path, image_height or 32), None
         raise ConfigError(f"{path}: neither a bridgeocr encoder nor an HF ViT/DeiT/BEiT/DINOv2 (or TrOCR) directory")
-    encoder = encoder_from_meta(meta)
+    config_value(meta, "encoder", cfg_file, dict)
+    config_value(meta, "image_height", cfg_file, int)
+    ctc_vocab = meta.get("ctc_vocab_size")
+    if ctc_vocab is not None:
+        config_value(meta, "ctc_vocab_size", cfg_file, int)
+        if "ctc_upsample" in meta:
+            config_value(meta, "ctc_upsample", cfg_file, int)
+    weights = path / "model.safetensors"
+    safetensors_shapes(weights)  # a truncated / garbage file is refused before anything is built
+    try:
+        encoder = encoder_from_meta(meta)
+        head = CTCHead(encoder.d_out, ctc_vocab, meta.get("ctc_upsample", 1)) if ctc_vocab else None
+    except BridgeOCRError as exc:
+        raise ConfigError(f"{cfg_file}: {exc}") from None
+    except Exception as exc:  # a key of the right type with a value no encoder is built from
+        raise ConfigError(f"{cfg_file}: cannot build the encoder it describes "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     check_image_height(encoder, image_height, path)
-    tensors = load_file(str(path / "model.safetensors"))
-    encoder.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")}, strict=True)
-    head = None
-    if meta.get("ctc_vocab_size"):
-        head = CTCHead(encoder.d_out, meta["ctc_vocab_size"], meta.get("ctc_upsample", 1))
-        head.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("ctc_head.")}, strict=True)
+    parts = nn.ModuleDict({"encoder": encoder} if head is None else {"encoder": encoder, "ctc_head": head})
+    load_state_checked(weights, parts)  # keys `encoder.*`, `ctc_head.*`, exactly
     return encoder, head

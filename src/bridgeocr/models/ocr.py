@@ -204,6 +204,10 @@ class OCRModel(nn.Module):
                 "special_ids": {"pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id},
                 "encoder": encoder_meta(self.encoder),
                 "decoder": {"layer_norm_epsilon": self.decoder.layer_norm_epsilon}}
+        if self.tokenizer is not None:  # what a loader checks tokenizer.json against
+            meta["tokenizer_vocab_size"] = int(self.tokenizer.vocab_size)
+        if self.ctc_head is not None:
+            meta["ctc_vocab_size"] = int(self.ctc_head.vocab_size)
         save_model(self, str(path / "model.safetensors"), metadata={"format": "pt"})
         (path / "config.json").write_text(json.dumps(meta, indent=2))
         if self.tokenizer is not None:
@@ -211,33 +215,101 @@ class OCRModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, tokenizer=None, map_location: str | torch.device = "cpu") -> OCRModel:
-        """Restore a `save_pretrained` directory exactly (tokenizer.json is loaded when present)."""
-        from safetensors.torch import load_model
-
+        """Restore a `save_pretrained` directory exactly (tokenizer.json is loaded when present and no
+        `tokenizer` is given). What does not match is refused with one BridgeOCRError naming the file: a
+        broken config.json, a truncated or corrupt model.safetensors, missing / extra / wrong-shape tensors, a
+        tokenizer that does not fit the model's vocabulary (see models/model_dir.py)."""
+        from bridgeocr.errors import BridgeOCRError
+        from bridgeocr.models.model_dir import (
+            config_value,
+            load_state_checked,
+            read_config_json,
+            safetensors_shapes,
+        )
         from bridgeocr.shipped import resolve_pretrained
 
         path = resolve_pretrained(path)
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
             raise ConfigError(f"{path}: not a model directory (no config.json)")
-        meta = json.loads(cfg_file.read_text())
+        meta = read_config_json(cfg_file)
         if meta.get("format") != OCR_FORMAT:
-            raise ConfigError(f"{path}: not a bridgeocr OCR model directory")
-        if meta.get("version", 0) > OCR_FORMAT_VERSION:
-            raise ConfigError(f"{path}: format version {meta['version']} is newer than this bridgeocr reads")
-        cfg = config_from_dict(meta["model"], ModelConfig)
-        vocab = meta["vocab_size"]
-        encoder = encoder_from_meta(meta["encoder"])
-        eps = meta.get("decoder", {}).get("layer_norm_epsilon", 1e-5)
-        decoder = GPT(replace(cfg.decoder, pretrained=None), vocab, layer_norm_epsilon=eps)
-        ctc = CTCHead(encoder.d_out, vocab, cfg.ctc_upsample) if cfg.ctc_head else None
+            raise ConfigError(f"{cfg_file}: not a bridgeocr OCR model directory (format {meta.get('format')!r})")
+        version = meta.get("version", 0)
+        if not isinstance(version, int):
+            raise ConfigError(f"{cfg_file}: key 'version' should be an integer, got {version!r}")
+        if version > OCR_FORMAT_VERSION:
+            raise ConfigError(f"{path}: format version {version} is newer than this bridgeocr reads")
+        try:
+            cfg = config_from_dict(config_value(meta, "model", cfg_file, dict), ModelConfig)
+        except ConfigError as exc:
+            raise ConfigError(f"{cfg_file}: key 'model': {str(exc).removeprefix('config: ')}") from None
+        vocab = config_value(meta, "vocab_size", cfg_file, int)
+        image_height = config_value(meta, "image_height", cfg_file, int)
+        enc_meta = config_value(meta, "encoder", cfg_file, dict)
+        dec_meta = meta.get("decoder", {})
+        eps = dec_meta.get("layer_norm_epsilon", 1e-5) if isinstance(dec_meta, dict) else 1e-5
+        weights = path / "model.safetensors"
+        shapes = safetensors_shapes(weights)  # a truncated / garbage file is refused before anything is built
+        try:
+            encoder = encoder_from_meta(enc_meta)
+            decoder = GPT(replace(cfg.decoder, pretrained=None), vocab, layer_norm_epsilon=eps)
+        except BridgeOCRError as exc:
+            raise ConfigError(f"{cfg_file}: {exc}") from None
+        except Exception as exc:  # a key of the right type with a value no model is built from
+            raise ConfigError(f"{cfg_file}: cannot build the model it describes "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        ctc = None
+        if cfg.ctc_head:
+            ctc_vocab = meta.get("ctc_vocab_size")
+            if not isinstance(ctc_vocab, int) or isinstance(ctc_vocab, bool) or ctc_vocab <= 0:
+                # written before config.json recorded it: the head's rows in the file, else the vocabulary
+                rows = shapes.get("ctc_head.proj.weight", (0,))[0]
+                ctc_vocab = rows // cfg.ctc_upsample if rows and rows % cfg.ctc_upsample == 0 else vocab
+            ctc = CTCHead(encoder.d_out, ctc_vocab, cfg.ctc_upsample)
+        tok_where = "the tokenizer passed in"
         if tokenizer is None and (path / "tokenizer.json").is_file():
             from bridgeocr.data.tokenizers import load_tokenizer
 
-            tokenizer = load_tokenizer(path / "tokenizer.json")
-        model = cls(cfg, vocab, meta["image_height"], tokenizer, encoder=encoder, decoder=decoder, ctc_head=ctc)
+            tok_where = path / "tokenizer.json"
+            tokenizer = load_tokenizer(tok_where)
+        if tokenizer is not None:
+            check_model_tokenizer(tokenizer, vocab, meta, cfg, ctc, tok_where, cfg_file)
+        try:
+            model = cls(cfg, vocab, image_height, tokenizer, encoder=encoder, decoder=decoder, ctc_head=ctc)
+        except BridgeOCRError as exc:
+            raise ConfigError(f"{cfg_file}: {exc}") from None
+        except Exception as exc:
+            raise ConfigError(f"{cfg_file}: cannot build the model it describes "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
         if tokenizer is None:
             ids = meta.get("special_ids", DEFAULT_SPECIAL_IDS)
+            if not isinstance(ids, dict) or any(not isinstance(ids.get(k), int) for k in DEFAULT_SPECIAL_IDS):
+                raise ConfigError(f"{cfg_file}: key 'special_ids' should hold integers "
+                                  f"{', '.join(DEFAULT_SPECIAL_IDS)}")
             model.pad_id, model.bos_id, model.eos_id = ids["pad_id"], ids["bos_id"], ids["eos_id"]
-        load_model(model, str(path / "model.safetensors"), strict=True, device=str(map_location))
+        load_state_checked(weights, model, device=map_location)
         return model
+
+
+def check_model_tokenizer(tokenizer, vocab: int, meta: dict, cfg: ModelConfig, ctc: CTCHead | None, where,
+                          cfg_file) -> None:
+    """A saved model's tokenizer must fit it: never more tokens than the decoder's vocabulary; exactly the
+    size config.json records (`tokenizer_vocab_size`), exactly the CTC head's classes; and, in directories
+    saved before the size was recorded, exactly the vocabulary when the decoder was not a pretrained LM (only a
+    pretrained LM's embedding table may be larger than the tokenizer: padded)."""
+    from bridgeocr.models.model_dir import check_tokenizer_matches
+
+    recorded = meta.get("tokenizer_vocab_size")
+    if isinstance(recorded, int) and not isinstance(recorded, bool):
+        check_tokenizer_matches(tokenizer, vocab, where, exact=recorded,
+                                exact_what="the model's vocabulary is {n}" if recorded == vocab else
+                                f"the model was trained with a tokenizer of {{n}} ({cfg_file.name}: "
+                                "tokenizer_vocab_size)")
+    elif not cfg.decoder.pretrained:
+        check_tokenizer_matches(tokenizer, vocab, where, exact=vocab,
+                                exact_what="the model's vocabulary is {n}")
+    check_tokenizer_matches(tokenizer, vocab, where)
+    if ctc is not None:
+        check_tokenizer_matches(tokenizer, vocab, where, exact=ctc.vocab_size,
+                                exact_what="the model's CTC head has {n} classes")
