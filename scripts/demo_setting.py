@@ -22,6 +22,6 @@ plan = DemoPlan(out=Path("runs/exp"), minutes=minutes, n=4000, corpus=None,
                 encoder="shipped:encoder_ctc", lm="shipped:gpt_lm")
 overrides = run_overrides(plan, name, minutes, Path("runs/demo/data"),
                           ["data.feature_cache=runs/demo/cache", f"train.name={tag}"] + extra)
-m = train(load_config(None, overrides))
+m = train(load_config(None, overrides), overwrite=True)  # a tag names a measurement: rerun, it is replaced
 print("RESULT", tag, json.dumps({k: m.get(k) for k in ("val_cer", "test_cer", "test_wer", "step",
                                                         "train_lines_per_s", "decode_lines_per_s", "wall_time_s")}))

@@ -21,7 +21,7 @@ for name, extra in STARTS:
     overrides = run_overrides(plan, name, 1, Path("runs/demo/data"),
                               ["data.feature_cache=runs/demo/cache", f"train.name={tag}", "optim.max_steps=1",
                                "data.max_eval_samples=50", "data.max_val_samples=50"] + extra)
-    train(load_config(None, overrides))
+    train(load_config(None, overrides), overwrite=True)  # a measurement: each run replaces the last
     run = plan.out / "runs" / tag
     loss_gap_cli(checkpoint=run / "best", data="runs/demo/data", split="test", out=str(run), max_samples=200)
     gap = json.loads((run / "loss_gap.json").read_text())

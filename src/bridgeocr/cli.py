@@ -116,6 +116,7 @@ def _add_lm(sub):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last if present")
+    p.add_argument("--overwrite", action="store_true", help="replace the LM already in OUT (else refused)")
     p.add_argument("--line-mode", action="store_true",
                    help="train on text lines (15-80 characters, each BOS line EOS) as the OCR decoder reads "
                    "them, instead of running documents")
@@ -128,7 +129,7 @@ def _add_lm(sub):
     p.set_defaults(target="bridgeocr.train.lm:train_lm_cli",
                    keys=["corpus", "val_corpus", "out", "tokenizer", "vocab_size", "n_layer", "n_embd",
                          "n_head", "context", "steps", "minutes", "batch_size", "lr", "seed", "resume",
-                         "line_mode", "prefix_read", "init"])
+                         "line_mode", "prefix_read", "init", "overwrite"])
 
 
 def _add_encoder(sub):
@@ -158,7 +159,8 @@ def _add_encoder(sub):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last if present")
+    p.add_argument("--overwrite", action="store_true", help="replace the encoder already in OUT (else refused)")
     p.add_argument("--init", default=None, metavar="DIR",
                    help="start from this encoder directory (e.g. one `encoder import` wrote, or "
                    "shipped:encoder_ctc), its CTC head and image settings included; `ppocr` imports PP-OCR")
@@ -167,7 +169,7 @@ def _add_encoder(sub):
                    "handwriting adds ink width and elastic distortion); synthetic lines get it too")
     p.set_defaults(target="bridgeocr.train.encoder_pretrain:train_encoder_cli",
                    keys=["data", "val_data", "out", "config", "overrides", "steps", "minutes",
-                         "batch_size", "lr", "seed", "resume", "init", "augment"])
+                         "batch_size", "lr", "seed", "resume", "init", "augment", "overwrite"])
 
 
 def _add_train_eval(sub):
@@ -177,10 +179,12 @@ def _add_train_eval(sub):
     p.add_argument("--config", required=True, help="YAML experiment config (see configs/)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.max_steps=100")
     p.add_argument("--resume", action="store_true", help="continue a stopped run from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in OUT/NAME (without it, or --resume, an existing run is refused)")
     p.add_argument("--devices", default=None, help="devices per node (Lightning), e.g. 1, 2 or auto")
     p.add_argument("--num-nodes", type=int, default=None)
     p.set_defaults(target="bridgeocr.train.run:train_cli",
-                   keys=["config", "overrides", "resume", "devices", "num_nodes"])
+                   keys=["config", "overrides", "resume", "devices", "num_nodes", "overwrite"])
 
     p = sub.add_parser("evaluate", help="CER/WER and a predictions file for a checkpoint on a source")
     p.add_argument("--checkpoint", required=True)
@@ -192,9 +196,12 @@ def _add_train_eval(sub):
     p.add_argument("--out", default=None, help="directory for predictions.tsv and metrics.json")
     p.add_argument("--allow-outside", action="store_true",
                    help="accept manifest image paths outside the manifest's folder (else refused)")
+    p.add_argument("--max-skipped", type=float, default=None, metavar="FRACTION",
+                   help="fail (exit 1) when more than this share of the rows is dropped (missing or unreadable "
+                   "images, bad rows); every dropped row is counted by reason either way")
     p.set_defaults(target="bridgeocr.eval.evaluate:evaluate_cli",
                    keys=["checkpoint", "data", "split", "beam", "batch_size", "max_samples", "out", "decoding",
-                         "allow_outside"])
+                         "allow_outside", "max_skipped"])
 
     p = sub.add_parser("recognize", help="transcribe line images (files, folders, globs)")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
@@ -286,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         code = _call(args.target, **kwargs)
     except BridgeOCRError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -135,6 +135,7 @@ class LossConfig:
     # prefix (the text's own embeddings in place of the visual tokens, then the text) | an LM dir (= lm with it)
     kd_teacher: str | None = None
     kd_teacher_dir: str | None = None  # the teacher LM for lm / prefix; default: model.decoder.pretrained
+    kd_start_step: int = 0  # KD only from this optimiser step on (a schedule: distil once the model reads)
     ctc_weight: float = 0.0  # joint CTC + attention
     input_dropout: float = 0.0  # share of input text tokens replaced by UNK in training (forces reading)
 

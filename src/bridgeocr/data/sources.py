@@ -86,3 +86,18 @@ def open_source(spec, split: str | None = None, *, split_file=None, iam_split_di
         return open_manifest(path, split, split_file=split_file, strict=strict, allow_outside=allow_outside)
     raise DataError(str(path), "unknown data source: expected an IAM root, a .tsv/.jsonl manifest or a "
                     "dataset directory")
+
+
+# why a row of a source was not used, from its one-line problem message (the first match wins)
+DROP_REASONS = (("image file not found", "image not found"), ("is not in ", "not in the manifest"),
+                ("outside", "outside the folder"), ("duplicate of line", "duplicate"))
+
+
+def drop_reasons(problems: list[str]) -> dict[str, int]:
+    """{reason: rows} for the problems a source recorded (a row without a TAB, bad JSON, ...: `bad row`),
+    so that a scored result says what it left out and why."""
+    out: dict[str, int] = {}
+    for msg in problems:
+        reason = next((name for key, name in DROP_REASONS if key in msg), "bad row")
+        out[reason] = out.get(reason, 0) + 1
+    return out

@@ -13,7 +13,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["atomic_dir", "save_optimizer", "load_optimizer", "write_json", "read_json"]
+from bridgeocr.errors import BridgeOCRError
+
+__all__ = ["atomic_dir", "save_optimizer", "load_optimizer", "write_json", "read_json", "guard_run_dir"]
+
+# what a finished or started run leaves in its directory (OCR run, `encoder train`, `lm train`)
+RUN_ARTEFACTS = ("metrics.json", "best", "last", "last.ckpt", "model.safetensors", "encoder_card.json")
+# what `--overwrite` removes besides them: the old run's logs and outputs, so nothing of it mixes with the new
+RUN_OUTPUTS = ("metrics.csv", "csv", "tb", "predictions_val.tsv", "predictions_test.tsv", "loss_gap.json",
+               "loss_gap_samples.csv", "config.json", "config.yaml", "tokenizer.json", "training.json",
+               "generation_config.json", "MODEL_CARD.md")
 
 
 def atomic_dir(final: str | Path, write: Callable[[Path], None]) -> Path:
@@ -84,3 +93,24 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: str | Path) -> dict:
         raise ValueError(f"{path}: optimizer has {len(current['param_groups'])} groups, saved {len(groups)}")
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     return meta.get("extra", {})
+
+
+def guard_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> None:
+    """Never replace a run by accident: a directory holding a run is refused unless the run is continued
+    (`--resume`) or `--overwrite` is given, which removes the old run's files (and only those) first."""
+    if int(os.environ.get("LOCAL_RANK", 0) or 0) or int(os.environ.get("NODE_RANK", 0) or 0):
+        return  # a DDP process Lightning started: the first process decided before it
+    run_dir = Path(run_dir)
+    found = [name for name in RUN_ARTEFACTS if (run_dir / name).exists()]
+    if not found or resume:
+        return
+    if not overwrite:
+        raise BridgeOCRError(f"{run_dir}: holds a run already ({', '.join(found)}); continue it with --resume, "
+                             "or replace it with --overwrite")
+    for name in RUN_ARTEFACTS + RUN_OUTPUTS:
+        target = run_dir / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+    print(f"--overwrite: removed the run in {run_dir}", flush=True)

@@ -25,7 +25,14 @@ from bridgeocr.errors import BridgeOCRError
 from bridgeocr.models.encoder import build_encoder, is_encoder_dir, load_encoder, save_encoder
 from bridgeocr.models.ppocr import import_ppocr
 from bridgeocr.shipped import resolve_pretrained
-from bridgeocr.train.checkpoint import atomic_dir, load_optimizer, read_json, save_optimizer, write_json
+from bridgeocr.train.checkpoint import (
+    atomic_dir,
+    guard_run_dir,
+    load_optimizer,
+    read_json,
+    save_optimizer,
+    write_json,
+)
 from bridgeocr.train.losses import ctc_loss, ctc_targets
 from bridgeocr.train.schedule import lr_factor
 
@@ -63,7 +70,8 @@ def ctc_evaluate(encoder, head, loader, tokenizer, device, max_batches: int | No
 def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, out: str | Path, steps: int,
                   minutes: float | None, batch_size: int, lr: float, seed: int, resume: bool,
                   eval_every: int | None = None, eval_batches: int = 20, command: str = "",
-                  progress: bool = True, init: str | None = None, augment: str = "none") -> dict:
+                  progress: bool = True, init: str | None = None, augment: str = "none",
+                  overwrite: bool = False) -> dict:
     """Train encoder + CTC head on the train split of each source; keep the best by val CER in `out`.
 
     `init`: an encoder directory to start from (its CTC head too when the vocabulary matches, its tokenizer
@@ -76,6 +84,7 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
     from bridgeocr.train.run import adopt_encoder_image, build_tokenizer
 
     out = Path(out)
+    guard_run_dir(out, resume and (out / "last" / "train_state.json").is_file(), overwrite)
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     opts = {"split_file": cfg.data.split_file, "iam_split_dir": cfg.data.iam_split_dir, "drop_err": cfg.data.drop_err,
@@ -244,10 +253,11 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
 
 
 def train_encoder_cli(data, val_data, out, config, overrides, steps, minutes, batch_size, lr, seed, resume,
-                      init=None, augment="none") -> int:
+                      init=None, augment="none", overwrite=False) -> int:
     cfg = load_config(config, overrides)
     train_encoder(cfg, data, val_data, out, steps, minutes, batch_size, lr, seed, resume,
-                  command="bridgeocr " + shlex.join(sys.argv[1:]), init=init, augment=augment)
+                  command="bridgeocr " + shlex.join(sys.argv[1:]), init=init, augment=augment,
+                  overwrite=bool(overwrite))
     return 0
 
 

@@ -19,7 +19,14 @@ import torch
 from tqdm.auto import tqdm
 
 from bridgeocr.errors import BridgeOCRError, ConfigError
-from bridgeocr.train.checkpoint import atomic_dir, load_optimizer, read_json, save_optimizer, write_json
+from bridgeocr.train.checkpoint import (
+    atomic_dir,
+    guard_run_dir,
+    load_optimizer,
+    read_json,
+    save_optimizer,
+    write_json,
+)
 from bridgeocr.train.losses import ce_loss
 from bridgeocr.train.schedule import lr_factor
 
@@ -93,7 +100,7 @@ def train_lm(*, docs: list[str], val_docs: list[str] | None, out: str | Path, to
              context: int = 128, steps: int = 2000, minutes: float | None = None, batch_size: int = 32,
              lr: float = 1e-3, seed: int = 0, resume: bool = False, eval_every: int | None = None,
              data_desc: str = "", command: str = "", progress: bool = True, prefix_read: float = 0.0,
-             init: str | Path | None = None) -> dict:
+             init: str | Path | None = None, overwrite: bool = False) -> dict:
     """Train and save; returns the LM card (dict).
 
     prefix_read: the fraction of steps that are prefix-reading batches (train/prefix_reading.py): the GPT
@@ -113,6 +120,7 @@ def train_lm(*, docs: list[str], val_docs: list[str] | None, out: str | Path, to
         raise ConfigError(f"--prefix-read must be in [0, 1), got {prefix_read}")
     if not docs or not any(d.strip() for d in docs):
         raise BridgeOCRError("lm train: the corpus is empty")
+    guard_run_dir(out, resume and (out / "last" / "train_state.json").is_file(), overwrite)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -296,7 +304,8 @@ class _PrefixReading:
 
 
 def train_lm_cli(corpus, val_corpus, out, tokenizer, vocab_size, n_layer, n_embd, n_head, context, steps,
-                 minutes, batch_size, lr, seed, resume, line_mode=False, prefix_read=0.0, init=None) -> int:
+                 minutes, batch_size, lr, seed, resume, line_mode=False, prefix_read=0.0, init=None,
+                 overwrite=False) -> int:
     from bridgeocr.data.corpus import cut_lines, read_corpus
 
     docs = read_corpus(corpus)
@@ -312,5 +321,5 @@ def train_lm_cli(corpus, val_corpus, out, tokenizer, vocab_size, n_layer, n_embd
              tokenizer_kind=tokenizer, vocab_size=vocab_size, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
              context=context, steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, seed=seed,
              resume=resume, data_desc=desc, command="bridgeocr " + shlex.join(sys.argv[1:]),
-             prefix_read=prefix_read, init=init)
+             prefix_read=prefix_read, init=init, overwrite=bool(overwrite))
     return 0

@@ -10,7 +10,6 @@ works under DDP (requires_grad is never toggled after wrapping).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +18,7 @@ import lightning.pytorch as pl
 import torch
 
 from bridgeocr.config import ExperimentConfig
-from bridgeocr.errors import ConfigError
+from bridgeocr.errors import ConfigError, NoUsableDataError
 from bridgeocr.eval.metrics import cer as corpus_cer
 from bridgeocr.eval.metrics import line_cers
 from bridgeocr.eval.metrics import wer as corpus_wer
@@ -132,7 +131,7 @@ class OCRLightningModule(pl.LightningModule):
         parts = {"ce": ce.detach()}
         kd = None
         lc = self.cfg.loss
-        if lc.kd_alpha > 0 and self.teacher is not None:
+        if lc.kd_alpha > 0 and self.teacher is not None and self.global_step >= lc.kd_start_step:
             with torch.no_grad():
                 t_logits = teacher_logits(self.teacher, batch.input_ids, batch.attention_mask)
             kd = kd_loss(logits, t_logits, target_mask(batch.attention_mask), lc.kd_tau)
@@ -160,6 +159,16 @@ class OCRLightningModule(pl.LightningModule):
         bs = getattr(loader, "batch_sampler", None)
         if bs is not None and hasattr(bs, "set_epoch"):
             bs.set_epoch(self.current_epoch)
+        self._epoch_lines = 0
+
+    def on_train_epoch_end(self) -> None:
+        """An epoch without one readable line (all images unreadable: e.g. Git LFS pointers) ends the run:
+        1,000 empty epochs and a NaN CER are no result."""
+        if getattr(self, "_epoch_lines", 1) == 0:
+            dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+            msgs = getattr(dataset, "skip_messages", [])
+            raise NoUsableDataError(str(self.cfg.data.source), f"not one of the {len(dataset or [])} training "
+                                    f"lines could be read" + (f", e.g. {msgs[0]}" if msgs else ""))
 
     def on_train_batch_start(self, batch, batch_idx):
         self._t_batch = time.perf_counter()
@@ -175,6 +184,7 @@ class OCRLightningModule(pl.LightningModule):
             return sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
         loss, parts = self._loss(batch)
         self.train_lines += len(batch)
+        self._epoch_lines = getattr(self, "_epoch_lines", 0) + len(batch)
         bs = len(batch)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs, on_step=True, on_epoch=False)
         for k, v in parts.items():
@@ -239,9 +249,12 @@ class OCRLightningModule(pl.LightningModule):
             return
         refs = [r[1] for r in rows]
         hyps = [r[2] for r in rows]
+        if not rows:  # never a CER of 0 or NaN from nothing
+            dataset = getattr(self.trainer.val_dataloaders, "dataset", None)
+            msgs = getattr(dataset, "skip_messages", [])
+            raise NoUsableDataError(str(self.cfg.data.source), f"split {self.cfg.data.val_split!r}: not one of "
+                                    f"its lines could be read" + (f", e.g. {msgs[0]}" if msgs else ""))
         c, w = corpus_cer(refs, hyps), corpus_wer(refs, hyps)
-        if not rows:
-            c = w = math.nan
         self.log("val/cer", c, rank_zero_only=True, sync_dist=False)
         self.log("val/wer", w, rank_zero_only=True, sync_dist=False)
         self.last_val_step = int(self.global_step)

@@ -21,7 +21,7 @@ from bridgeocr.errors import BridgeOCRError, ConfigError
 from bridgeocr.eval.evaluate import TRAINING_META, evaluate_model, print_worst, summary, write_predictions
 from bridgeocr.eval.metrics import print_seed_metrics
 from bridgeocr.models.encoder import encoder_image
-from bridgeocr.train.checkpoint import atomic_dir, read_json, write_json
+from bridgeocr.train.checkpoint import atomic_dir, guard_run_dir, read_json, write_json
 
 __all__ = ["train", "train_cli", "build_tokenizer", "build_model", "load_teacher", "shard"]
 
@@ -343,9 +343,11 @@ def _feature_store(cfg: ExperimentConfig, encoder, splits: dict[str, list], worl
 # ------------------------------------------------------------------------------------------- train
 
 
-def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=None) -> dict:
+def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=None,
+          overwrite: bool = False) -> dict:
     """Train, validate (printing the seed's lines), test the best checkpoint; returns metrics.json's dict
-    (on global rank 0; other ranks return {})."""
+    (on global rank 0; other ranks return {}). A directory holding a run is continued (`resume`), replaced
+    (`overwrite`) or refused."""
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -365,6 +367,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=N
     resuming = bool(resume) and ckpt.is_file()
     if resume and not resuming:
         print(f"--resume: no {ckpt}; starting a new run", flush=True)
+    guard_run_dir(run_dir, resuming, overwrite)
     pl.seed_everything(tc.seed, workers=True, verbose=False)
 
     train_src = _open(cfg, cfg.data.train_split, cfg.data.max_train_samples)
@@ -533,9 +536,9 @@ def _same_encoder(model, store, cfg: ExperimentConfig) -> bool:
     return encoder_fingerprint(model.encoder, cfg.data.image) == store.fingerprint
 
 
-def train_cli(config, overrides, resume, devices, num_nodes) -> int:
+def train_cli(config, overrides, resume, devices, num_nodes, overwrite=False) -> int:
     cfg = load_config(config, overrides)
-    train(cfg, resume=bool(resume), devices=devices, num_nodes=num_nodes)
+    train(cfg, resume=bool(resume), devices=devices, num_nodes=num_nodes, overwrite=bool(overwrite))
     return 0
 
 

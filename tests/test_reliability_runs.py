@@ -1,0 +1,142 @@
+"""Issue 16, points 1-2: an empty result is an error (never CER 0 or NaN), and a run is never replaced by
+accident (train, encoder train, lm train)."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from bridgeocr.cli import main
+from bridgeocr.errors import BridgeOCRError
+from bridgeocr.train.checkpoint import guard_run_dir
+from conftest import make_box_dataset
+
+TINY_YAML = """
+data:
+  source: {src}
+  image: {{height: 16, width_policy: pad, max_width: 256, width_multiple: 4}}
+model:
+  encoder: {{dim: 32, depth: 1, heads: 2, patch_height: 16, patch_width: 4, conv_stem: false, max_width: 512}}
+  connector: {{kind: linear}}
+  decoder: {{n_layer: 1, n_embd: 32, n_head: 2, n_positions: 64}}
+  max_text_tokens: 20
+optim: {{batch_size: 4, max_steps: 2, warmup_steps: 1}}
+train: {{name: tiny, out_dir: {out}, accelerator: cpu, log_every_steps: 1}}
+"""
+
+
+def _config(tmp, src):
+    cfg = tmp / f"tiny-{src.parent.name}.yaml"
+    cfg.write_text(TINY_YAML.format(src=src, out=tmp / "runs"))
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """(run dir, config, overrides) of one finished 2-step run."""
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = _config(tmp, make_box_dataset(tmp / "data"))
+    assert main(["train", "--config", str(cfg)]) == 0
+    return tmp / "runs" / "tiny", cfg, []
+
+
+def _lfs_pointer_dataset(root, n=6):
+    """A synth-style dataset whose images are Git LFS pointer files (a clone without `git lfs pull`)."""
+    (root / "images").mkdir(parents=True)
+    rows, split = [], []
+    for i in range(n):
+        rel = f"images/{i:03d}.png"
+        (root / rel).write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 1234\n")
+        rows.append(f"{rel}\tline {i}")
+        split.append(f"{rel}\t{['train', 'val', 'test'][i % 3]}")
+    (root / "manifest.tsv").write_text("\n".join(rows) + "\n")
+    (root / "split.tsv").write_text("\n".join(split) + "\n")
+    return root
+
+
+def test_guard_refuses_an_existing_run_and_overwrite_removes_only_its_files(tmp_path):
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(BridgeOCRError, match="--resume.*--overwrite"):
+        guard_run_dir(run, resume=False, overwrite=False)
+    guard_run_dir(run, resume=True, overwrite=False)  # continuing is fine
+    assert (run / "best").is_dir()
+    guard_run_dir(run, resume=False, overwrite=True)
+    assert not (run / "best").exists() and not (run / "metrics.json").exists()
+    assert (run / "notes.txt").read_text() == "mine"
+    guard_run_dir(tmp_path / "new", resume=False, overwrite=False)  # nothing there: nothing to refuse
+
+
+def test_train_refuses_to_replace_a_finished_run(tiny_run, capsys):
+    """`bridgeocr train` with an existing run's name and neither --resume nor --overwrite: one line, exit 2,
+    the run's best/ and metrics.json untouched."""
+    run_dir, config, overrides = tiny_run
+    before = (run_dir / "metrics.json").read_bytes()
+    best = sorted(p.name for p in (run_dir / "best").iterdir())
+    code = main(["train", "--config", str(config), *overrides])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "holds a run already" in err and str(run_dir) in err and "Traceback" not in err
+    assert (run_dir / "metrics.json").read_bytes() == before
+    assert sorted(p.name for p in (run_dir / "best").iterdir()) == best
+
+
+def test_lm_train_refuses_to_replace_an_lm(tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    out = tmp_path / "lm"
+    args = ["lm", "train", "--corpus", str(corpus), "--out", str(out), "--steps", "2", "--n-layer", "1",
+            "--n-embd", "16", "--n-head", "2", "--context", "16", "--batch-size", "2"]
+    assert main(args) == 0
+    assert main(args) == 2
+    assert "holds a run already" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_evaluate_on_unreadable_images_is_an_error_not_cer_zero(tiny_run, tmp_path, capsys):
+    run_dir, _, _ = tiny_run
+    data = _lfs_pointer_dataset(tmp_path / "lfs")
+    code = main(["evaluate", "--checkpoint", str(run_dir / "best"), "--data", str(data), "--split", "test"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "CER 0.0000" not in captured.out
+    assert "could be read" in captured.err and str(data) in captured.err
+
+
+def test_evaluate_counts_every_dropped_row_by_reason(tiny_run, tmp_path, capsys):
+    """A 5-row manifest scored on 3 lines says so: 1 missing image, 1 row without a TAB; --max-skipped."""
+    import json
+
+    run_dir, _, _ = tiny_run
+    root = tmp_path / "m"
+    root.mkdir()
+    for i in range(3):
+        Image.new("L", (64, 32), 255).save(root / f"{i}.png")
+    (root / "labels.tsv").write_text("0.png\ta\n1.png\tb\n2.png\tc\nmissing.png\td\nno tab here\n")
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--checkpoint", str(run_dir / "best"), "--data", str(root / "labels.tsv"),
+                 "--split", "all", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 3
+    assert metrics["dropped"] == {"image not found": 1, "bad row": 1}
+    assert metrics["rows"] == 5
+    assert "dropped 2 of 5 rows" in captured.out + captured.err
+    code = main(["evaluate", "--checkpoint", str(run_dir / "best"), "--data", str(root / "labels.tsv"),
+                 "--split", "all", "--max-skipped", "0.2"])
+    assert code == 1
+    assert "--max-skipped" in capsys.readouterr().err
+
+
+def test_train_on_unreadable_images_stops_with_one_line(tmp_path, capsys):
+    """1,000 empty epochs and a NaN CER before; now the first epoch ends the run with one line, exit 1."""
+    data = _lfs_pointer_dataset(tmp_path / "lfs", n=9)
+    cfg = _config(tmp_path, data / "manifest.tsv")
+    code = main(["train", "--config", str(cfg), "optim.max_steps=50", "optim.max_epochs=1000"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "could be read" in err and str(data) in err and "Traceback" not in err
+    assert not (tmp_path / "runs" / "tiny" / "metrics.json").exists()
