@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bridgeocr.config import ImageConfig
-from bridgeocr.errors import BridgeOCRError
+from bridgeocr.errors import BridgeOCRError, NoUsableDataError
 from bridgeocr.eval.metrics import cer as corpus_cer
 from bridgeocr.eval.metrics import line_cers, print_seed_metrics
 from bridgeocr.eval.metrics import wer as corpus_wer
@@ -141,6 +141,11 @@ def evaluate_model(model, source, image_cfg: ImageConfig, beam: int | None = Non
                                            total=len(source), decoding=decoding)
     dt = time.perf_counter() - t0
     dataset = loader.dataset
+    if not refs:  # never CER 0 from nothing
+        msgs = list(getattr(dataset, "skip_messages", []))
+        name = getattr(source, "name", None) or (str(source[0].image_path.parent) if len(source) else "data")
+        raise NoUsableDataError(str(name), f"not one of its {len(source)} line(s) could be read"
+                                + (f", e.g. {msgs[0]}" if msgs else ""))
     return {
         "cer": corpus_cer(refs, hyps),
         "wer": corpus_wer(refs, hyps),
@@ -197,24 +202,33 @@ def describe_decoding(model, decoding: str | None, beam: int | None) -> str:
 
 
 def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, decoding=None,
-                 allow_outside=False) -> int:
-    from bridgeocr.data.sources import open_source
+                 allow_outside=False, max_skipped=None) -> int:
+    from bridgeocr.data.sources import drop_reasons, open_source
     from bridgeocr.train.checkpoint import write_json
 
     model, image_cfg, meta = load_checkpoint(checkpoint)
     source = open_source(data, None if split in (None, "all") else split,  # `all`: every line of the source
                          allow_outside=allow_outside)
-    problems = getattr(source, "problems", [])
-    if problems:  # refused rows (outside the folder, duplicates) and missing images: never silently
-        print(f"{data}: {len(problems)} problem(s), not scored, e.g. {problems[0]}", file=sys.stderr, flush=True)
+    problems = list(getattr(source, "problems", []))
     if max_samples is not None:
         source = list(source)[: max(0, int(max_samples))]
     if len(source) == 0:
-        raise BridgeOCRError(f"{data}: split {split!r} has no lines")
+        raise NoUsableDataError(str(data), f"split {split!r} has no usable lines"
+                                + (f" ({len(problems)} row(s) dropped, e.g. {problems[0]})" if problems else ""))
     result = evaluate_model(model, source, image_cfg, beam=beam, batch_size=batch_size,
                             desc=f"decode {split}", decoding=decoding)
+    dropped = drop_reasons(problems)
     if result["skipped"]:
-        print(f"skipped {result['skipped']} bad sample(s), e.g. {result['skip_messages'][0]}", flush=True)
+        dropped["unreadable image"] = result["skipped"]
+    rows = result["n"] + sum(dropped.values())
+    if dropped:  # every row that was not scored, by reason: a result must say what it left out
+        why = ", ".join(f"{n} {reason}" for reason, n in dropped.items())
+        example = (problems or result["skip_messages"] or ["?"])[0]
+        print(f"{data}: dropped {sum(dropped.values())} of {rows} rows ({why}), e.g. {example}", file=sys.stderr,
+              flush=True)
+        if max_skipped is not None and sum(dropped.values()) / rows > float(max_skipped):
+            raise NoUsableDataError(str(data), f"{sum(dropped.values())} of {rows} rows dropped, more than "
+                                    f"--max-skipped {float(max_skipped):g} allows ({why})")
     label = split if split in ("val", "test", "train") else "test"
     epoch = int(meta.get("epoch", 0) or 0)
     print_seed_metrics(label, epoch, result["cer"], result["wer"])
@@ -226,7 +240,8 @@ def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, de
         write_predictions(out / "predictions.tsv", result)
         write_json(out / "metrics.json", {
             "checkpoint": str(checkpoint), "data": str(data), "split": split, "beam": beam, "decoding": how,
-            "epoch": epoch, **summary(result), f"{label}_cer": result["cer"], f"{label}_wer": result["wer"],
+            "epoch": epoch, **summary(result), "rows": rows, "dropped": dropped,
+            f"{label}_cer": result["cer"], f"{label}_wer": result["wer"],
         })
         print(f"wrote {out / 'predictions.tsv'} and {out / 'metrics.json'}", flush=True)
     print_worst(result)
