@@ -10,6 +10,26 @@ from bridgeocr import __version__
 from bridgeocr.errors import BridgeOCRError
 
 
+def _number(kind, test, requirement):
+    """An argparse `type=`: a bad value is argparse's usual one-line error (exit 2) at parse time."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not (value == value and abs(value) != float("inf") and test(value)):  # NaN, inf refused too
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+    parse.__name__ = f"{kind.__name__} {requirement}"
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, ">= 1")
+positive_float = _number(float, lambda v: v > 0, "> 0")
+nonneg_float = _number(float, lambda v: v >= 0, ">= 0")
+
+
 def _call(target: str, **kwargs):
     module, func = target.split(":")
     return getattr(importlib.import_module(module), func)(**kwargs)
@@ -17,7 +37,7 @@ def _call(target: str, **kwargs):
 
 def add_decoding_args(p) -> None:
     """--beam and the decoding switches of `evaluate` and `recognize` (default: the model's config)."""
-    p.add_argument("--beam", type=int, default=None,
+    p.add_argument("--beam", type=positive_int, default=None,
                    help="beam width (default: 1 for --gpt, model.joint_beam (4) for --joint)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--gpt", dest="decoding", action="store_const", const="gpt", default=None,
@@ -40,7 +60,7 @@ def _add_data(sub):
     p.add_argument("--corpus", nargs="+", default=None, metavar="FILE",
                    help="text files (documents split by <|endoftext|>); default: the built-in corpus")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--n", type=int, default=2000, help="number of lines in all splits (default 2000)")
+    p.add_argument("--n", type=positive_int, default=2000, help="number of lines in all splits (default 2000)")
     p.add_argument("--fonts", nargs="+", default=None, metavar="FONT",
                    help="font files or directories (default: installed fonts, else matplotlib's DejaVu)")
     p.add_argument("--style", choices=["all", "printed", "handwriting"], default="all",
@@ -72,7 +92,7 @@ def _add_data(sub):
             keys += ["allow_outside"]
         if name == "preview":
             p.add_argument("--out", required=True, help="PNG file to write")
-            p.add_argument("--n", type=int, default=24, help="number of samples (default 24)")
+            p.add_argument("--n", type=positive_int, default=24, help="number of samples (default 24)")
             p.add_argument("--seed", type=int, default=0)
             keys += ["out", "n", "seed"]
         p.set_defaults(target=f"bridgeocr.data.{name}:{name}_source_cli", keys=keys)
@@ -90,7 +110,7 @@ def _add_data(sub):
     p.add_argument("--splits", nargs="+", default=["train", "val", "test"], help="default: train val test")
     p.add_argument("--cache-dir", default=None,
                    help="default: data.feature_cache (auto: TRAIN_OUT_DIR/.feature_cache)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.set_defaults(target="bridgeocr.train.features:cache_features_cli",
                    keys=["config", "overrides", "splits", "cache_dir", "encoder", "data", "batch_size"])
 
@@ -105,15 +125,15 @@ def _add_lm(sub):
                    help="validation text (default: the last 5%% of the corpus)")
     p.add_argument("--out", required=True, help="output directory (HF GPT-2 format + tokenizer)")
     p.add_argument("--tokenizer", choices=["char", "bpe"], default="char")
-    p.add_argument("--vocab-size", type=int, default=4000, help="BPE vocabulary size")
-    p.add_argument("--n-layer", type=int, default=3)
-    p.add_argument("--n-embd", type=int, default=192)
-    p.add_argument("--n-head", type=int, default=3)
-    p.add_argument("--context", type=int, default=128, help="training context length in tokens")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--minutes", type=float, default=None, help="stop after this wall-clock time")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--vocab-size", type=positive_int, default=4000, help="BPE vocabulary size")
+    p.add_argument("--n-layer", type=positive_int, default=3)
+    p.add_argument("--n-embd", type=positive_int, default=192)
+    p.add_argument("--n-head", type=positive_int, default=3)
+    p.add_argument("--context", type=positive_int, default=128, help="training context length in tokens")
+    p.add_argument("--steps", type=positive_int, default=2000)
+    p.add_argument("--minutes", type=positive_float, default=None, help="stop after this wall-clock time")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last if present")
     p.add_argument("--overwrite", action="store_true", help="replace the LM already in OUT (else refused)")
@@ -154,10 +174,10 @@ def _add_encoder(sub):
     p.add_argument("--out", required=True)
     p.add_argument("--config", default=None, help="YAML with model.encoder / data.image settings")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--minutes", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--steps", type=positive_int, default=3000)
+    p.add_argument("--minutes", type=positive_float, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last if present")
     p.add_argument("--overwrite", action="store_true", help="replace the encoder already in OUT (else refused)")
@@ -182,7 +202,7 @@ def _add_train_eval(sub):
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in OUT/NAME (without it, or --resume, an existing run is refused)")
     p.add_argument("--devices", default=None, help="devices per node (Lightning), e.g. 1, 2 or auto")
-    p.add_argument("--num-nodes", type=int, default=None)
+    p.add_argument("--num-nodes", type=positive_int, default=None)
     p.set_defaults(target="bridgeocr.train.run:train_cli",
                    keys=["config", "overrides", "resume", "devices", "num_nodes", "overwrite"])
 
@@ -191,12 +211,12 @@ def _add_train_eval(sub):
     p.add_argument("--data", required=True, metavar="SOURCE")
     p.add_argument("--split", default="test")
     add_decoding_args(p)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--max-samples", type=positive_int, default=None)
     p.add_argument("--out", default=None, help="directory for predictions.tsv and metrics.json")
     p.add_argument("--allow-outside", action="store_true",
                    help="accept manifest image paths outside the manifest's folder (else refused)")
-    p.add_argument("--max-skipped", type=float, default=None, metavar="FRACTION",
+    p.add_argument("--max-skipped", type=nonneg_float, default=None, metavar="FRACTION",
                    help="fail (exit 1) when more than this share of the rows is dropped (missing or unreadable "
                    "images, bad rows); every dropped row is counted by reason either way")
     p.set_defaults(target="bridgeocr.eval.evaluate:evaluate_cli",
@@ -207,7 +227,7 @@ def _add_train_eval(sub):
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--checkpoint", default=None, help="model directory (default: the shipped model)")
     add_decoding_args(p)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--format", choices=["text", "tsv", "jsonl"], default="text")
     p.set_defaults(target="bridgeocr.api:recognize_cli",
                    keys=["inputs", "checkpoint", "beam", "batch_size", "format", "decoding"])
@@ -216,8 +236,8 @@ def _add_train_eval(sub):
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, metavar="SOURCE")
     p.add_argument("--split", default="test")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--max-samples", type=positive_int, default=None)
     p.add_argument("--out", default=None, help="directory for loss_gap.json and per-sample CSV")
     p.add_argument("--reference", choices=["lm", "prefix", "both"], default="both",
                    help="how the decoder reads the true text for Reference and KL's Q: lm (plain LM, the "
@@ -248,7 +268,7 @@ def _add_train_eval(sub):
     p.add_argument("--connectors", nargs="+", default=None, help="a subset of the connectors (+ encdec)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per cell (median; default 3)")
     p.add_argument("--height", type=int, default=None, help="line height (default 32)")
-    p.add_argument("--vocab-size", type=int, default=None, help="decoder vocabulary (default 100)")
+    p.add_argument("--vocab-size", type=positive_int, default=None, help="decoder vocabulary (default 100)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--out", default="runs/bench", help="directory for bench.json and bench.md")
     p.set_defaults(target="bridgeocr.bench:bench_cli",
@@ -261,11 +281,11 @@ def _add_train_eval(sub):
                        "bridgeocr's ctc_collapse connector in equal shares of the budget, run the loss-gap "
                        "diagnostic, and write OUT/report.md with the seed's CER/WER lines, a comparison table, curves and checkpoint paths. Rerunning the "
                        "same command resumes: finished settings are kept.")
-    p.add_argument("--minutes", type=float, default=20.0, help="total time budget in minutes (default 20)")
+    p.add_argument("--minutes", type=positive_float, default=20.0, help="total time budget in minutes (default 20)")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--corpus", nargs="+", default=None, metavar="FILE",
                    help="text for the synthetic lines (default: the built-in corpus)")
-    p.add_argument("--n", type=int, default=None, help="synthetic lines (default scales with --minutes)")
+    p.add_argument("--n", type=positive_int, default=None, help="synthetic lines (default scales with --minutes)")
     p.add_argument("--settings", nargs="+", default=None, metavar="NAME",
                    help="settings to train (default: linear_gelu_ln qformer qformer_kd ctc_collapse; also "
                    "ctc_embed)")

@@ -5,10 +5,15 @@ One YAML file per experiment; every field has a default, so a config only says w
 
 from __future__ import annotations
 
+import math
+import re
+import sys
 from dataclasses import asdict, dataclass, field
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -197,12 +202,146 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         layers.append(OmegaConf.from_dotlist(list(overrides)))
     try:
         merged = OmegaConf.merge(*layers)
-        return OmegaConf.to_object(merged)
+        cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         where = str(path) if path else "overrides"
         key = getattr(exc, "full_key", None)
         prefix = f"{where}: {key}: " if key else f"{where}: "
         raise ConfigError(prefix + str(exc).splitlines()[0]) from None
+    if isinstance(cfg, ExperimentConfig):
+        validate(cfg)
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------- validation
+# Values that cannot be meant are refused when the config is read, before any run directory is written.
+# Each row: (dotted key, predicate on the value, what the value must be).
+
+CONNECTOR_KINDS = ("linear", "linear_ln", "linear_gelu_ln", "mlp", "qformer", "cabstractor", "ctc_embed",
+                   "ctc_collapse")  # = models/connectors.py's registry (a test keeps them equal)
+ENCODER_KINDS = ("vit", "ppocr", "hf")  # hf: an HF ViT/DeiT/BEiT, set by loading model.encoder.pretrained
+PRECISIONS = ("auto", "32", "32-true", "16", "16-mixed", "16-true", "bf16", "bf16-mixed", "bf16-true", "64",
+              "64-true", "transformer-engine", "transformer-engine-float16")  # what Lightning reads
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _ge(n):
+    return (lambda v: _finite(v) and v >= n), f">= {n}"
+
+
+def _one_of(*names):
+    return (lambda v: v in names), "one of " + " | ".join("null" if n is None else str(n) for n in names)
+
+
+def _or_null(rule):
+    pred, text = rule
+    return (lambda v: v is None or pred(v)), f"null or {text}"
+
+
+def _connector_kind(v) -> bool:  # kinds a plugin registered (@register_connector) count once imported
+    return v in CONNECTOR_KINDS or v in getattr(sys.modules.get("bridgeocr.models.connectors"), "CONNECTORS", ())
+
+
+POSITIVE = _ge(1)
+NONNEG = _ge(0)
+GT0 = (lambda v: _finite(v) and v > 0), "> 0"
+UNIT = (lambda v: _finite(v) and 0 <= v <= 1), "in [0, 1]"
+FREEZE = (lambda v: re.fullmatch(r"none|all|top:\d+", str(v).strip()) is not None), "none | all | top:N"
+EPOCHS = (lambda v: v == -1 or (_finite(v) and v >= 1)), ">= 1 (or -1: no limit)"
+
+RULES = (
+    ("data.image.height", *POSITIVE),
+    ("data.image.width_policy", *_one_of("pad", "resize")),
+    ("data.image.max_width", *POSITIVE),
+    ("data.image.resize_width", *POSITIVE),
+    ("data.image.width_multiple", *POSITIVE),
+    ("data.max_train_samples", *_or_null(POSITIVE)),
+    ("data.max_eval_samples", *_or_null(POSITIVE)),
+    ("data.max_val_samples", *_or_null(POSITIVE)),
+    ("data.num_workers", *NONNEG),
+    ("tokenizer.kind", *_one_of("char", "bpe")),
+    ("model.encoder.kind", *_one_of(*ENCODER_KINDS)),
+    ("model.encoder.patch_height", *POSITIVE),
+    ("model.encoder.patch_width", *POSITIVE),
+    ("model.encoder.dim", *POSITIVE),
+    ("model.encoder.depth", *POSITIVE),
+    ("model.encoder.heads", *POSITIVE),
+    ("model.encoder.mlp_ratio", *GT0),
+    ("model.encoder.dropout", *UNIT),
+    ("model.encoder.pos_embedding", *_one_of("sincos", "learned")),
+    ("model.encoder.max_width", *POSITIVE),
+    ("model.connector.kind", _connector_kind, "one of " + " | ".join(CONNECTOR_KINDS)),
+    ("model.connector.reduce", *_one_of(None, "none", "pool", "concat")),
+    ("model.connector.reduce_k", *POSITIVE),
+    ("model.connector.init", *_one_of("random", "ctc")),
+    ("model.connector.num_queries", *POSITIVE),
+    ("model.connector.layers", *POSITIVE),
+    ("model.connector.locality", *NONNEG),
+    ("model.connector.heads", *POSITIVE),
+    ("model.connector.dropout", *UNIT),
+    ("model.decoder.n_layer", *POSITIVE),
+    ("model.decoder.n_embd", *POSITIVE),
+    ("model.decoder.n_head", *POSITIVE),
+    ("model.decoder.n_positions", *POSITIVE),
+    ("model.decoder.dropout", *UNIT),
+    ("model.decoder.freeze", *FREEZE),
+    ("model.attach_layer", *NONNEG),
+    ("model.ctc_upsample", *POSITIVE),
+    ("model.decoding", *_one_of("gpt", "ctc", "joint")),
+    ("model.joint_ctc_weight", *UNIT),
+    ("model.joint_beam", *POSITIVE),
+    ("model.max_text_tokens", *POSITIVE),
+    ("loss.kd_alpha", *NONNEG),
+    ("loss.kd_tau", *GT0),
+    ("loss.kd_form", *_one_of("sum", "interpolate")),
+    ("loss.kd_start_step", *NONNEG),
+    ("loss.ctc_weight", *NONNEG),
+    ("loss.input_dropout", *UNIT),
+    ("optim.lr_encoder", *GT0),
+    ("optim.lr_connector", *GT0),
+    ("optim.lr_decoder", *GT0),
+    ("optim.weight_decay", *NONNEG),
+    ("optim.warmup_steps", *NONNEG),
+    ("optim.max_steps", *POSITIVE),
+    ("optim.max_epochs", *EPOCHS),
+    ("optim.max_minutes", *_or_null(NONNEG)),  # null or 0: no wall-clock limit (train/module.py, run.py)
+    ("optim.batch_size", *POSITIVE),
+    ("optim.grad_clip", *NONNEG),  # 0: no clipping
+    ("optim.accumulate", *POSITIVE),
+    ("train.name", lambda v: bool(str(v).strip()), "a non-empty name"),
+    ("train.precision", lambda v: str(v) in PRECISIONS, "one of " + " | ".join(PRECISIONS)),
+    ("train.num_nodes", *POSITIVE),
+    ("train.val_every_steps", *_or_null(POSITIVE)),  # null: once per epoch
+    ("train.eval_beam", *_or_null(POSITIVE)),
+    ("train.log_every_steps", *POSITIVE),
+)
+
+# Rows over two keys: (dotted key, predicate on the whole config, what the key's value must be).
+CROSS_RULES = (
+    ("loss.kd_alpha", lambda c: c.loss.kd_form != "interpolate" or c.loss.kd_alpha <= 1,
+     "<= 1 with loss.kd_form=interpolate ((1 - alpha) * CE)"),
+    ("model.attach_layer", lambda c: c.model.attach_layer < max(1, c.model.decoder.n_layer),
+     "< model.decoder.n_layer (visual tokens enter before one of its blocks)"),
+)
+
+
+def _get(cfg, key: str):
+    return reduce(getattr, key.split("."), cfg)
+
+
+def validate(cfg: ExperimentConfig) -> ExperimentConfig:
+    """ConfigError `config: KEY must be REQUIREMENT, got VALUE` for the first value that cannot be meant."""
+    for key, ok, requirement in RULES:
+        value = _get(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"config: {key} must be {requirement}, got {value!r}")
+    for key, ok, requirement in CROSS_RULES:
+        if not ok(cfg):
+            raise ConfigError(f"config: {key} must be {requirement}, got {_get(cfg, key)!r}")
+    return cfg
 
 
 def _yaml_layers(path: Path, seen: tuple = ()) -> list:
@@ -211,16 +350,31 @@ def _yaml_layers(path: Path, seen: tuple = ()) -> list:
         raise ConfigError(f"{path}: config file not found")
     if path.resolve() in seen:
         raise ConfigError(f"{path}: `base:` chain loops back to itself")
-    try:
-        layer = OmegaConf.load(path)
-    except Exception as exc:  # yaml errors carry their own line numbers
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    layer = read_yaml(path)
     if not isinstance(layer, DictConfig):
         raise ConfigError(f"{path}: expected a mapping of config sections")
     base = layer.pop("base", None)
     if base is None:
         return [layer]
     return _yaml_layers(path.parent / str(base), seen + (path.resolve(),)) + [layer]
+
+
+def read_yaml(path: str | Path):
+    """OmegaConf.load, its errors as one ConfigError naming the file (and for syntax errors, its line):
+    `configs/x.yaml:7: YAML syntax error: did not find expected ',' or ']'`."""
+    try:
+        return OmegaConf.load(path)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        what = exc.problem or exc.context or type(exc).__name__
+        if exc.context and exc.problem and exc.context_mark is not None:
+            what += f" ({exc.context} at line {exc.context_mark.line + 1})"
+        raise ConfigError(f"{where}: YAML syntax error: {what}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    except Exception as exc:  # e.g. an unparsable ${...} interpolation
+        raise ConfigError(f"{path}: not a valid config: {str(exc).splitlines()[0]}") from None
 
 
 def config_from_dict(data: dict, cls=ExperimentConfig):

@@ -20,6 +20,7 @@ from bridgeocr.eval.metrics import line_cers, print_seed_metrics
 from bridgeocr.eval.metrics import wer as corpus_wer
 from bridgeocr.models.encoder import is_encoder_dir
 from bridgeocr.models.encoder_reader import EncoderReader, encoder_image_config
+from bridgeocr.preflight import ensure_writable
 
 __all__ = ["evaluate_model", "evaluate_cli", "load_checkpoint", "write_predictions", "print_worst",
            "TRAINING_META"]
@@ -215,6 +216,8 @@ def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, de
     if len(source) == 0:
         raise NoUsableDataError(str(data), f"split {split!r} has no usable lines"
                                 + (f" ({len(problems)} row(s) dropped, e.g. {problems[0]})" if problems else ""))
+    if out is not None:  # an unwritable or full --out fails now, not after the decode
+        ensure_writable(out)
     result = evaluate_model(model, source, image_cfg, beam=beam, batch_size=batch_size,
                             desc=f"decode {split}", decoding=decoding)
     dropped = drop_reasons(problems)

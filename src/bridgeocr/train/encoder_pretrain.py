@@ -24,6 +24,7 @@ from bridgeocr.data.tokenizers import load_tokenizer
 from bridgeocr.errors import BridgeOCRError
 from bridgeocr.models.encoder import build_encoder, is_encoder_dir, load_encoder, save_encoder
 from bridgeocr.models.ppocr import import_ppocr
+from bridgeocr.preflight import TRAIN_NEED, ensure_writable
 from bridgeocr.shipped import resolve_pretrained
 from bridgeocr.train.checkpoint import (
     atomic_dir,
@@ -85,6 +86,7 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
 
     out = Path(out)
     guard_run_dir(out, resume and (out / "last" / "train_state.json").is_file(), overwrite)
+    ensure_writable(out, TRAIN_NEED)
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     opts = {"split_file": cfg.data.split_file, "iam_split_dir": cfg.data.iam_split_dir, "drop_err": cfg.data.drop_err,

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bridgeocr.errors import BridgeOCRError, ConfigError
+from bridgeocr.preflight import TRAIN_NEED, ensure_writable
 from bridgeocr.train.checkpoint import (
     atomic_dir,
     guard_run_dir,
@@ -121,6 +122,7 @@ def train_lm(*, docs: list[str], val_docs: list[str] | None, out: str | Path, to
     if not docs or not any(d.strip() for d in docs):
         raise BridgeOCRError("lm train: the corpus is empty")
     guard_run_dir(out, resume and (out / "last" / "train_state.json").is_file(), overwrite)
+    ensure_writable(out, TRAIN_NEED)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

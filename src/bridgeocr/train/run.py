@@ -368,6 +368,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=N
     if resume and not resuming:
         print(f"--resume: no {ckpt}; starting a new run", flush=True)
     guard_run_dir(run_dir, resuming, overwrite)
+    from bridgeocr.preflight import TRAIN_NEED, ensure_writable
+    ensure_writable(run_dir, TRAIN_NEED)  # an unwritable or full disk fails now, not after training
     pl.seed_everything(tc.seed, workers=True, verbose=False)
 
     train_src = _open(cfg, cfg.data.train_split, cfg.data.max_train_samples)
