@@ -292,10 +292,11 @@ def test_evaluate_refuses_outside_rows_unless_allowed(outside, tmp_path, capsys)
     assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--split", "all",
                  "--out", str(tmp_path / "ev1")]) == 0
     err = capsys.readouterr().err
-    assert "2 problem(s), not scored" in err and f"{data}:2" in err
-    assert json.loads((tmp_path / "ev1" / "metrics.json").read_text())["n"] == 1
+    assert "dropped 2 of 3 rows (1 outside the folder, 1 duplicate)" in err and f"{data}:2" in err
+    m = json.loads((tmp_path / "ev1" / "metrics.json").read_text())
+    assert m["n"] == 1 and m["dropped"] == {"outside the folder": 1, "duplicate": 1}
     assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--split", "all",
                  "--allow-outside", "--out", str(tmp_path / "ev2")]) == 0
     err = capsys.readouterr().err
-    assert "1 problem(s)" in err and f"{data}:3: duplicate of line 1" in err
+    assert "dropped 1 of 3 rows (1 duplicate)" in err and f"{data}:3: duplicate of line 1" in err
     assert json.loads((tmp_path / "ev2" / "metrics.json").read_text())["n"] == 2

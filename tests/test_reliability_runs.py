@@ -138,5 +138,6 @@ def test_train_on_unreadable_images_stops_with_one_line(tmp_path, capsys):
     code = main(["train", "--config", str(cfg), "optim.max_steps=50", "optim.max_epochs=1000"])
     err = capsys.readouterr().err
     assert code == 1
-    assert "could be read" in err and str(data) in err and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "could be read" in errors[0] and str(data) in errors[0]
     assert not (tmp_path / "runs" / "tiny" / "metrics.json").exists()

@@ -62,9 +62,12 @@ def test_train_writes_run_dir_then_resume_evaluate_recognize(trained, capsys):
     for name in ("best", "last"):
         assert (run / name / "config.json").is_file() and (run / name / "model.safetensors").is_file()
         assert (run / name / "tokenizer.json").is_file() and (run / name / "training.json").is_file()
-    for name in ("config.yaml", "metrics.json", "metrics.csv", "predictions_val.tsv", "predictions_test.tsv",
-                 "last.ckpt"):
+    for name in ("config.yaml", "metrics.json", "metrics.csv", "predictions_val.tsv", "predictions_test.tsv"):
         assert (run / name).is_file(), name
+    # the resume state: safetensors + JSON, no pickle anywhere in the run
+    assert (run / "last.ckpt" / "tensors.safetensors").is_file() and (run / "last.ckpt" / "state.json").is_file()
+    assert not [p for p in run.rglob("*") if p.suffix in (".pt", ".pth", ".pkl") or p.name == "last.ckpt"
+                and p.is_file()]
     assert (run / "tb").is_dir() and any((run / "tb").rglob("events.out.tfevents*"))
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
     m = json.loads((run / "metrics.json").read_text())

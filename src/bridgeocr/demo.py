@@ -142,6 +142,7 @@ def run_demo(minutes: float = 20.0, out: str | Path = "runs/demo", corpus: list[
     from bridgeocr.config import load_config
     from bridgeocr.eval.loss_gap import loss_gap_cli
     from bridgeocr.eval.sweep import run_status
+    from bridgeocr.train.resume import resume_point
     from bridgeocr.train.run import read_metrics, train
 
     t_start = time.time()
@@ -182,7 +183,7 @@ def run_demo(minutes: float = 20.0, out: str | Path = "runs/demo", corpus: list[
         _say(plan, f"{name}: training for {train_minutes:.1f} min")
         cfg = load_config(None, run_overrides(plan, name, train_minutes, data, extra_overrides))
         run_dir = plan.out / "runs" / name
-        results[name] = train(cfg, resume=(run_dir / "last.ckpt").is_file())
+        results[name] = train(cfg, resume=resume_point(run_dir / "last.ckpt") is not None)
     for name in results:  # the seed's loss diagnostic on the test lines, per setting
         run_dir = plan.out / "runs" / name
         if not (run_dir / "loss_gap.json").is_file():

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bridgeocr.config import ImageConfig
-from bridgeocr.data.preprocess import LineDataset, WidthBucketSampler, text_batch
+from bridgeocr.data.preprocess import LineDataset, ResumableLoader, WidthBucketSampler, text_batch
 from bridgeocr.data.sample import Batch, LineSample
 from bridgeocr.errors import DataError
 
@@ -206,4 +206,4 @@ def make_feature_loader(source: Sequence[LineSample], store: FeatureStore, image
     dataset = FeatureDataset(source, store, tokenizer, image_cfg, max_text_tokens=max_text_tokens)
     sampler = WidthBucketSampler(dataset.widths(), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
     collate = FeatureCollator(tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+    return ResumableLoader(dataset, batch_sampler=sampler, collate_fn=collate)

@@ -291,6 +291,10 @@ class WidthBucketSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """The next pass over `epoch` starts after its first `batches_done` batches (a resumed run)."""
+        self._resume = (int(epoch), int(batches_done))
+
     def _batches(self) -> list[list[int]]:
         n = len(self.widths)
         if self.shuffle:
@@ -309,11 +313,29 @@ class WidthBucketSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self._batches()
+        batches = self._batches()
+        resume, self._resume = getattr(self, "_resume", None), None
+        if resume is not None and resume[0] == self.epoch:
+            batches = batches[resume[1]:]
+        yield from batches
 
     def __len__(self) -> int:
         n = len(self.widths)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose place in the epoch survives a checkpoint (Lightning's `_Stateful`): a run killed
+    mid-epoch and resumed goes on with the batch after the last one trained, not with the epoch's first.
+    `progress()` (set by the trainer): how many batches of this epoch it has finished."""
+
+    progress = None
+
+    def state_dict(self) -> dict:
+        return {"epoch": int(self.batch_sampler.epoch), "batches": int(self.progress()) if self.progress else 0}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.resume_at(int(state.get("epoch", 0)), int(state.get("batches", 0)))
 
 
 def make_loader(source: Sequence[LineSample], image_cfg: ImageConfig, tokenizer, batch_size: int,
@@ -327,10 +349,10 @@ def make_loader(source: Sequence[LineSample], image_cfg: ImageConfig, tokenizer,
                           augment=augment)
     sampler = WidthBucketSampler(dataset.widths(), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
     collate = Collator.for_tokenizer(tokenizer, image_cfg.width_multiple)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
-                      persistent_workers=num_workers > 0)
+    return ResumableLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                           persistent_workers=num_workers > 0)
 
 
 __all__ = ["preprocess_image", "target_width", "size_warnings", "warn_image_size", "load_line_image",
-           "to_grayscale", "LineDataset", "Collator", "WidthBucketSampler",
+           "to_grayscale", "LineDataset", "Collator", "WidthBucketSampler", "ResumableLoader",
            "make_loader", "image_size", "image_sizes"]

@@ -89,8 +89,8 @@ def open_source(spec, split: str | None = None, *, split_file=None, iam_split_di
 
 
 # why a row of a source was not used, from its one-line problem message (the first match wins)
-DROP_REASONS = (("image file not found", "image not found"), ("is not in ", "not in the manifest"),
-                ("outside", "outside the folder"), ("duplicate of line", "duplicate"))
+DROP_REASONS = (("): image file not found", "image not found"), (" is not in ", "not in the manifest"),
+                ("' leads outside the ", "outside the folder"), (": duplicate of line ", "duplicate"))
 
 
 def drop_reasons(problems: list[str]) -> dict[str, int]:

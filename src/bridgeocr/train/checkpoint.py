@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -25,27 +26,96 @@ RUN_OUTPUTS = ("metrics.csv", "csv", "tb", "predictions_val.tsv", "predictions_t
                "generation_config.json", "MODEL_CARD.md")
 
 
-def atomic_dir(final: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` on a fresh temporary directory beside `final`, then swap it into place.
+def atomic_dir(final: str | Path, write: Callable[[Path], None], keep_previous: Path | None = None) -> Path:
+    """Call `write(tmp)` on a fresh temporary directory beside `final`, fsync it, then swap it into place.
 
-    A crash while writing leaves the previous `final` intact (readers never see half a checkpoint).
+    A crash, a kill or a full disk while writing leaves the previous `final` intact (readers never see half a
+    checkpoint) and no temporary directory behind (a killed writer's is removed by the next write).
+    `keep_previous`: move the replaced `final` there instead of deleting it (a fallback for resuming).
+    A full disk is one BridgeOCRError naming `final`.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(final)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{time.time_ns()}"
     old = final.parent / f".{final.name}.old-{os.getpid()}-{time.time_ns()}"
     try:
         tmp.mkdir()
         write(tmp)
+        _fsync_tree(tmp)
         if final.exists():
-            os.replace(final, old)
+            if keep_previous is not None:
+                _remove(keep_previous)
+                os.replace(final, keep_previous)
+            else:
+                os.replace(final, old)
         os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except Exception as exc:
+        if disk_full(exc):
+            raise BridgeOCRError(f"{final}: no space left on the device while writing it (what was written "
+                                 "before is kept)") from None
+        raise
     finally:
-        with suppress(FileNotFoundError):
-            shutil.rmtree(tmp)
-        with suppress(FileNotFoundError):
-            shutil.rmtree(old)
+        _remove(tmp)
+        _remove(old)
     return final
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether `exc` says the disk (or quota) is full: an OSError, or safetensors' own I/O error."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(exc)
+    return f"os error {errno.ENOSPC})" in text or f"os error {errno.EDQUOT})" in text
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _remove_orphans(final: Path) -> None:
+    """Temporary directories a killed writer of `final` left (its pid no longer runs)."""
+    for p in final.parent.glob(f".{final.name}.tmp-*"):
+        pid = p.name.rsplit(".tmp-", 1)[-1].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            _remove(p)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    for d in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        _fsync_dir(d)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot fsync a directory
+    finally:
+        os.close(fd)
 
 
 def write_json(path: str | Path, data) -> None:

@@ -10,6 +10,7 @@ works under DDP (requires_grad is never toggled after wrapping).
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -171,6 +172,9 @@ class OCRLightningModule(pl.LightningModule):
                                     f"lines could be read" + (f", e.g. {msgs[0]}" if msgs else ""))
 
     def on_train_batch_start(self, batch, batch_idx):
+        rng, self._pending_rng = getattr(self, "_pending_rng", None), None
+        if rng is not None:  # resumed: the dropout masks go on exactly as in the run that was stopped
+            _set_rng_state(rng)
         self._t_batch = time.perf_counter()
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
@@ -288,13 +292,29 @@ class OCRLightningModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["bridgeocr"] = {"val_history": self.val_history, "train_lines": self.train_lines,
-                                   "train_seconds": self.train_seconds}
+                                   "train_seconds": self.train_seconds, "rng": _rng_state()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("bridgeocr") or {}
         self.val_history = list(state.get("val_history", []))
         self.train_lines = int(state.get("train_lines", 0))
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        self._pending_rng = state.get("rng")  # set at the first batch: loading data draws from it before
 
     def run_dir(self) -> Path:
         return Path(self.cfg.train.out_dir) / self.cfg.train.name
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].to(torch.uint8).cpu())
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([t.to(torch.uint8).cpu() for t in state["cuda"]])

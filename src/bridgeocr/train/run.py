@@ -1,7 +1,8 @@
 """`bridgeocr train`: one experiment config -> a finished run directory.
 
 OUT/NAME/ holds `config.yaml`, `tokenizer.json`, `best/` (by val CER) and `last/` (OCRModel dirs:
-safetensors + JSON, written atomically), `last.ckpt` (Lightning's resume state, for `--resume` only),
+safetensors + JSON, written atomically), `last.ckpt/` (the trainer's resume state, safetensors + JSON, with
+the one before it in `last.ckpt.prev/`; train/resume.py),
 `metrics.csv` (all CSV log parts merged), `tb/`, `predictions_{val,test}.tsv` and `metrics.json`.
 """
 
@@ -21,7 +22,9 @@ from bridgeocr.errors import BridgeOCRError, ConfigError
 from bridgeocr.eval.evaluate import TRAINING_META, evaluate_model, print_worst, summary, write_predictions
 from bridgeocr.eval.metrics import print_seed_metrics
 from bridgeocr.models.encoder import encoder_image
-from bridgeocr.train.checkpoint import atomic_dir, guard_run_dir, read_json, write_json
+from bridgeocr.preflight import TRAIN_NEED, ensure_writable
+from bridgeocr.train.checkpoint import atomic_dir, disk_full, guard_run_dir, read_json, write_json
+from bridgeocr.train.resume import SafeCheckpointIO, resume_point
 
 __all__ = ["train", "train_cli", "build_tokenizer", "build_model", "load_teacher", "shard"]
 
@@ -177,7 +180,7 @@ def merge_csv_logs(run_dir: Path) -> Path | None:
             for k in r.fieldnames or []:
                 if k not in keys:
                     keys.append(k)
-            rows.extend(r)
+            rows = _without_replayed(rows, list(r))
     keys = ["step"] + sorted(k for k in keys if k != "step") if "step" in keys else sorted(keys)
     out = run_dir / "metrics.csv"
     tmp = run_dir / ".metrics.csv.tmp"
@@ -187,6 +190,26 @@ def merge_csv_logs(run_dir: Path) -> Path | None:
         w.writerows(rows)
     tmp.replace(out)
     return out
+
+
+def _without_replayed(rows: list[dict], part: list[dict]) -> list[dict]:
+    """Rows so far + a resumed part: the steps the part logged again after its checkpoint (a kill after
+    step s resumes from the checkpoint before it) are kept once, as the resumed part logged them."""
+    def step(row):
+        try:
+            return int(float(row.get("step") or -1))
+        except ValueError:
+            return -1
+
+    def signature(row):
+        return step(row), frozenset(k for k, v in row.items() if v not in (None, ""))
+
+    if not part or not rows:
+        return rows + part
+    first = min(step(r) for r in part)
+    again = {signature(r) for r in part if step(r) == first}
+    kept = [r for r in rows if step(r) < first or (step(r) == first and signature(r) not in again)]
+    return kept + part
 
 
 # ------------------------------------------------------------------------------------ checkpoints
@@ -300,6 +323,8 @@ class _DataModule:
             def train_dataloader(self):
                 outer.train_loader = _make_loader(train_src, cfg, tokenizer, True, self.trainer.global_rank,
                                                   self.trainer.world_size, store=store)
+                loop = self.trainer.fit_loop.epoch_loop  # where a checkpoint leaves the epoch (exact resume)
+                outer.train_loader.progress = lambda: loop.batch_progress.current.completed
                 return outer.train_loader
 
             def val_dataloader(self):
@@ -363,12 +388,11 @@ def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=N
         raise ConfigError(f"optim.accumulate: must be >= 1, got {oc.accumulate}")
     parse_freeze_schedule(oc.freeze_schedule)  # fail early on a bad schedule
     run_dir = Path(tc.out_dir) / tc.name
-    ckpt = run_dir / "last.ckpt"
-    resuming = bool(resume) and ckpt.is_file()
+    ckpt = resume_point(run_dir / "last.ckpt") or run_dir / "last.ckpt"
+    resuming = bool(resume) and ckpt.exists()
     if resume and not resuming:
         print(f"--resume: no {ckpt}; starting a new run", flush=True)
     guard_run_dir(run_dir, resuming, overwrite)
-    from bridgeocr.preflight import TRAIN_NEED, ensure_writable
     ensure_writable(run_dir, TRAIN_NEED)  # an unwritable or full disk fails now, not after training
     pl.seed_everything(tc.seed, workers=True, verbose=False)
 
@@ -404,7 +428,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=N
         strategy=tc.strategy, precision=_precision(cfg), max_steps=oc.max_steps, max_epochs=oc.max_epochs,
         max_time={"minutes": oc.max_minutes} if oc.max_minutes else None,
         gradient_clip_val=oc.grad_clip or None, accumulate_grad_batches=oc.accumulate,
-        logger=loggers, callbacks=[callback, _progress_bar()], enable_checkpointing=False, use_distributed_sampler=False,
+        logger=loggers, callbacks=[callback, _progress_bar()], plugins=[SafeCheckpointIO()],
+        enable_checkpointing=False, use_distributed_sampler=False,
         log_every_n_steps=max(1, tc.log_every_steps), num_sanity_val_steps=0, deterministic=False,
         enable_model_summary=False, **val_kwargs)
     store = _feature_store(cfg, model.encoder, {"train": train_src, "val": val_src}, trainer.world_size)
@@ -426,7 +451,14 @@ def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=N
               f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params -> {run_dir}"
               + (f" (resuming from {ckpt})" if resuming else ""), flush=True)
 
-    trainer.fit(module, datamodule=data.dm, ckpt_path=str(ckpt) if resuming else None)
+    try:
+        trainer.fit(module, datamodule=data.dm, ckpt_path=str(ckpt) if resuming else None)
+    except Exception as exc:  # a full disk mid-run: one line; every checkpoint written before it is intact
+        if disk_full(exc):
+            where = getattr(exc, "filename", None) or "a log"
+            raise BridgeOCRError(f"{run_dir}: no space left on the device ({where}); the checkpoints written "
+                                 "before are intact: free space, then --resume") from None
+        raise
     if module.last_val_step != trainer.global_step or not (run_dir / "best").is_dir():
         module.on_val_result = lambda r, e, s: callback.on_val_result(trainer, module, r, e, s)
         trainer.validate(module, datamodule=data.dm, verbose=False)
