@@ -145,8 +145,9 @@ def test_load_teacher_from_config(tok, tmp_path):
     assert isinstance(old, KDTeacher) and old.reading == "lm" and not old.training
     assert not any(p.requires_grad for p in old.parameters())
     ids, am = _batch(tok, ["abc", "de"])
-    with torch.no_grad():
-        assert torch.allclose(old.logits(ids, am), GPT.from_hf(lm_dir)(ids, am)[0], atol=1e-6)
+    with torch.no_grad():  # at the text positions (past a line's end the memo leaves zeros)
+        m = am.bool()
+        assert torch.allclose(old.logits(ids, am)[m], GPT.from_hf(lm_dir)(ids, am)[0][m], atol=1e-6)
 
     cfg = load_config(None, ["loss.kd_alpha=0.5", "loss.kd_teacher=prefix", f"loss.kd_teacher_dir={lm_dir}",
                              "model.attach_layer=1"])
@@ -211,3 +212,38 @@ def test_kd_with_the_prefix_teacher_trains_the_connector(tok, tmp_path):
         opt.step()
     assert kds[-1] < kds[0]  # the student moves toward Q
     assert all(torch.equal(p, t_before[n]) for n, p in teacher.named_parameters())
+
+
+@pytest.mark.parametrize("reading", ["lm", "prefix"])
+def test_memo_gives_the_logits_computed_fresh_in_any_batch(tok, reading):
+    """A line's teacher logits are kept once computed and reused in later epochs (`loss.kd_memo_mb`): the
+    same values as reading afresh, whatever the batch's other rows and padding, and no LM call on a hit."""
+    gpt = _gpt(tok)
+    plain = KDTeacher(gpt, reading, special_ids=_specials(tok))
+    memo = KDTeacher(gpt, reading, special_ids=_specials(tok), memo_mb=16)
+    first = ["abc", "hgfedcba", "h"]
+    ids, am = _batch(tok, first)
+    got = memo.logits(ids, am)
+    assert memo.memo_misses == 3 and memo.memo_hits == 0
+    mask = am.bool()
+    assert torch.allclose(got[mask], plain.logits(ids, am)[mask], atol=1e-5)
+    calls = []
+    real = memo._read
+    memo._read = lambda *a: calls.append(a[0].shape[0]) or real(*a)
+    ids2, am2 = _batch(tok, ["h", "abc"])  # other company, other padding
+    again = memo.logits(ids2, am2)
+    assert calls == [] and memo.memo_hits == 2
+    mask2 = am2.bool()
+    assert torch.allclose(again[mask2], plain.logits(ids2, am2)[mask2], atol=1e-5)
+    assert torch.equal(again[0][~mask2[0]], torch.zeros_like(again[0][~mask2[0]]))
+    ids3, am3 = _batch(tok, ["abc", "bad"])  # one hit, one miss: only the miss is read
+    memo.logits(ids3, am3)
+    assert calls == [1]
+
+
+def test_memo_stays_under_its_size(tok):
+    gpt = _gpt(tok)
+    memo = KDTeacher(gpt, "lm", special_ids=_specials(tok), memo_mb=300 / 2**20)  # a line is 4 x 13 floats
+    ids, am = _batch(tok, ["ab", "cd", "ef"])
+    memo.logits(ids, am)
+    assert 0 < memo._memo_used <= 300 and len(memo._memo) == 1

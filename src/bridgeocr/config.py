@@ -141,6 +141,7 @@ class LossConfig:
     kd_teacher: str | None = None
     kd_teacher_dir: str | None = None  # the teacher LM for lm / prefix; default: model.decoder.pretrained
     kd_start_step: int = 0  # KD only from this optimiser step on (a schedule: distil once the model reads)
+    kd_memo_mb: float = 1024.0  # the frozen teacher's logits per line kept in memory up to this size (0: off)
     ctc_weight: float = 0.0  # joint CTC + attention
     input_dropout: float = 0.0  # share of input text tokens replaced by UNK in training (forces reading)
 
@@ -298,6 +299,7 @@ RULES = (
     ("loss.kd_tau", *GT0),
     ("loss.kd_form", *_one_of("sum", "interpolate")),
     ("loss.kd_start_step", *NONNEG),
+    ("loss.kd_memo_mb", *NONNEG),
     ("loss.ctc_weight", *NONNEG),
     ("loss.input_dropout", *UNIT),
     ("optim.lr_encoder", *GT0),

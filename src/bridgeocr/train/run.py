@@ -94,7 +94,7 @@ def load_teacher(cfg: ExperimentConfig, tokenizer):
         raise ConfigError(f"loss.kd_teacher: {path} has vocabulary {lm.vocab_size} < the tokenizer's "
                           f"{tokenizer.vocab_size} (teacher and OCR model must share the tokenizer)")
     teacher = KDTeacher(lm, reading, special_ids=(tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id),
-                        attach_layer=cfg.model.attach_layer)
+                        attach_layer=cfg.model.attach_layer, memo_mb=lc.kd_memo_mb)
     return teacher.eval().requires_grad_(False)
 
 

@@ -48,7 +48,7 @@ class KDTeacher(nn.Module):
     """A frozen LM and how it reads the text. A module, so `.to(device)` / `.eval()` reach the LM; the
     training module keeps it out of its submodules (no optimizer, no DDP, no checkpoint)."""
 
-    def __init__(self, lm, reading: str = "lm", special_ids=(), attach_layer: int = 0):
+    def __init__(self, lm, reading: str = "lm", special_ids=(), attach_layer: int = 0, memo_mb: float = 0.0):
         super().__init__()
         if reading not in READINGS:
             raise ConfigError(f"loss.kd_teacher: expected one of {', '.join(READINGS)}, got {reading!r}")
@@ -59,13 +59,44 @@ class KDTeacher(nn.Module):
         self.reading = reading
         self.special_ids = tuple(i for i in special_ids if i is not None)
         self.attach_layer = attach_layer
+        self.memo_bytes = int(memo_mb * 2**20)
+        self._memo: dict[tuple[int, ...], torch.Tensor] = {}
+        self._memo_used = 0
+        self.memo_hits = self.memo_misses = 0
 
     @property
     def vocab_size(self) -> int:
         return self.lm.vocab_size
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def _read(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return read_text(self.lm, input_ids, attention_mask, self.reading, self.special_ids, self.attach_layer)
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Q's logits [B, T, V]. With a memo (`memo_mb` > 0), a line's logits are computed once and reused in
+        later epochs: the frozen teacher reads the text alone, so a row's logits depend on its tokens only
+        (right padding and the other rows change nothing). Positions past a row's end are zeros."""
+        if self.memo_bytes <= 0:
+            return self._read(input_ids, attention_mask)
+        lengths = attention_mask.sum(1).tolist()
+        keys = [tuple(row[:n]) for row, n in zip(input_ids.tolist(), lengths)]
+        missing = [i for i, k in enumerate(keys) if k not in self._memo]
+        fresh = {}
+        if missing:
+            rows = torch.tensor(missing, device=input_ids.device)
+            width = max(lengths[i] for i in missing)
+            out = self._read(input_ids[rows, :width], attention_mask[rows, :width])
+            for j, i in enumerate(missing):
+                fresh[i] = out[j, : lengths[i]]
+                if self._memo_used + fresh[i].numel() * fresh[i].element_size() <= self.memo_bytes:
+                    self._memo[keys[i]] = fresh[i].detach().clone()
+                    self._memo_used += fresh[i].numel() * fresh[i].element_size()
+        self.memo_misses += len(missing)
+        self.memo_hits += len(keys) - len(missing)
+        rows = [fresh[i] if i in fresh else self._memo[k] for i, k in enumerate(keys)]
+        logits = rows[0].new_zeros(*input_ids.shape, rows[0].shape[-1])
+        for i, row in enumerate(rows):
+            logits[i, : row.shape[0]] = row
+        return logits
 
     forward = logits
 
