@@ -9,9 +9,12 @@
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import math
+import os
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +25,11 @@ from PIL import Image
 from bridgeocr.errors import BridgeOCRError, DataError
 
 __all__ = ["BridgeOCR", "Recognition", "recognize_cli", "expand_inputs", "IMAGE_EXTENSIONS",
-           "DEFAULT_MODEL_DIR"]
+           "DEFAULT_MODEL_DIR", "iter_inputs"]
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".pgm", ".ppm", ".pbm"}
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "resources" / "models" / "ocr_default"
+WINDOW_BATCHES = 4  # recognize reads this many batches of images at a time (width-bucketed within them)
 
 
 @dataclass
@@ -127,47 +131,124 @@ class BridgeOCR:
         return [(h.text, float(h.confidence))
                 for h in self.model.read(images, image_mask, beam=beam, decoding=decoding)]
 
-    @torch.no_grad()
     def recognize(self, images, beam: int | None = None, batch_size: int = 32,
                   decoding: str | None = None) -> list[Recognition]:
         """Transcribe line images (PIL images, paths or arrays; one or a list), in input order."""
-        from bridgeocr.data.preprocess import preprocess_image
-
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        tensors = [preprocess_image(_to_pil(im), self.image_cfg) for im in items]
+        out = list(self.iter_recognize(items, beam=beam, batch_size=batch_size, decoding=decoding,
+                                       window=max(1, len(items))))
+        return out[0:1] if single else out
+
+    def iter_recognize(self, images: Iterable, beam: int | None = None, batch_size: int = 32,
+                       decoding: str | None = None, window: int | None = None,
+                       on_error: Callable[[object, Exception], None] | None = None) -> Iterator[Recognition]:
+        """Stream: line images (any iterable, read lazily) -> Recognition, in input order, as batches finish.
+
+        At most `window` images (default `WINDOW_BATCHES` batches) are read and held at a time; within a
+        window lines are batched by width, the batch holding the earliest line not yet yielded goes first,
+        and after each batch every line whose predecessors are all done is yielded. An image that cannot
+        be read goes to `on_error(item, exc)` and is skipped (without `on_error` the error is raised).
+        """
+        batch_size = max(1, int(batch_size))
+        window = max(batch_size, int(window or WINDOW_BATCHES * batch_size))
+        it = iter(images)
+        while True:
+            chunk = list(itertools.islice(it, window))
+            if not chunk:
+                return
+            yield from self._recognize_window(chunk, beam, batch_size, decoding, on_error)
+
+    def _recognize_window(self, chunk: list, beam, batch_size: int, decoding, on_error):
+        from bridgeocr.data.preprocess import preprocess_image
+
+        items, tensors = [], []
+        for item in chunk:
+            try:
+                tensors.append(preprocess_image(_to_pil(item), self.image_cfg))
+            except Exception as exc:  # DataError, or e.g. a decompression bomb
+                if on_error is None:
+                    raise
+                on_error(item, exc)
+                continue
+            items.append(item)
+        if not items:
+            return
+        batches = sorted(self._batches(tensors, batch_size), key=lambda b: min(b[0]))
         results: list[Recognition | None] = [None] * len(items)
+        done = 0  # results[:done] are yielded
         dev = self.device
-        for idx, batch, mask in self._batches(tensors, batch_size):
-            decoded = self.decode(batch.to(dev), mask.to(dev), beam=beam, decoding=decoding)
+        for idx, batch, mask in batches:
+            with torch.no_grad():
+                decoded = self.decode(batch.to(dev), mask.to(dev), beam=beam, decoding=decoding)
             for i, (text, conf) in zip(idx, decoded):
                 src = str(items[i]) if isinstance(items[i], (str, Path)) else None
                 results[i] = Recognition(text, conf, src)
-        return results[0:1] if single else results  # type: ignore[return-value]
+            while done < len(items) and results[done] is not None:
+                yield results[done]
+                results[done] = None  # drop it once handed on
+                done += 1
 
 
-
-def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """Files, folders (their images, sorted) and glob patterns -> (paths, problems)."""
-    paths: list[Path] = []
-    problems: list[str] = []
+def iter_inputs(inputs: Iterable[str], recursive: bool = False,
+                on_problem: Callable[[str], None] | None = None) -> Iterator[Path]:
+    """Files, folders (their images, sorted; with `recursive` also their subfolders', depth first in name
+    order) and glob patterns -> image paths, lazily, in the order given. Each input that yields nothing
+    goes to `on_problem` as one message."""
     for item in inputs:
         p = Path(item)
+        found = 0
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
+            for q in (_walk_images(p) if recursive else _folder_images(p)):
+                found += 1
+                yield q
             if not found:
-                problems.append(f"{item}: no images in this folder")
-            paths.extend(found)
+                _problem(on_problem, f"{item}: no images in this folder" + (" or below" if recursive else ""))
         elif p.is_file():
-            paths.append(p)
+            yield p
         elif glob.has_magic(item):
-            found = sorted(Path(q) for q in glob.glob(item, recursive=True)
-                           if Path(q).is_file() and Path(q).suffix.lower() in IMAGE_EXTENSIONS)
+            for q in sorted(Path(q) for q in glob.glob(item, recursive=True)
+                            if Path(q).is_file() and Path(q).suffix.lower() in IMAGE_EXTENSIONS):
+                found += 1
+                yield q
             if not found:
-                problems.append(f"{item}: no images match")
-            paths.extend(found)
+                _problem(on_problem, f"{item}: no images match")
         else:
-            problems.append(f"{item}: no such file or directory")
+            _problem(on_problem, f"{item}: no such file or directory")
+
+
+def _problem(on_problem, msg: str) -> None:
+    if on_problem is not None:
+        on_problem(msg)
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    return sorted(q for q in folder.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _walk_images(folder: Path, seen: set | None = None) -> Iterator[Path]:
+    """The images in `folder` and below, sorted by name at each level (files and folders interleaved,
+    as sorting the relative paths would); a symlinked folder already visited is not entered again."""
+    seen = set() if seen is None else seen
+    try:
+        real = os.path.realpath(folder)
+        if real in seen:
+            return
+        seen.add(real)
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return
+    for q in entries:
+        if q.is_dir():
+            yield from _walk_images(q, seen)
+        elif q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS:
+            yield q
+
+
+def expand_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Path], list[str]]:
+    """Files, folders (their images, sorted) and glob patterns -> (paths, problems)."""
+    problems: list[str] = []
+    paths = list(iter_inputs(inputs, recursive, problems.append))
     return paths, problems
 
 
@@ -178,45 +259,65 @@ def _format(path: str, r: Recognition, fmt: str) -> str:
     if fmt == "jsonl":
         return json.dumps({"path": path, "text": r.text, "confidence": round(r.confidence, 6)},
                           ensure_ascii=False)
-    return f"{path}: {r.text} ({r.confidence:.3f})"
+    text = r.text.replace("\r", " ").replace("\n", " ")  # one line per image
+    return f"{path}: {text} ({r.confidence:.3f})"
 
 
-def recognize_cli(inputs, checkpoint, beam, batch_size, format, decoding) -> int:
-    """Print one result per readable image; unreadable ones -> `error: FILE: ...` on stderr, exit 1."""
-    from bridgeocr.data.preprocess import preprocess_image
-
+def recognize_cli(inputs, checkpoint, beam, batch_size, format, decoding, recursive=False, out=None) -> int:
+    """Stream one result line per readable image, in input order, to stdout or `out`, each line written and
+    flushed as its batch finishes (a Ctrl-C or a kill leaves only whole lines). Unreadable images and inputs
+    that match nothing -> one `error: ...` line each on stderr, skipped; exit 1 if there was any. Ctrl-C:
+    `interrupted: N lines written` on stderr, exit 130."""
     fmt = format
-    paths, problems = expand_inputs(list(inputs))
-    for msg in problems:
+    failed = False
+
+    def problem(msg: str) -> None:
+        nonlocal failed
+        failed = True
         print(f"error: {msg}", file=sys.stderr, flush=True)
-    if not paths:
+
+    paths = iter_inputs(list(inputs), recursive=bool(recursive), on_problem=problem)
+    first = next(paths, None)  # nothing to read: no model is loaded
+    if first is None:
         return 1
     ocr = BridgeOCR.from_pretrained(checkpoint)
-    failed = bool(problems)
-    batch_size = max(1, int(batch_size))
-    if fmt == "tsv":
-        print("path\ttext\tconfidence", flush=True)
-    # read in chunks (bounded memory); a bad file is reported and skipped, the rest still transcribed
-    chunk = max(batch_size, 256)
-    for start in range(0, len(paths), chunk):
-        good, tensors = [], []
-        for p in paths[start: start + chunk]:
-            try:
-                tensors.append(preprocess_image(_to_pil(p), ocr.image_cfg))
-                good.append(p)
-            except DataError as exc:
-                print(f"error: {exc}", file=sys.stderr, flush=True)
-                failed = True
-            except Exception as exc:  # e.g. decompression bombs
-                print(f"error: {p}: unreadable image ({type(exc).__name__})", file=sys.stderr, flush=True)
-                failed = True
-        results: list[Recognition | None] = [None] * len(good)
-        dev = ocr.device
-        with torch.no_grad():
-            for idx, batch, mask in ocr._batches(tensors, batch_size):
-                decoded = ocr.decode(batch.to(dev), mask.to(dev), beam=beam, decoding=decoding)
-                for i, (text, conf) in zip(idx, decoded):
-                    results[i] = Recognition(text, conf, str(good[i]))
-        for p, r in zip(good, results):
-            print(_format(str(p), r, fmt), flush=True)
+    skipped = 0
+
+    def bad_image(path, exc: Exception) -> None:
+        nonlocal skipped
+        skipped += 1
+        problem(str(exc) if isinstance(exc, DataError) else f"{path}: unreadable image ({type(exc).__name__})")
+
+    try:
+        stream = open(out, "w", encoding="utf-8") if out else sys.stdout
+    except OSError as exc:
+        raise BridgeOCRError(f"{out}: cannot write the results ({exc.strerror or type(exc).__name__})") from None
+    where = f" to {out}" if out else ""
+    written = 0
+    try:
+        if fmt == "tsv":
+            _write_line(stream, "path\ttext\tconfidence")
+        for r in ocr.iter_recognize(itertools.chain([first], paths), beam=beam, batch_size=batch_size,
+                                    decoding=decoding, on_error=bad_image):
+            _write_line(stream, _format(r.source, r, fmt))
+            written += 1
+    except KeyboardInterrupt:
+        try:
+            stream.flush()  # a line cut by the signal mid-write is completed, never left half
+        except Exception:
+            pass
+        print(f"interrupted: {written} lines written{where}", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        if out:
+            stream.close()
+    if skipped:
+        print(f"{written} lines written{where}, {skipped} unreadable image{'s' * (skipped != 1)} skipped",
+              file=sys.stderr, flush=True)
     return 1 if failed else 0
+
+
+def _write_line(stream, line: str) -> None:
+    """One whole line, then flush: what a reader (or a kill) sees ends at a line end."""
+    stream.write(line + "\n")
+    stream.flush()

@@ -229,8 +229,14 @@ def _add_train_eval(sub):
     add_decoding_args(p)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--format", choices=["text", "tsv", "jsonl"], default="text")
+    p.add_argument("--recursive", action="store_true",
+                   help="also read the images in the subfolders of a folder input (sorted by path)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="write the results to FILE (replaced) instead of stdout; either way each line is "
+                   "written and flushed as its batch finishes")
     p.set_defaults(target="bridgeocr.api:recognize_cli",
-                   keys=["inputs", "checkpoint", "beam", "batch_size", "format", "decoding"])
+                   keys=["inputs", "checkpoint", "beam", "batch_size", "format", "decoding", "recursive",
+                         "out"])
 
     p = sub.add_parser("loss-gap", help="reference vs connector vs downsampled loss (the seed's diagnostic)")
     p.add_argument("--checkpoint", required=True)
