@@ -136,6 +136,15 @@ def test_every_format_streams_in_order_to_stdout_and_out(model_dir, tmp_path, ca
     assert code == 0 and again == "" and out.read_text() == stdout  # --out holds exactly what stdout had
 
 
+def test_a_reading_with_a_newline_stays_one_line(model_dir, tmp_path, capsys, monkeypatch):
+    write_lines(tmp_path / "lines", [40, 80, 60])
+    monkeypatch.setattr(BridgeOCR, "decode", lambda self, images, mask, **kw: [("a\nb\rc\td", -0.5)] * len(images))
+    for fmt in ("text", "tsv", "jsonl"):
+        code, out, err = run(capsys, [tmp_path / "lines", "--checkpoint", model_dir, "--format", fmt])
+        assert code == 0 and len(out.splitlines()) == 3 + (fmt == "tsv")
+    assert json.loads(out.splitlines()[0])["text"] == "a\nb\rc\td"  # jsonl keeps the text as it is
+
+
 # -- --recursive -----------------------------------------------------------------------------------------
 
 def test_recursive_descends_sorted_and_without_it_subfolders_are_not_read(model_dir, tmp_path, capsys,

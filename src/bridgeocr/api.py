@@ -254,7 +254,7 @@ def expand_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Path
 
 def _format(path: str, r: Recognition, fmt: str) -> str:
     if fmt == "tsv":
-        text = r.text.replace("\t", " ").replace("\n", " ")
+        text = r.text.replace("\t", " ").replace("\r", " ").replace("\n", " ")  # one row per image
         return f"{path}\t{text}\t{r.confidence:.4f}"
     if fmt == "jsonl":
         return json.dumps({"path": path, "text": r.text, "confidence": round(r.confidence, 6)},
