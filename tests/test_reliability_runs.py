@@ -141,3 +141,35 @@ def test_train_on_unreadable_images_stops_with_one_line(tmp_path, capsys):
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "could be read" in errors[0] and str(data) in errors[0]
     assert not (tmp_path / "runs" / "tiny" / "metrics.json").exists()
+
+
+def test_recognize_out_under_a_file_fails_before_reading(tmp_path, capsys):
+    (tmp_path / "a.png").write_bytes(b"")
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    code = main(["recognize", str(tmp_path / "a.png"), "--checkpoint", str(tmp_path / "no-model"),
+                 "--out", str(blocker / "out.txt")])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot write here" in err and str(blocker) in err
+
+
+def test_a_sweep_file_syntax_error_names_its_line(tmp_path, capsys):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("base: x.yaml\ngrid:\n  optim.lr: [1, 2\n")
+    assert main(["sweep", "--config", str(sweep), "--dry-run"]) == 2
+    assert f"{sweep}:4: YAML syntax error" in capsys.readouterr().err
+
+
+def test_recognize_into_a_closed_pipe_exits_quietly(tiny_run, tmp_path):
+    """`bridgeocr recognize DIR | head -1`: no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    run_dir, _, _ = tiny_run
+    for i in range(40):
+        Image.new("L", (40, 16), 255).save(tmp_path / f"{i:02d}.png")
+    cmd = (f"{sys.executable} -m bridgeocr.cli recognize {tmp_path} --checkpoint {run_dir / 'best'} "
+           "--batch-size 1 | head -1")
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert len(proc.stdout.splitlines()) == 1
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr[-500:]

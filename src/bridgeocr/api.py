@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from bridgeocr.errors import BridgeOCRError, DataError
+from bridgeocr.preflight import ensure_writable
 
 __all__ = ["BridgeOCR", "Recognition", "recognize_cli", "expand_inputs", "IMAGE_EXTENSIONS",
            "DEFAULT_MODEL_DIR", "iter_inputs"]
@@ -280,6 +281,8 @@ def recognize_cli(inputs, checkpoint, beam, batch_size, format, decoding, recurs
     first = next(paths, None)  # nothing to read: no model is loaded
     if first is None:
         return 1
+    if out:  # a full or read-only disk is found now, not after the decode
+        ensure_writable(Path(out).parent)
     ocr = BridgeOCR.from_pretrained(checkpoint)
     skipped = 0
 

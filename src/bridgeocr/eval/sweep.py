@@ -25,7 +25,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from bridgeocr.config import load_config
+from bridgeocr.config import load_config, read_yaml
 from bridgeocr.errors import BridgeOCRError, ConfigError
 
 _SAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
@@ -157,10 +157,7 @@ def read_sweep_file(path: str | Path) -> tuple[Path | None, dict[str, list[str]]
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    raw = OmegaConf.to_container(read_yaml(path), resolve=False)  # a syntax error names its line
     if not isinstance(raw, dict) or "grid" not in raw:
         return path, {}, [], None
     unknown = set(raw) - {"base", "grid", "overrides", "name", "description"}
