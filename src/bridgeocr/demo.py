@@ -23,13 +23,13 @@ from bridgeocr.shipped import SHIPPED_DIR
 # The seed's settings (its report, "Experiment: which connector layer is better"), each with the lever that
 # makes it read in minutes on a CPU (docs/reading.md): the projection starts as the prefix the GPT learnt to
 # read (connector.init=ctc), the Q-Former's queries each read their share of the line (connector.locality).
-QFORMER = ["model.connector.kind=qformer", "model.connector.num_queries=32", "model.connector.layers=2",
+QFORMER = ["model.connector.kind=qformer", "model.connector.num_queries=64", "model.connector.layers=2",
            "model.connector.locality=0.02", "model.connector.init=ctc",
            "optim.lr_connector=2e-3", "optim.lr_decoder=6e-4"]  # a new prefix form: the GPT moves faster
 SEED_SETTINGS: dict[str, list[str]] = {
     "linear_gelu_ln": ["model.connector.kind=linear_gelu_ln", "model.connector.init=ctc"],
     "qformer": QFORMER,
-    "qformer_kd": QFORMER + ["loss.kd_alpha=0.3", "loss.kd_tau=2.0", "loss.kd_teacher=prefix"],
+    "qformer_kd": QFORMER + ["loss.kd_alpha=0.1", "loss.kd_tau=1.0", "loss.kd_teacher=prefix"],
 }
 
 # bridgeocr's own bridges, trainable beside the seed's (`--settings`): the encoder's CTC reading written in
