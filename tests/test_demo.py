@@ -27,7 +27,7 @@ def test_demo_end_to_end_and_resume(tmp_path, capsys):
     assert "[val] CER at epoch" in report and "Best setting" in report
     assert (out / "compare" / "compare.md").is_file()
     metrics = json.loads((out / "runs" / "qformer_kd" / "metrics.json").read_text())
-    assert metrics["config"]["loss"]["kd_alpha"] == 0.3
+    assert metrics["config"]["loss"]["kd_alpha"] == 0.1 and metrics["config"]["loss"]["kd_teacher"] == "prefix"
     assert metrics["test"]["decoding"] == "GPT, beam 1"  # the seed's settings read with the GPT alone
     bridge = json.loads((out / "runs" / "ctc_collapse" / "metrics.json").read_text())
     assert bridge["test"]["decoding"].startswith("joint CTC/GPT, beam 4")
