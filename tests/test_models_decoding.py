@@ -70,3 +70,59 @@ def test_max_new_tokens_and_length():
     for beam in (1, 2):
         hyps = model.generate(imgs, mask, beam=beam, max_new_tokens=3)
         assert all(len(h.ids) <= 3 for h in hyps)
+
+
+def test_repeat_tail_finds_a_loop_and_spares_runs_of_one_token():
+    from bridgeocr.models.decoding import repeat_tail
+
+    look = [7, 8, 9, 1]  # " look"
+    assert repeat_tail([3, 4] + look * 4, 4) == 12  # four copies: drop three
+    assert repeat_tail([3, 4] + look * 3, 4) == 0  # three copies are still text ("ha ha ha")
+    assert repeat_tail([5] * 20, 4) == 0  # "....", "xxxx": one token repeated is real text
+    assert repeat_tail([3, 4] + look * 4, 0) == 0  # off
+    assert repeat_tail([1, 2] * 4 + [3], 4) == 0  # the loop must reach the end
+
+
+class _ScriptedGPT:
+    """Stands in for the GPT: row r's next token is script[r][t] (then EOS), whatever it reads."""
+
+    def __init__(self, script, vocab, eos):
+        self.script, self.vocab, self.eos = script, vocab, eos
+
+    def _logits(self, seqs, rows):
+        out = torch.full((len(rows), 1, self.vocab), -10.0)
+        for i, r in enumerate(rows):
+            t = seqs.shape[1] - 1
+            out[i, 0, self.script[r][t] if t < len(self.script[r]) else self.eos] = 10.0
+        return out
+
+
+def test_greedy_and_beam_stop_a_loop_after_its_first_copy(monkeypatch):
+    from bridgeocr.models import decoding
+
+    eos, vocab = 2, 12
+    loop = [3, 4] + [7, 8, 9, 1] * 10  # a decoder caught repeating " look"
+    plain = [3, 4, 5, 6, 5, 6, 5]  # "5 6" three times: not a loop at 4
+    gpt = _ScriptedGPT([loop, plain], vocab, eos)
+
+    class Stepper(decoding._Stepper):
+        def start(self):
+            self.rows = torch.arange(self.prefix.shape[0])
+            self.seqs = torch.full((len(self.rows), 1), self.bos)
+            return gpt._logits(self.seqs, self.rows.tolist())[:, -1]
+
+        def step(self, parents, tokens, same_rows=False):
+            self.seqs = torch.cat([self.seqs[parents], tokens[:, None]], dim=1)
+            self.rows = self.rows[parents]
+            return gpt._logits(self.seqs, self.rows.tolist())[:, -1]
+
+    monkeypatch.setattr(decoding, "_Stepper", Stepper)
+    prefix, mask = torch.zeros(2, 1, 4), torch.ones(2, 1, dtype=torch.bool)
+    args = (None, prefix, mask, 0, 1, eos, 60)
+    off = decoding.greedy_search(*args)
+    assert off[0][0] == loop and off[1][0] == plain
+    on = decoding.greedy_search(*args, stop_repeats=4)
+    assert on[0][0] == [3, 4, 7, 8, 9, 1] and len(on[0][1]) == 6
+    assert on[1][0] == plain
+    beam = decoding.beam_search(*args, beam=2, stop_repeats=4)
+    assert beam[0][0] == [3, 4, 7, 8, 9, 1] and beam[1][0] == plain

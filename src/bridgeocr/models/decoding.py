@@ -6,6 +6,8 @@ path token for token. Confidence = mean log-prob of the generated tokens (EOS in
 Beam scores are sum log-prob / length**length_penalty (length counts EOS), HF's convention; an item stops
 once it has `beam` finished hypotheses and its best live beam cannot beat the worst of them at its current
 length (HF's `early_stopping=False` heuristic), or at `max_new_tokens`. PAD and BOS are never generated.
+A GPT reading a prefix can fall into a loop ("look look look ..."); `model.stop_repeats` ends a line (greedy)
+or a beam once its output repeats one unit that many times in a row, keeping the first copy.
 """
 
 from __future__ import annotations
@@ -65,10 +67,31 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
+MAX_REPEAT_UNIT = 16
+
+
+def repeat_tail(ids: list[int], times: int) -> int:
+    """How many tokens to drop when `ids` ends with one unit (2..16 tokens, not all the same token) written
+    `times` times in a row: a decoder caught in a loop ("look look look look ...", "ORD_MACORD_MAC...") is
+    stopped after the first copy. 0 when it does not (or `times` < 2). Runs of one token ("....", "xxxx")
+    never count: they are real text in typewriting and tables of contents."""
+    if times < 2:
+        return 0
+    for unit in range(2, MAX_REPEAT_UNIT + 1):
+        if unit * times > len(ids):
+            break
+        tail = ids[-unit:]
+        if len(set(tail)) > 1 and ids[-unit * times:] == tail * times:
+            return unit * (times - 1)
+    return 0
+
+
 @torch.no_grad()
 def greedy_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_id: int, max_new_tokens: int,
-                  use_cache: bool = True, suppress: tuple[int, ...] = ()) -> list[tuple[list[int], list[float]]]:
-    """-> per item (token ids without EOS, per-token log-probs incl. EOS)."""
+                  use_cache: bool = True, suppress: tuple[int, ...] = (),
+                  stop_repeats: int = 0) -> list[tuple[list[int], list[float]]]:
+    """-> per item (token ids without EOS, per-token log-probs incl. EOS). `stop_repeats` N > 1: a line whose
+    output ends with a unit written N times in a row ends there, with one copy (`repeat_tail`)."""
     B = prefix.shape[0]
     st = _Stepper(gpt, prefix, prefix_mask, attach_layer, bos_id, use_cache)
     logits = st.start()
@@ -77,10 +100,18 @@ def greedy_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_
     alive = list(range(B))  # row r of the batch is item alive[r]
     for t in range(max_new_tokens):
         lp, tok = _log_probs(logits, suppress).max(-1)
-        for b, lp_r, tok_r in zip(alive, lp.tolist(), tok.tolist()):  # one device sync per step
+        ended = []
+        for r, (b, lp_r, tok_r) in enumerate(zip(alive, lp.tolist(), tok.tolist())):  # one device sync per step
             lps[b].append(lp_r)
             if tok_r != eos_id:
                 ids[b].append(tok_r)
+                drop = repeat_tail(ids[b], stop_repeats)
+                if drop:  # a loop: keep its first copy, and the line ends here
+                    del ids[b][-drop:], lps[b][-drop:]
+                    ended.append(r)
+        if ended:
+            tok = tok.clone()
+            tok[ended] = eos_id
         keep = (tok != eos_id).nonzero().squeeze(1)
         if t == max_new_tokens - 1 or keep.numel() == 0:
             break
@@ -93,8 +124,8 @@ def greedy_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_
 @torch.no_grad()
 def beam_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_id: int, max_new_tokens: int,
                 beam: int = 4, length_penalty: float = 1.0, use_cache: bool = True,
-                suppress: tuple[int, ...] = ()) -> list[tuple[list[int], list[float]]]:
-    """-> per item the best hypothesis (ids without EOS, per-token log-probs)."""
+                suppress: tuple[int, ...] = (), stop_repeats: int = 0) -> list[tuple[list[int], list[float]]]:
+    """-> per item the best hypothesis (ids without EOS, per-token log-probs); `stop_repeats` as in greedy."""
     B, K = prefix.shape[0], beam
     st = _Stepper(gpt, prefix, prefix_mask, attach_layer, bos_id, use_cache)
     logits = st.start()
@@ -115,7 +146,12 @@ def beam_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_id
                     break
                 p, tok = divmod(i, V)
                 _, ids, lps = beams[p]
-                if tok == eos_id:
+                drop = 0 if tok == eos_id else repeat_tail(ids + [tok], stop_repeats)
+                if drop:  # a loop: this beam ends with the loop's first copy
+                    if rank < K:
+                        kept, kept_lps = (ids + [tok])[:-drop], (lps + [lp])[:-drop]
+                        finished[b].append((sum(kept_lps) / max(1, len(kept)) ** length_penalty, kept, kept_lps))
+                elif tok == eos_id:
                     if rank < K:
                         finished[b].append((v / (len(ids) + 1) ** length_penalty, ids, lps + [lp]))
                 else:
@@ -160,6 +196,7 @@ def generate(model, images, image_mask, beam: int = 1, max_new_tokens: int | Non
         n = min(max_new_tokens or model.cfg.max_text_tokens, limit)
         args = (gpt, visual, vmask, model.cfg.attach_layer, model.bos_id, model.eos_id, n)
         suppress = tuple(sorted({model.pad_id, model.bos_id} - {model.eos_id}))
+        stop = int(getattr(model.cfg, "stop_repeats", 0) or 0)
         if ctc_weight > 0:
             from bridgeocr.errors import ConfigError
             from bridgeocr.models.joint_decoding import joint_search
@@ -171,10 +208,10 @@ def generate(model, images, image_mask, beam: int = 1, max_new_tokens: int | Non
             results = joint_search(*args, ctc_log_probs=ctc_lp, ctc_lengths=frames, ctc_weight=ctc_weight,
                                    beam=max(1, beam), use_cache=use_cache, suppress=suppress)
         elif beam <= 1:
-            results = greedy_search(*args, use_cache=use_cache, suppress=suppress)
+            results = greedy_search(*args, use_cache=use_cache, suppress=suppress, stop_repeats=stop)
         else:
             results = beam_search(*args, beam=beam, length_penalty=length_penalty, use_cache=use_cache,
-                                  suppress=suppress)
+                                  suppress=suppress, stop_repeats=stop)
     finally:
         model.train(was_training)
     tok = model.tokenizer
