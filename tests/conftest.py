@@ -54,6 +54,20 @@ def tiny_ocr_model(ctc: bool = False):
 
 BOX_WORDS = ["ab", "cd", "abc", "dab", "cab", "bad"]
 
+# A config for a tiny OCR run on make_box_dataset's lines (format with src=, out=): seconds on a CPU.
+TINY_YAML = """
+data:
+  source: {src}
+  image: {{height: 16, width_policy: pad, max_width: 256, width_multiple: 4}}
+model:
+  encoder: {{dim: 32, depth: 1, heads: 2, patch_height: 16, patch_width: 4, conv_stem: false, max_width: 512}}
+  connector: {{kind: linear}}
+  decoder: {{n_layer: 1, n_embd: 32, n_head: 2, n_positions: 64}}
+  max_text_tokens: 20
+optim: {{batch_size: 4, max_steps: 3, warmup_steps: 1}}
+train: {{name: tiny, out_dir: {out}, accelerator: cpu, log_every_steps: 1}}
+"""
+
 
 def make_box_dataset(root: Path, n: int = 16, splits=("train", "train", "val", "test"), bad: int = 0,
                      seed: int = 0) -> Path:
