@@ -161,3 +161,10 @@ def test_recognize_into_a_closed_pipe_exits_quietly(tiny_run, tmp_path):
     proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
     assert len(proc.stdout.splitlines()) == 1
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr[-500:]
+
+
+def test_resume_without_a_state_to_resume_from_says_so(tmp_path):
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    with pytest.raises(BridgeOCRError, match="without a state to resume from; replace it with --overwrite"):
+        guard_run_dir(run, resume=False, overwrite=False, resume_asked=True)

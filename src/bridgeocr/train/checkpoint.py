@@ -165,15 +165,19 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: str | Path) -> dict:
     return meta.get("extra", {})
 
 
-def guard_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> None:
+def guard_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, resume_asked: bool = False) -> None:
     """Never replace a run by accident: a directory holding a run is refused unless the run is continued
-    (`--resume`) or `--overwrite` is given, which removes the old run's files (and only those) first."""
+    (`resume`: there is a state to continue from) or `--overwrite` is given, which removes the old run's files
+    (and only those) first. `resume_asked`: --resume was given but there is nothing to continue from."""
     if int(os.environ.get("LOCAL_RANK", 0) or 0) or int(os.environ.get("NODE_RANK", 0) or 0):
         return  # a DDP process Lightning started: the first process decided before it
     run_dir = Path(run_dir)
     found = [name for name in RUN_ARTEFACTS if (run_dir / name).exists()]
     if not found or resume:
         return
+    if not overwrite and resume_asked:
+        raise BridgeOCRError(f"{run_dir}: holds a run ({', '.join(found)}) without a state to resume from; "
+                             "replace it with --overwrite")
     if not overwrite:
         raise BridgeOCRError(f"{run_dir}: holds a run already ({', '.join(found)}); continue it with --resume, "
                              "or replace it with --overwrite")

@@ -85,7 +85,7 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
     from bridgeocr.train.run import adopt_encoder_image, build_tokenizer
 
     out = Path(out)
-    guard_run_dir(out, resume and (out / "last" / "train_state.json").is_file(), overwrite)
+    guard_run_dir(out, resume and (out / "last" / "train_state.json").is_file(), overwrite, resume_asked=resume)
     ensure_writable(out, TRAIN_NEED)
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

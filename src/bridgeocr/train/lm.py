@@ -121,7 +121,7 @@ def train_lm(*, docs: list[str], val_docs: list[str] | None, out: str | Path, to
         raise ConfigError(f"--prefix-read must be in [0, 1), got {prefix_read}")
     if not docs or not any(d.strip() for d in docs):
         raise BridgeOCRError("lm train: the corpus is empty")
-    guard_run_dir(out, resume and (out / "last" / "train_state.json").is_file(), overwrite)
+    guard_run_dir(out, resume and (out / "last" / "train_state.json").is_file(), overwrite, resume_asked=resume)
     ensure_writable(out, TRAIN_NEED)
     torch.manual_seed(seed)
     rng = random.Random(seed)

@@ -392,7 +392,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=N
     resuming = bool(resume) and ckpt.exists()
     if resume and not resuming:
         print(f"--resume: no {ckpt}; starting a new run", flush=True)
-    guard_run_dir(run_dir, resuming, overwrite)
+    guard_run_dir(run_dir, resuming, overwrite, resume_asked=bool(resume))
     ensure_writable(run_dir, TRAIN_NEED)  # an unwritable or full disk fails now, not after training
     pl.seed_everything(tc.seed, workers=True, verbose=False)
 
