@@ -1,4 +1,6 @@
-"""Python API and the `recognize` command: line images in, text out.
+"""Python API and the `recognize` command: line images in, text out; or pages with their PAGE / ALTO
+layout in, the same PAGE / ALTO with the transcriptions out (`recognize page.jpg --layout page.xml
+--format page`, see `recognize_layout` and data/layout.py).
 
     from bridgeocr import BridgeOCR
     ocr = BridgeOCR.from_pretrained("runs/train/qformer_kd/best")   # or None: the shipped model
@@ -25,7 +27,7 @@ from PIL import Image
 from bridgeocr.errors import BridgeOCRError, DataError
 from bridgeocr.preflight import ensure_writable
 
-__all__ = ["BridgeOCR", "Recognition", "recognize_cli", "expand_inputs", "IMAGE_EXTENSIONS",
+__all__ = ["BridgeOCR", "Recognition", "recognize_cli", "recognize_layout", "expand_inputs", "IMAGE_EXTENSIONS",
            "DEFAULT_MODEL_DIR", "iter_inputs"]
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".pgm", ".ppm", ".pbm"}
@@ -51,9 +53,11 @@ def _to_pil(image) -> Image.Image:
 
     if isinstance(image, Image.Image):
         return to_grayscale(image)  # 16-bit scaled, transparency onto white paper
-    if isinstance(image, (str, Path)):
-        from bridgeocr.data.sample import LineSample
+    from bridgeocr.data.sample import LineSample
 
+    if isinstance(image, LineSample):  # e.g. a line cut from a page (data/layout.py)
+        return image.load_image()
+    if isinstance(image, (str, Path)):
         return LineSample(id=str(image), text="", image_path=Path(image)).load_image()
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
@@ -144,7 +148,8 @@ class BridgeOCR:
     def iter_recognize(self, images: Iterable, beam: int | None = None, batch_size: int = 32,
                        decoding: str | None = None, window: int | None = None,
                        on_error: Callable[[object, Exception], None] | None = None) -> Iterator[Recognition]:
-        """Stream: line images (any iterable, read lazily) -> Recognition, in input order, as batches finish.
+        """Stream: line images (any iterable, read lazily; PIL images, paths, arrays or `LineSample`s, whose
+        id becomes the result's `source`) -> Recognition, in input order, as batches finish.
 
         At most `window` images (default `WINDOW_BATCHES` batches) are read and held at a time; within a
         window lines are batched by width, the batch holding the earliest line not yet yielded goes first,
@@ -162,6 +167,7 @@ class BridgeOCR:
 
     def _recognize_window(self, chunk: list, beam, batch_size: int, decoding, on_error):
         from bridgeocr.data.preprocess import preprocess_image
+        from bridgeocr.data.sample import LineSample
 
         items, tensors = [], []
         for item in chunk:
@@ -183,7 +189,9 @@ class BridgeOCR:
             with torch.no_grad():
                 decoded = self.decode(batch.to(dev), mask.to(dev), beam=beam, decoding=decoding)
             for i, (text, conf) in zip(idx, decoded):
-                src = str(items[i]) if isinstance(items[i], (str, Path)) else None
+                item = items[i]
+                src = str(item) if isinstance(item, (str, Path)) else item.id if isinstance(item, LineSample) \
+                    else None
                 results[i] = Recognition(text, conf, src)
             while done < len(items) and results[done] is not None:
                 yield results[done]
@@ -264,18 +272,55 @@ def _format(path: str, r: Recognition, fmt: str) -> str:
     return f"{path}: {text} ({r.confidence:.3f})"
 
 
-def recognize_cli(inputs, checkpoint, beam, batch_size, format, decoding, recursive=False, out=None) -> int:
+PROGRESS_MIN_LINES = 100  # recognize shows a progress bar on stderr when it is a TTY or above this many lines
+
+
+def _progress(total: int | None, desc: str):
+    """A tqdm bar on stderr when stderr is a terminal or there are more than PROGRESS_MIN_LINES lines; a
+    disabled one (no output at all) otherwise."""
+    from tqdm import tqdm
+
+    tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
+    show = tty or (total is not None and total > PROGRESS_MIN_LINES)
+    return tqdm(total=total, desc=desc, unit="line", file=sys.stderr, disable=not show, dynamic_ncols=True,
+                mininterval=0.5 if tty else 10.0)
+
+
+def _say(bar, msg: str) -> None:
+    """One line on stderr, above the progress bar when one is shown."""
+    if bar is not None and not bar.disable:
+        bar.write(msg, file=sys.stderr)
+        sys.stderr.flush()
+    else:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def recognize_cli(inputs, checkpoint, beam, batch_size, format, decoding, recursive=False, out=None,
+                  layout=None, overwrite=False) -> int:
     """Stream one result line per readable image, in input order, to stdout or `out`, each line written and
     flushed as its batch finishes (a Ctrl-C or a kill leaves only whole lines). Unreadable images and inputs
     that match nothing -> one `error: ...` line each on stderr, skipped; exit 1 if there was any. Ctrl-C:
-    `interrupted: N lines written` on stderr, exit 130."""
+    `interrupted: N lines written` on stderr, exit 130. A progress bar on stderr when it is a terminal or
+    there are more than PROGRESS_MIN_LINES images.
+
+    `layout` (with `format` page or alto): the inputs are page images and `layout` their PAGE / ALTO file
+    or folder; see `recognize_layout`."""
     fmt = format
+    if fmt in ("page", "alto") or layout is not None:
+        if layout is None:
+            raise BridgeOCRError(f"--format {fmt} needs --layout (the pages' PAGE / ALTO file or folder)")
+        if fmt not in ("page", "alto", None):
+            raise BridgeOCRError(f"--layout writes PAGE or ALTO: use --format page or --format alto, not {fmt}")
+        return recognize_layout(inputs, layout, checkpoint, beam, batch_size, fmt, decoding, recursive, out,
+                                overwrite)
+    fmt = fmt or "text"
     failed = False
+    bar = None
 
     def problem(msg: str) -> None:
         nonlocal failed
         failed = True
-        print(f"error: {msg}", file=sys.stderr, flush=True)
+        _say(bar, f"error: {msg}")
 
     paths = iter_inputs(list(inputs), recursive=bool(recursive), on_problem=problem)
     first = next(paths, None)  # nothing to read: no model is loaded
@@ -289,6 +334,8 @@ def recognize_cli(inputs, checkpoint, beam, batch_size, format, decoding, recurs
     def bad_image(path, exc: Exception) -> None:
         nonlocal skipped
         skipped += 1
+        if bar is not None:
+            bar.update(1)
         problem(str(exc) if isinstance(exc, DataError) else f"{path}: unreadable image ({type(exc).__name__})")
 
     try:
@@ -297,6 +344,7 @@ def recognize_cli(inputs, checkpoint, beam, batch_size, format, decoding, recurs
         raise BridgeOCRError(f"{out}: cannot write the results ({exc.strerror or type(exc).__name__})") from None
     where = f" to {out}" if out else ""
     written = 0
+    bar = _progress(sum(1 for _ in iter_inputs(list(inputs), recursive=bool(recursive))), "recognize")
     try:
         if fmt == "tsv":
             _write_line(stream, "path\ttext\tconfidence")
@@ -304,19 +352,199 @@ def recognize_cli(inputs, checkpoint, beam, batch_size, format, decoding, recurs
                                     decoding=decoding, on_error=bad_image):
             _write_line(stream, _format(r.source, r, fmt))
             written += 1
+            bar.update(1)
     except KeyboardInterrupt:
         try:
             stream.flush()  # a line cut by the signal mid-write is completed, never left half
         except Exception:
             pass
+        bar.close()
         print(f"interrupted: {written} lines written{where}", file=sys.stderr, flush=True)
         return 130
     finally:
+        bar.close()
         if out:
             stream.close()
     if skipped:
         print(f"{written} lines written{where}, {skipped} unreadable image{'s' * (skipped != 1)} skipped",
               file=sys.stderr, flush=True)
+    return 1 if failed else 0
+
+
+def _layout_files(layout) -> list[Path]:
+    from bridgeocr.data.layout import OUTPUT_SUFFIX
+
+    p = Path(layout)
+    if p.is_dir():
+        return sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() == ".xml"
+                      and not q.name.lower().endswith(OUTPUT_SUFFIX))
+    return [p] if p.is_file() else []
+
+
+def _layout_target(xml: Path, out, overwrite: bool) -> Path:
+    """Where a page's result goes: `out`/<the XML's name>, else the input itself with `overwrite`, else
+    <stem>.bridgeocr.xml beside it."""
+    from bridgeocr.data.layout import OUTPUT_SUFFIX, page_stem
+
+    if out:
+        return Path(out) / xml.name
+    if overwrite:
+        return xml
+    return xml.with_name(page_stem(xml) + OUTPUT_SUFFIX)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def recognize_layout(inputs, layout, checkpoint=None, beam=None, batch_size=32, fmt=None, decoding=None,
+                     recursive=False, out=None, overwrite=False) -> int:
+    """Page images + their PAGE / ALTO layout -> the same PAGE / ALTO with every line's transcription and
+    confidence (data/layout.py, `write_page_result`: all other elements kept as they were).
+
+    `layout`: one XML file (with one image input: that pair, whatever the names) or a folder of them; an
+    XML is matched with the input image of the same stem, else with the input named as the XML names its
+    image. `fmt` (page | alto), when given, must be the XML's own kind (nothing is converted; None: each
+    file's own). Each page is written, as a
+    whole (a temporary file, then a rename), as soon as its last line is read: to `out`/<its name> when
+    `out` (a folder) is given, else beside the input as <stem>.bridgeocr.xml; the input file itself is
+    only replaced with `overwrite` (then, without `out`, in place). Every line of the layout is read, those
+    without text too. One `error:` line on stderr for each XML, image or line that cannot be used (a line
+    that cannot be cut is left as it was); exit 1 if there was any. stdout: `wrote PATH (N lines)` per page.
+    """
+    from bridgeocr.data.layout import (
+        LayoutError,
+        page_image_size,
+        page_samples,
+        page_stem,
+        parse_layout,
+        write_page_result,
+    )
+
+    failed = False
+    bar = None
+
+    def problem(msg: str) -> None:
+        nonlocal failed
+        failed = True
+        _say(bar, f"error: {msg}")
+
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise BridgeOCRError(f"{out}: --out must be a folder with --layout (one file per page goes there)")
+    xmls = _layout_files(layout)
+    if not xmls:
+        raise BridgeOCRError(f"{layout}: no PAGE / ALTO .xml file here")
+    images = list(iter_inputs(list(inputs), recursive=bool(recursive), on_problem=problem))
+    pages = []
+    for xml in xmls:
+        try:
+            page = parse_layout(xml)
+        except LayoutError as exc:
+            problem(f"{xml}: {exc}; file skipped")
+            continue
+        if fmt is not None and page.kind != fmt:
+            problem(f"{xml}: a {page.kind.upper()} file; --format {fmt} writes {fmt.upper()} into a {fmt.upper()} "
+                    f"file (there is no conversion): use --format {page.kind}")
+            continue
+        pages.append(page)
+    by_stem, by_name, used = {}, {}, set()
+    for img in images:
+        by_stem.setdefault(img.stem, img)
+        by_name.setdefault(img.name, img)
+    jobs = []  # (page, image, target)
+    for page in pages:
+        if len(xmls) == 1 and len(images) == 1:
+            img = images[0]
+        else:
+            declared = Path(page.image_name.replace("\\", "/")).name if page.image_name else None
+            img = by_stem.get(page_stem(page.path)) or (by_name.get(declared) if declared else None)
+        if img is None:
+            problem(f"{page.path}: no input image for it (expected {page_stem(page.path)}.jpg/.png/.tif"
+                    + (f" or {page.image_name!r}" if page.image_name else "") + "); file skipped")
+            continue
+        target = _layout_target(page.path, out, overwrite)
+        if not overwrite and _same_file(target, page.path):
+            problem(f"{page.path}: the result would replace its input; pass --overwrite (or another --out); "
+                    "file skipped")
+            continue
+        used.add(img)
+        jobs.append((page, img, target))
+    claimed = {page_stem(x) for x in xmls} | {Path(p.image_name.replace("\\", "/")).name for p in pages
+                                              if p.image_name}
+    for img in images:
+        if img not in used and img.stem not in claimed and img.name not in claimed:
+            problem(f"{img}: no PAGE / ALTO file for it in {layout}; image skipped")
+    if not jobs:
+        return 1
+    for folder in sorted({str(t.parent) for _, _, t in jobs}):  # a full or read-only disk: now, not later
+        ensure_writable(folder)
+
+    # every line of every page, as samples cut lazily from their page (the page is cached while read)
+    plans = []  # (page, target, [(line, sample)])
+    for page, img, target in jobs:
+        try:
+            size = page_image_size(img)
+        except ValueError as exc:
+            problem(f"{page.path}: {exc}; file skipped")
+            continue
+        pairs, line_problems = page_samples(page, img, size, keep_empty=True)
+        for msg in line_problems:
+            problem(msg)
+        plans.append((page, target, pairs))
+    ocr = BridgeOCR.from_pretrained(checkpoint)
+    total = sum(len(p[2]) for p in plans)
+    bar = _progress(total, "recognize")
+    owner = {}  # sample id -> plan index
+    pending = [len(p[2]) for p in plans]
+    results: list[dict] = [{} for _ in plans]
+    written = 0
+
+    def finish(k: int) -> None:
+        nonlocal written
+        page, target, pairs = plans[k]
+        by_sample = {sample.id: line.id for line, sample in pairs}
+        path = write_page_result(page, {by_sample[sid]: r for sid, r in results[k].items()}, target)
+        results[k] = {}
+        written += 1
+        print(f"wrote {path} ({len(by_sample)} lines)", flush=True)
+
+    def samples():
+        for k, (_, _, pairs) in enumerate(plans):
+            if not pairs:
+                continue
+            for _, sample in pairs:
+                owner[sample.id] = k
+                yield sample
+
+    def done_one(sid: str) -> None:
+        k = owner.pop(sid)
+        pending[k] -= 1
+        bar.update(1)
+        if pending[k] == 0:
+            finish(k)
+
+    def bad_line(sample, exc: Exception) -> None:
+        problem(str(exc) if isinstance(exc, DataError)
+                else f"{sample.origin}: unreadable ({type(exc).__name__}); line left as it was")
+        done_one(sample.id)
+
+    try:
+        for k, p in enumerate(plans):
+            if not p[2]:
+                finish(k)
+        for r in ocr.iter_recognize(samples(), beam=beam, batch_size=batch_size, decoding=decoding,
+                                    on_error=bad_line):
+            results[owner[r.source]][r.source] = (r.text, r.confidence)
+            done_one(r.source)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted: {written} of {len(plans)} pages written", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        bar.close()
     return 1 if failed else 0
 
 

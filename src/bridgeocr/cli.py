@@ -83,7 +83,8 @@ def _add_data(sub):
     for name, helptext in (("check", "count lines and report every problem (exit 1 if any)"),
                            ("preview", "draw a grid of samples with their transcriptions")):
         p = dsub.add_parser(name, help=helptext)
-        p.add_argument("source", help="IAM root, manifest (.tsv/.jsonl) or synth directory")
+        p.add_argument("source", help="IAM root, manifest (.tsv/.jsonl), synth directory, or PAGE / ALTO pages "
+                       "(a folder of .xml + images, a list of .xml files, one .xml)")
         p.add_argument("--split", default=None, help="train/val/test or a split list (default: all lines)")
         p.add_argument("--split-file", default=None, help="manifest split file (default: found beside it)")
         p.add_argument("--iam-split-dir", default=None, help="IAM: folder with the split lists")
@@ -225,20 +226,34 @@ def _add_train_eval(sub):
                    keys=["checkpoint", "data", "split", "beam", "batch_size", "max_samples", "out", "decoding",
                          "allow_outside", "max_skipped"])
 
-    p = sub.add_parser("recognize", help="transcribe line images (files, folders, globs)")
+    p = sub.add_parser("recognize", help="transcribe line images (files, folders, globs), or the lines of pages "
+                       "with their PAGE / ALTO layout (--layout)",
+                       description="Line images in, one result line each out (text, tsv, jsonl). With --layout "
+                       "and --format page|alto: page images in, with their PAGE XML / ALTO file or folder, and "
+                       "the same PAGE / ALTO out with each TextLine's transcription and confidence (PAGE: a "
+                       "TextEquiv index 0 with conf; ALTO: one String per word with WC, SP between, word boxes "
+                       "shared out over the line's box by length), every other element kept as it was.")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--checkpoint", default=None, help="model directory (default: the shipped model)")
     add_decoding_args(p)
     p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--format", choices=["text", "tsv", "jsonl"], default="text")
+    p.add_argument("--format", choices=["text", "tsv", "jsonl", "page", "alto"], default=None,
+                   help="text, tsv or jsonl (default text); page or alto with --layout (default: the layout's "
+                   "own kind)")
+    p.add_argument("--layout", default=None, metavar="XML_OR_DIR",
+                   help="the pages' PAGE / ALTO file, or a folder of them matched with the input images by stem "
+                   "(else by the image file the XML names)")
     p.add_argument("--recursive", action="store_true",
                    help="also read the images in the subfolders of a folder input (sorted by path)")
-    p.add_argument("--out", default=None, metavar="FILE",
+    p.add_argument("--out", default=None, metavar="FILE_OR_DIR",
                    help="write the results to FILE (replaced) instead of stdout; either way each line is "
-                   "written and flushed as its batch finishes")
+                   "written and flushed as its batch finishes. With --layout: a folder, each page's XML "
+                   "under its own name (default: beside the input as NAME.bridgeocr.xml)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --layout: the result may replace the input XML (without --out: in place)")
     p.set_defaults(target="bridgeocr.api:recognize_cli",
                    keys=["inputs", "checkpoint", "beam", "batch_size", "format", "decoding", "recursive",
-                         "out"])
+                         "out", "layout", "overwrite"])
 
     p = sub.add_parser("loss-gap", help="reference vs connector vs downsampled loss (the seed's diagnostic)")
     p.add_argument("--checkpoint", required=True)

@@ -36,6 +36,7 @@ def check_source(source, split=None, split_file=None, iam_split_dir=None, progre
     lengths, raw_w, raw_h, ref_w = [], [], [], []
     for s in tqdm(src, desc="check", unit="line", disable=not progress, dynamic_ncols=True):
         where = s.origin or s.id
+        named = f"{s.image_path} (from {where})" if s.image_path is not None else where
         if not s.text.strip():
             problems.append(f"{where}: empty transcription")
         chars.update(s.text)
@@ -46,18 +47,18 @@ def check_source(source, split=None, split_file=None, iam_split_dir=None, progre
             problems.append(str(exc))
             continue
         except Exception as exc:  # anything PIL throws is still a problem with this file
-            problems.append(f"{s.image_path} (from {where}): unreadable image ({type(exc).__name__})")
+            problems.append(f"{named}: unreadable image ({type(exc).__name__})")
             continue
         w, h = img.size
         if w < MIN_SIDE or h < MIN_SIDE:
-            problems.append(f"{s.image_path} (from {where}): degenerate image {w}x{h} px (nothing to read)")
+            problems.append(f"{named}: degenerate image {w}x{h} px (nothing to read)")
             continue
         raw_w.append(w)
         raw_h.append(h)
         ref_w.append(round(w * REFERENCE_HEIGHT / h))
         aspect = w / h
         if aspect < MIN_ASPECT or aspect > MAX_ASPECT:
-            problems.append(f"{s.image_path} (from {where}): absurd aspect ratio {w}x{h} "
+            problems.append(f"{named}: absurd aspect ratio {w}x{h} "
                             f"(width/height {aspect:.2f}, expected {MIN_ASPECT:g}..{MAX_ASPECT:g})")
     return {"name": src.name, "lines": len(src), "missing": src.missing, "chars": chars, "lengths": lengths,
             "raw_widths": raw_w, "raw_heights": raw_h, "ref_widths": ref_w, "problems": problems}

@@ -52,6 +52,8 @@ def line_key(sample: LineSample) -> str:
         h = hashlib.blake2b(f"{img.mode}:{img.width}x{img.height}:".encode(), digest_size=16)
         h.update(img.tobytes())
         return h.hexdigest()
+    if getattr(sample, "crop", None) is not None:  # a part of a page: the page's bytes and the geometry
+        return sample.crop.key()
     if sample.image_path is None:
         return ""
     try:

@@ -197,6 +197,8 @@ def image_size(sample: LineSample) -> tuple[int, int]:
     """(width, height) read from the file header only; (0, 0) when unreadable. Cached by path+mtime."""
     if sample.image is not None:
         return sample.image.size
+    if getattr(sample, "crop", None) is not None:  # a part of a page (data/layout.py): known from geometry
+        return sample.crop.size
     if sample.image_path is None:
         return (0, 0)
     path = str(sample.image_path)

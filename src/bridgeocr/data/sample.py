@@ -87,9 +87,12 @@ def load_line_image(path, where: str | None = None) -> Image.Image:
 
 @dataclass
 class LineSample:
-    """One text line: an image (a file, or already in memory), its transcription and an id.
+    """One text line: an image (a file, a part of a page image, or already in memory), its
+    transcription and an id.
 
     `origin` says where the sample was declared ("labels.tsv:17") so every error can name it.
+    `crop`: the line is cut out of a page image when read (`data.layout.PageCrop`: `.load(where)`,
+    `.size` without reading, `.key()` for the feature cache); `image_path` is then None.
     """
 
     id: str
@@ -97,11 +100,14 @@ class LineSample:
     image_path: Path | None = None
     image: Image.Image | None = None
     origin: str = ""
+    crop: object | None = None
 
     def load_image(self) -> Image.Image:
         """The image as 8-bit grayscale (`to_grayscale`); DataError (naming file and line) if unreadable."""
         if self.image is not None:
             return to_grayscale(self.image)
+        if self.crop is not None:
+            return self.crop.load(self.origin or self.id)
         if self.image_path is None:
             raise DataError(self.origin or self.id, "sample has no image")
         where = f"{self.image_path} (from {self.origin})" if self.origin else str(self.image_path)
