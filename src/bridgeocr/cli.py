@@ -212,10 +212,14 @@ def _add_train_eval(sub):
     p = sub.add_parser("evaluate", help="CER/WER and a predictions file for a checkpoint on a source")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, metavar="SOURCE")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default=None,
+                   help="train/val/test, all (every line) or another split of the source (default: test when "
+                   "the source has splits, else all)")
     add_decoding_args(p)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--max-samples", type=positive_int, default=None)
+    p.add_argument("--normalize", choices=["nfc", "nfkc", "none"], default="nfc",
+                   help="Unicode normal form of references and hypotheses before CER/WER (default nfc)")
     p.add_argument("--out", default=None, help="directory for predictions.tsv and metrics.json")
     p.add_argument("--allow-outside", action="store_true",
                    help="accept manifest image paths outside the manifest's folder (else refused)")
@@ -224,7 +228,7 @@ def _add_train_eval(sub):
                    "images, bad rows); every dropped row is counted by reason either way")
     p.set_defaults(target="bridgeocr.eval.evaluate:evaluate_cli",
                    keys=["checkpoint", "data", "split", "beam", "batch_size", "max_samples", "out", "decoding",
-                         "allow_outside", "max_skipped"])
+                         "allow_outside", "max_skipped", "normalize"])
 
     p = sub.add_parser("recognize", help="transcribe line images (files, folders, globs), or the lines of pages "
                        "with their PAGE / ALTO layout (--layout)",

@@ -1,11 +1,13 @@
 """Decode a split with a trained OCRModel: CER/WER (the seed's lines), predictions TSV, metrics.json.
 
-`evaluate_model` is shared with training (end-of-run test, `bridgeocr evaluate`).
+`evaluate_model` is shared with training (end-of-run test, `bridgeocr evaluate`). References and hypotheses are
+Unicode-normalised before scoring (`normalize`, NFC by default; see eval/metrics.py); the predictions file
+holds the texts as read and decoded, and `read_predictions` gives them back exactly.
 """
 
 from __future__ import annotations
 
-import csv
+import re
 import sys
 import time
 from pathlib import Path
@@ -15,15 +17,15 @@ from tqdm.auto import tqdm
 
 from bridgeocr.config import ImageConfig
 from bridgeocr.errors import BridgeOCRError, NoUsableDataError
+from bridgeocr.eval.metrics import DEFAULT_NORMALIZE, line_cers, print_seed_metrics
 from bridgeocr.eval.metrics import cer as corpus_cer
-from bridgeocr.eval.metrics import line_cers, print_seed_metrics
 from bridgeocr.eval.metrics import wer as corpus_wer
 from bridgeocr.models.encoder import is_encoder_dir
 from bridgeocr.models.encoder_reader import EncoderReader, encoder_image_config
 from bridgeocr.preflight import ensure_writable
 
-__all__ = ["evaluate_model", "evaluate_cli", "load_checkpoint", "write_predictions", "print_worst",
-           "TRAINING_META"]
+__all__ = ["evaluate_model", "evaluate_cli", "load_checkpoint", "write_predictions", "read_predictions",
+           "print_worst", "source_has_splits", "TRAINING_META", "PREDICTION_COLUMNS"]
 
 TRAINING_META = "training.json"  # written by the trainer beside an OCRModel's own files
 
@@ -123,11 +125,12 @@ def decode_loader(model, loader, beam: int | None = None, progress: bool = True,
 
 def evaluate_model(model, source, image_cfg: ImageConfig, beam: int | None = None, batch_size: int = 32,
                    progress: bool = True, desc: str = "decode", num_workers: int = 0,
-                   decoding: str | None = "gpt", features=None) -> dict:
+                   decoding: str | None = "gpt", features=None, normalize: str = DEFAULT_NORMALIZE) -> dict:
     """Decode every line of `source` -> dict(cer, wer, n, skipped, skip_messages, lines_per_s, decoding,
-    ids, refs, hyps, confidences, line_cer). Bad samples are skipped and counted, never fatal.
+    normalize, ids, refs, hyps, confidences, line_cer). Bad samples are skipped and counted, never fatal.
     `features`: a FeatureStore holding the model's (frozen) encoder tokens for these lines (then the
-    time measured is the connector's and the decoder's alone)."""
+    time measured is the connector's and the decoder's alone). `normalize`: the Unicode normal form
+    references and hypotheses are scored in (nfc | nfkc | none); refs / hyps are kept as they were."""
     from bridgeocr.data.features import make_feature_loader
     from bridgeocr.data.preprocess import make_loader
 
@@ -148,32 +151,81 @@ def evaluate_model(model, source, image_cfg: ImageConfig, beam: int | None = Non
         raise NoUsableDataError(str(name), f"not one of its {len(source)} line(s) could be read"
                                 + (f", e.g. {msgs[0]}" if msgs else ""))
     return {
-        "cer": corpus_cer(refs, hyps),
-        "wer": corpus_wer(refs, hyps),
+        "cer": corpus_cer(refs, hyps, normalize),
+        "wer": corpus_wer(refs, hyps, normalize),
         "n": len(refs),
         "skipped": int(getattr(dataset, "skipped", 0)),
         "skip_messages": list(getattr(dataset, "skip_messages", []))[:20],
         "seconds": dt,
         "lines_per_s": len(refs) / dt if dt > 0 else 0.0,
         "decoding": describe_decoding(model, decoding, beam),
+        "normalize": normalize,
         "ids": ids, "refs": refs, "hyps": hyps, "confidences": confs,
-        "line_cer": line_cers(refs, hyps),
+        "line_cer": line_cers(refs, hyps, normalize),
     }
 
 
+PREDICTION_COLUMNS = ("id", "reference", "hypothesis", "cer", "confidence")
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+
+
+def escape_field(text: str) -> str:
+    """One predictions-file field: backslash, TAB, LF, CR written as `\\\\`, `\\t`, `\\n`, `\\r`."""
+    return re.sub(r"[\\\t\n\r]", lambda m: _ESCAPES[m.group()], str(text))
+
+
+def unescape_field(field: str) -> str:
+    """The inverse of `escape_field` (a backslash before any other character is kept as it is)."""
+    return re.sub(r"\\(.)", lambda m: _UNESCAPES.get(m.group(1), m.group()), field, flags=re.S)
+
+
 def write_predictions(path: str | Path, result: dict) -> Path:
-    """TSV `id, reference, hypothesis, cer, confidence`, worst lines (highest CER) first."""
+    """TSV `id, reference, hypothesis, cer, confidence`, worst lines (highest CER) first.
+
+    Convention (any text round-trips; `read_predictions` reads it back): UTF-8, one header line, one line per
+    sample ending in LF, fields separated by TAB, no quoting at all (a `"` is just a character, leading and
+    trailing spaces are kept); in the text fields (id, reference, hypothesis) exactly four characters are
+    escaped, backslash -> `\\\\`, TAB -> `\\t`, LF -> `\\n`, CR -> `\\r`, so a line is a row and a TAB
+    is a separator. The texts are the ones read and decoded, before the normalisation the scores use.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = list(zip(result["ids"], result["refs"], result["hyps"], result["line_cer"],
                     result.get("confidences") or [float("nan")] * len(result["ids"])))
     rows.sort(key=lambda r: (-r[3], str(r[0])))
     with path.open("w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-        w.writerow(["id", "reference", "hypothesis", "cer", "confidence"])
+        f.write("\t".join(PREDICTION_COLUMNS) + "\n")
         for i, ref, hyp, c, conf in rows:
-            w.writerow([i, ref, hyp, f"{c:.4f}", f"{conf:.4f}"])
+            f.write("\t".join([escape_field(i), escape_field(ref), escape_field(hyp), f"{c:.4f}", f"{conf:.4f}"])
+                    + "\n")
     return path
+
+
+def read_predictions(path: str | Path) -> list[dict]:
+    """The rows of a `write_predictions` file: dicts id, reference, hypothesis (exact texts), cer, confidence
+    (floats). Lines are split on LF only (a text's other line-break characters are not separators)."""
+    path = Path(path)
+    with path.open(encoding="utf-8", newline="") as f:
+        lines = f.read().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not lines or lines[0].split("\t") != list(PREDICTION_COLUMNS):
+        raise BridgeOCRError(f"{path}: not a predictions file (expected the header {' '.join(PREDICTION_COLUMNS)})")
+    rows = []
+    for lineno, line in enumerate(lines[1:], start=2):
+        fields = line.split("\t")
+        if len(fields) != len(PREDICTION_COLUMNS):
+            raise BridgeOCRError(f"{path}:{lineno}: expected {len(PREDICTION_COLUMNS)} TAB-separated fields, "
+                                 f"got {len(fields)}")
+        i, ref, hyp, c, conf = fields
+        try:
+            c, conf = float(c), float(conf)
+        except ValueError:
+            raise BridgeOCRError(f"{path}:{lineno}: cer and confidence should be numbers") from None
+        rows.append({"id": unescape_field(i), "reference": unescape_field(ref), "hypothesis": unescape_field(hyp),
+                     "cer": c, "confidence": conf})
+    return rows
 
 
 def print_worst(result: dict, k: int = 5, label: str = "") -> None:
@@ -188,7 +240,7 @@ def print_worst(result: dict, k: int = 5, label: str = "") -> None:
 
 def summary(result: dict) -> dict:
     """The JSON-friendly part of an evaluate_model result."""
-    keys = ("cer", "wer", "n", "skipped", "seconds", "lines_per_s", "decoding")
+    keys = ("cer", "wer", "n", "skipped", "seconds", "lines_per_s", "decoding", "normalize")
     return {k: result[k] for k in keys if k in result}
 
 
@@ -202,14 +254,43 @@ def describe_decoding(model, decoding: str | None, beam: int | None) -> str:
     return f"GPT, beam {model.beam_for(how, beam)}"
 
 
+def source_has_splits(spec) -> bool:
+    """Whether a source names splits: an IAM root does, a manifest when its split file lies beside it
+    (manifest.tsv / manifest.jsonl: split.tsv, labels.tsv: split_by_letter.tsv). What is neither (a missing
+    path, an unknown kind) counts as having them, so that `open_source` says what is wrong."""
+    from bridgeocr.data.manifest import find_split_file
+    from bridgeocr.data.sources import LineSource
+
+    if isinstance(spec, LineSource):
+        return True
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if (path / "ascii" / "lines.txt").is_file():
+            return True
+        path = next((path / n for n in ("manifest.tsv", "manifest.jsonl", "labels.tsv") if (path / n).is_file()),
+                    None)
+        if path is None:
+            return True
+    if path.name == "lines.txt" and path.parent.name == "ascii":
+        return True
+    return find_split_file(path) is not None if path.is_file() else True
+
+
 def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, decoding=None,
-                 allow_outside=False, max_skipped=None) -> int:
+                 allow_outside=False, max_skipped=None, normalize=DEFAULT_NORMALIZE) -> int:
+    """`split`: train / val / test (or another split the source names), `all` (every line), or None: `test`
+    when the source has splits, else `all` (said in one line). Output is labelled with the split read."""
     from bridgeocr.data.sources import drop_reasons, open_source
     from bridgeocr.train.checkpoint import write_json
 
     model, image_cfg, meta = load_checkpoint(checkpoint)
-    source = open_source(data, None if split in (None, "all") else split,  # `all`: every line of the source
+    unsplit = split is None and not source_has_splits(data)
+    if split is None:
+        split = "all" if unsplit else "test"
+    source = open_source(data, None if split == "all" else split,  # `all`: every line of the source
                          allow_outside=allow_outside)
+    if unsplit:
+        print(f"{data} has no splits: reading all {len(source)} lines", flush=True)
     problems = list(getattr(source, "problems", []))
     if max_samples is not None:
         source = list(source)[: max(0, int(max_samples))]
@@ -219,7 +300,7 @@ def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, de
     if out is not None:  # an unwritable or full --out fails now, not after the decode
         ensure_writable(out)
     result = evaluate_model(model, source, image_cfg, beam=beam, batch_size=batch_size,
-                            desc=f"decode {split}", decoding=decoding)
+                            desc=f"decode {split}", decoding=decoding, normalize=normalize)
     dropped = drop_reasons(problems)
     if result["skipped"]:
         dropped["unreadable image"] = result["skipped"]
@@ -232,7 +313,7 @@ def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, de
         if max_skipped is not None and sum(dropped.values()) / rows > float(max_skipped):
             raise NoUsableDataError(str(data), f"{sum(dropped.values())} of {rows} rows dropped, more than "
                                     f"--max-skipped {float(max_skipped):g} allows ({why})")
-    label = split if split in ("val", "test", "train") else "test"
+    label = split if split in ("val", "test", "train", "all") else "test"
     epoch = int(meta.get("epoch", 0) or 0)
     print_seed_metrics(label, epoch, result["cer"], result["wer"])
     how = result["decoding"]

@@ -1,19 +1,42 @@
-"""CER / WER (corpus-level, case-sensitive, via jiwer) and the seed report's metric lines."""
+"""CER / WER (corpus-level, case-sensitive, via jiwer) and the seed report's metric lines.
+
+Before scoring, references and hypotheses are Unicode-normalised, here and nowhere else: `normalize` is
+`nfc` (the default: a precomposed `é` and `e` + combining acute are the same character), `nfkc` (also folds
+compatibility forms: ligatures `ﬁ` -> `fi`, full-width letters, superscripts) or `none` (code points as
+given). Then jiwer's default transforms apply: CER strips each line's leading and trailing whitespace and
+counts every remaining code point, spaces included (case, punctuation and inner runs of spaces all count);
+WER also collapses runs of whitespace to one space and splits words on spaces.
+"""
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 
 import jiwer
 
-__all__ = ["cer", "wer", "line_cer", "line_cers", "format_seed_metrics", "print_seed_metrics"]
+__all__ = ["cer", "wer", "line_cer", "line_cers", "normalize_text", "NORMALIZE_FORMS", "DEFAULT_NORMALIZE",
+           "format_seed_metrics", "print_seed_metrics"]
+
+NORMALIZE_FORMS = ("nfc", "nfkc", "none")
+DEFAULT_NORMALIZE = "nfc"
 
 
-def _check(refs: Sequence[str], hyps: Sequence[str]) -> tuple[list[str], list[str]]:
+def normalize_text(text: str, normalize: str = DEFAULT_NORMALIZE) -> str:
+    """`text` in Unicode normal form `normalize` (nfc | nfkc | none)."""
+    form = (normalize or "none").lower()
+    if form == "none":
+        return text
+    if form not in NORMALIZE_FORMS:
+        raise ValueError(f"normalize: expected one of {', '.join(NORMALIZE_FORMS)}, got {normalize!r}")
+    return unicodedata.normalize(form.upper(), text)
+
+
+def _check(refs: Sequence[str], hyps: Sequence[str], normalize: str = DEFAULT_NORMALIZE) -> tuple[list[str], list[str]]:
     refs, hyps = [str(r) for r in refs], [str(h) for h in hyps]
     if len(refs) != len(hyps):
         raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    return refs, hyps
+    return [normalize_text(r, normalize) for r in refs], [normalize_text(h, normalize) for h in hyps]
 
 
 def _rate(refs: list[str], hyps: list[str], process) -> float:
@@ -32,26 +55,26 @@ def _rate(refs: list[str], hyps: list[str], process) -> float:
     return float(errors) / float(total)
 
 
-def cer(refs: Sequence[str], hyps: Sequence[str]) -> float:
+def cer(refs: Sequence[str], hyps: Sequence[str], normalize: str = DEFAULT_NORMALIZE) -> float:
     """Character error rate over the whole corpus (edits summed over lines / reference characters)."""
-    refs, hyps = _check(refs, hyps)
+    refs, hyps = _check(refs, hyps, normalize)
     return _rate(refs, hyps, jiwer.process_characters)
 
 
-def wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
+def wer(refs: Sequence[str], hyps: Sequence[str], normalize: str = DEFAULT_NORMALIZE) -> float:
     """Word error rate over the whole corpus (whitespace-split words, case-sensitive)."""
-    refs, hyps = _check(refs, hyps)
+    refs, hyps = _check(refs, hyps, normalize)
     return _rate(refs, hyps, jiwer.process_words)
 
 
-def line_cer(ref: str, hyp: str) -> float:
+def line_cer(ref: str, hyp: str, normalize: str = DEFAULT_NORMALIZE) -> float:
     """CER of one line (an empty reference gives 0 for an empty hypothesis, else 1)."""
-    return cer([ref], [hyp])
+    return cer([ref], [hyp], normalize)
 
 
-def line_cers(refs: Sequence[str], hyps: Sequence[str]) -> list[float]:
-    refs, hyps = _check(refs, hyps)
-    return [line_cer(r, h) for r, h in zip(refs, hyps)]
+def line_cers(refs: Sequence[str], hyps: Sequence[str], normalize: str = DEFAULT_NORMALIZE) -> list[float]:
+    refs, hyps = _check(refs, hyps, normalize)
+    return [line_cer(r, h, "none") for r, h in zip(refs, hyps)]  # normalised once, above
 
 
 def format_seed_metrics(split: str, epoch: int, cer: float, wer: float) -> str:  # noqa: F811

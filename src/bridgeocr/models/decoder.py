@@ -289,11 +289,20 @@ class GPT(nn.Module):
                           bos_token_id=None, eos_token_id=None, architectures=["GPT2LMHeadModel"],
                           bridgeocr_prefix_positions=bool(c.prefix_positions))  # how it learnt to read a prefix
 
-    def save_hf(self, path: str | Path) -> None:
-        """Write a `GPT2LMHeadModel` directory (config.json + model.safetensors) that transformers loads."""
+    def save_hf(self, path: str | Path, tokenizer=None) -> None:
+        """Write a `GPT2LMHeadModel` directory (config.json + model.safetensors) that transformers loads.
+
+        `tokenizer` (a bridgeocr tokenizer): written beside the weights (tokenizer.json, tokenizer_config.json,
+        special_tokens_map.json) and its bos/eos/pad ids put in config.json, so that the directory is a
+        complete HF model: `AutoModelForCausalLM.from_pretrained(dir)` + `AutoTokenizer.from_pretrained(dir)`
+        read and generate (the decoder's vocabulary may be larger than the tokenizer: a padded pretrained LM).
+        """
         from safetensors.torch import save_file
 
         path = Path(path)
+        if tokenizer is not None and int(tokenizer.vocab_size) > self.vocab_size:
+            raise ConfigError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens, the decoder's vocabulary "
+                              f"{self.vocab_size}")
         path.mkdir(parents=True, exist_ok=True)
         sd = {}
         for k, v in self.state_dict().items():
@@ -302,7 +311,12 @@ class GPT(nn.Module):
             v = v.detach().cpu()
             sd["transformer." + k] = (v.t() if k.endswith(self._TRANSPOSED) else v).contiguous()
         save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
-        self.hf_config().save_pretrained(str(path))
+        config = self.hf_config()
+        if tokenizer is not None:
+            config.bos_token_id, config.eos_token_id = int(tokenizer.bos_id), int(tokenizer.eos_id)
+            config.pad_token_id = int(tokenizer.pad_id)
+            tokenizer.save(path / "tokenizer.json")
+        config.save_pretrained(str(path))
 
 
 def apply_freeze(gpt: GPT, spec: str) -> None:

@@ -88,8 +88,7 @@ def lm_eval(model, stream: torch.Tensor, context: int, batch_size: int, device, 
 
 def _save_state(model, tokenizer, optimizer, out: Path, step: int, elapsed: float, extra: dict) -> None:
     def write(tmp: Path) -> None:
-        model.save_hf(tmp)
-        tokenizer.save(tmp / "tokenizer.json")
+        model.save_hf(tmp, tokenizer=tokenizer)  # tokenizer.json (+ transformers' files) beside the weights
         save_optimizer(optimizer, tmp / "optimizer.safetensors")
         write_json(tmp / "train_state.json", {"step": step, "elapsed_s": elapsed, **extra})
 
@@ -259,8 +258,7 @@ def train_lm(*, docs: list[str], val_docs: list[str] | None, out: str | Path, to
         "init": None if init is None else str(init),
     }
     out.mkdir(parents=True, exist_ok=True)
-    model.save_hf(out)
-    tokenizer.save(out / "tokenizer.json")
+    model.save_hf(out, tokenizer=tokenizer)  # a complete HF model: AutoModelForCausalLM + AutoTokenizer
     write_json(out / "lm_card.json", card)
     print(f"saved LM to {out}", flush=True)
     return card

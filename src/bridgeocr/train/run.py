@@ -416,8 +416,18 @@ def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=N
     if resuming:
         part = 1 + max([int(p.name[4:]) for p in (run_dir / "csv").glob("part*") if p.name[4:].isdigit()],
                        default=-1)
-    loggers = [CSVLogger(save_dir=str(run_dir), name="csv", version=f"part{part}"),
-               TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)]
+    tb = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
+    loggers = [CSVLogger(save_dir=str(run_dir), name="csv", version=f"part{part}"), tb]
+
+    def scalars(d: dict, prefix: str = ""):  # the config as a flat dict of its scalar values: TB's hparams
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from scalars(v, f"{prefix}{k}.")
+            elif isinstance(v, (bool, int, float, str)):
+                yield f"{prefix}{k}", v
+
+    hparams = dict(scalars(asdict(cfg)))
+    tb.log_hyperparams(hparams)  # tb/hparams.yaml; with the final metrics at the end of the run
     devices = _devices(devices if devices is not None else tc.devices)
     val_kwargs = {}
     if tc.val_every_steps:
@@ -469,7 +479,11 @@ def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=N
         "max_minutes" if oc.max_minutes else "max_epochs")
     if not trainer.is_global_zero:
         return {}
-    return _finish(cfg, run_dir, module, data, trainer, callback, tokenizer, t_start, stopped_by)
+    metrics = _finish(cfg, run_dir, module, data, trainer, callback, tokenizer, t_start, stopped_by)
+    final = {f"hp/{k}": float(metrics[k]) for k in ("val_cer", "test_cer") if metrics.get(k) is not None}
+    tb.log_hyperparams(hparams, final or None)  # TensorBoard's HPARAMS tab: this run's config and results
+    tb.finalize("success")
+    return metrics
 
 
 def _finish(cfg, run_dir: Path, module, data, trainer, callback, tokenizer, t_start, stopped_by) -> dict:
