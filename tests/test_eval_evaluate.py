@@ -67,9 +67,9 @@ def test_evaluate_cli_prints_seed_lines_with_checkpoint_epoch(ckpt, tmp_path, ca
                  "--batch-size", "2", "--max-samples", "4", "--out", str(out)])
     assert code == 0
     text = capsys.readouterr().out
-    assert "[test] CER at epoch 7: " in text and "[test] WER at epoch 7: " in text
+    assert "[all] CER at epoch 7: " in text and "[all] WER at epoch 7: " in text  # labelled with what it read
     m = json.loads((out / "metrics.json").read_text())
-    assert m["n"] == 4 and m["epoch"] == 7 and "test_cer" in m and m["split"] == "all"
+    assert m["n"] == 4 and m["epoch"] == 7 and "all_cer" in m and m["split"] == "all"
     assert (out / "predictions.tsv").read_text().startswith("id\treference\thypothesis\tcer")
 
 

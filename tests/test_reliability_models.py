@@ -301,8 +301,8 @@ def test_invalid_json_tokenizer_is_refused_with_its_line(model_dir):
 
 
 def test_a_tokenizer_with_duplicates_is_refused(model_dir):
-    data = json.loads((model_dir / TOKENIZER).read_text())
-    data["vocab"].append(data["vocab"][-1])
+    data = json.loads((model_dir / TOKENIZER).read_text())  # the Hugging Face format: token -> id
+    data["model"]["vocab"]["zz"] = 5  # a second token for id 5
     (model_dir / TOKENIZER).write_text(json.dumps(data))
     refused(model_dir, f"{model_dir / TOKENIZER}: char tokenizer: duplicate entries")
 

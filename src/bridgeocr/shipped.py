@@ -58,7 +58,8 @@ def export_shipped(src: str | Path, dest: str | Path, title: str, how: str) -> P
     tensors = {k: (v.half() if v.is_floating_point() else v).contiguous()
                for k, v in load_file(str(src / "model.safetensors")).items()}
     save_file(tensors, str(dest / "model.safetensors"), metadata={"format": "pt", "dtype": "float16"})
-    for name in ("config.json", "tokenizer.json", "training.json", "generation_config.json") + CARD_FILES:
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "training.json",
+                 "generation_config.json") + CARD_FILES:
         if (src / name).is_file():
             shutil.copy2(src / name, dest / name)
     card = {}

@@ -23,7 +23,7 @@ RUN_ARTEFACTS = ("metrics.json", "best", "last", "last.ckpt", "model.safetensors
 # what `--overwrite` removes besides them: the old run's logs and outputs, so nothing of it mixes with the new
 RUN_OUTPUTS = ("metrics.csv", "csv", "tb", "predictions_val.tsv", "predictions_test.tsv", "loss_gap.json",
                "loss_gap_samples.csv", "config.json", "config.yaml", "tokenizer.json", "training.json",
-               "generation_config.json", "MODEL_CARD.md")
+               "generation_config.json", "tokenizer_config.json", "special_tokens_map.json", "MODEL_CARD.md")
 
 
 def atomic_dir(final: str | Path, write: Callable[[Path], None], keep_previous: Path | None = None) -> Path:
