@@ -618,3 +618,19 @@ def test_dinglehopper_reads_our_output_and_agrees_with_evaluate(model_dir, fake_
     d_sum = sum(distance(list(grapheme_clusters(a.strip())), list(grapheme_clusters(b.strip())))
                 for a, b in zip(gt_lines, our_lines))
     assert d_sum / sum(len(a.strip()) for a in gt_lines) == pytest.approx(res["cer"], abs=1e-12)
+
+
+def test_split_by_reaches_the_config_and_the_cli(tmp_path, capsys):
+    """`data.split_by` / `--split-by document`: the same document split as `open_source(split_by=...)`."""
+    from bridgeocr.cli import main
+    from bridgeocr.config import load_config
+    from bridgeocr.errors import ConfigError
+
+    d = _split_pages(root=tmp_path / "pages")
+    assert load_config(None, ["data.split_by=document"]).data.split_by == "document"
+    with pytest.raises(ConfigError, match="data.split_by"):
+        load_config(None, ["data.split_by=line"])
+    split = next(s for s in ("test", "val", "train") if layout.hash_split(layout.document_of("doc0_p0")) == s)
+    want = len(open_source(d, split, split_by="document"))
+    assert main(["data", "check", str(d), "--split", split, "--split-by", "document"]) == 0
+    assert f"lines: {want} " in capsys.readouterr().out

@@ -12,7 +12,7 @@ import torch
 from bridgeocr.cli import main
 from bridgeocr.data.tokenizers import FORMAT, SPECIALS, BPETokenizer, CharTokenizer, load_tokenizer
 from bridgeocr.errors import BridgeOCRError, DataError
-from conftest import make_box_dataset, tiny_ocr_model
+from conftest import TINY_YAML, make_box_dataset, tiny_ocr_model
 
 SHIPPED = sorted((Path(__file__).resolve().parents[1] / "src" / "bridgeocr" / "resources" / "models")
                  .glob("*/tokenizer.json"))
@@ -327,18 +327,6 @@ def test_predictions_written_by_evaluate_read_back(ckpt, tmp_path, make_line_png
 
 # ------------------------------------------------------------------------------------------ TensorBoard
 
-TINY = """
-data:
-  source: {src}
-  image: {{height: 16, width_policy: pad, max_width: 256, width_multiple: 4}}
-model:
-  encoder: {{dim: 32, depth: 1, heads: 2, patch_height: 16, patch_width: 4, conv_stem: false, max_width: 512}}
-  connector: {{kind: linear}}
-  decoder: {{n_layer: 1, n_embd: 32, n_head: 2, n_positions: 64}}
-  max_text_tokens: 20
-optim: {{batch_size: 4, max_steps: 2, warmup_steps: 1}}
-train: {{name: tiny, out_dir: {out}, accelerator: cpu, log_every_steps: 1}}
-"""
 
 
 def _tb_events(tb: Path):
@@ -365,8 +353,8 @@ def test_training_logs_its_config_as_tensorboard_hparams_with_the_final_metrics(
 
     src = make_box_dataset(tmp_path / "data", n=12)
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(TINY.format(src=src, out=tmp_path / "runs"))
-    assert main(["train", "--config", str(cfg), "optim.lr_decoder=0.00123"]) == 0
+    cfg.write_text(TINY_YAML.format(src=src, out=tmp_path / "runs"))
+    assert main(["train", "--config", str(cfg), "optim.lr_decoder=0.00123", "optim.max_steps=2"]) == 0
     capsys.readouterr()
     run = tmp_path / "runs" / "tiny"
     metrics = json.loads((run / "metrics.json").read_text())

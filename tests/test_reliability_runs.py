@@ -12,7 +12,6 @@ from bridgeocr.train.checkpoint import guard_run_dir
 from conftest import TINY_YAML, make_box_dataset
 
 
-
 def _config(tmp, src):
     cfg = tmp / f"tiny-{src.parent.name}.yaml"
     cfg.write_text(TINY_YAML.format(src=src, out=tmp / "runs"))

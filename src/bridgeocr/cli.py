@@ -37,6 +37,12 @@ def _call(target: str, **kwargs):
     return getattr(importlib.import_module(module), func)(**kwargs)
 
 
+def add_split_by(p) -> None:
+    p.add_argument("--split-by", choices=["page", "document"], default="page",
+                   help="PAGE / ALTO pages without a split file: split by a hash of the page's name (default) or "
+                   "of its document's, so that lines of one page (document) never cross splits")
+
+
 def add_decoding_args(p) -> None:
     """--beam and the decoding switches of `evaluate` and `recognize` (default: the model's config)."""
     p.add_argument("--beam", type=positive_int, default=None,
@@ -92,7 +98,8 @@ def _add_data(sub):
         if name == "check":
             p.add_argument("--allow-outside", action="store_true",
                            help="accept manifest image paths outside the manifest's folder (else problems)")
-            keys += ["allow_outside"]
+            add_split_by(p)
+            keys += ["allow_outside", "split_by"]
         if name == "preview":
             p.add_argument("--out", required=True, help="PNG file to write")
             p.add_argument("--n", type=positive_int, default=24, help="number of samples (default 24)")
@@ -226,9 +233,10 @@ def _add_train_eval(sub):
     p.add_argument("--max-skipped", type=nonneg_float, default=None, metavar="FRACTION",
                    help="fail (exit 1) when more than this share of the rows is dropped (missing or unreadable "
                    "images, bad rows); every dropped row is counted by reason either way")
+    add_split_by(p)
     p.set_defaults(target="bridgeocr.eval.evaluate:evaluate_cli",
                    keys=["checkpoint", "data", "split", "beam", "batch_size", "max_samples", "out", "decoding",
-                         "allow_outside", "max_skipped", "normalize"])
+                         "allow_outside", "max_skipped", "normalize", "split_by"])
 
     p = sub.add_parser("recognize", help="transcribe line images (files, folders, globs), or the lines of pages "
                        "with their PAGE / ALTO layout (--layout)",

@@ -43,6 +43,7 @@ class DataConfig:
     iam_split_dir: str | None = None  # IAM only: folder with the split lists
     drop_err: bool = False  # IAM only: drop lines marked `err`
     allow_outside: bool = False  # manifests: accept image paths outside the manifest's folder (else refused)
+    split_by: str = "page"  # PAGE / ALTO without a split file: a hash of the page's (or document's) name
     max_train_samples: int | None = None
     max_eval_samples: int | None = None  # cap on val and test lines
     max_val_samples: int | None = None  # a tighter cap for the validations during training (val only)
@@ -259,6 +260,7 @@ EPOCHS = (lambda v: v == -1 or (_finite(v) and v >= 1)), ">= 1 (or -1: no limit)
 RULES = (
     ("data.image.height", *POSITIVE),
     ("data.image.width_policy", *_one_of("pad", "resize")),
+    ("data.split_by", *_one_of("page", "document")),
     ("data.image.max_width", *POSITIVE),
     ("data.image.resize_width", *POSITIVE),
     ("data.image.width_multiple", *POSITIVE),

@@ -23,14 +23,14 @@ def _stats(values) -> str:
 
 
 def check_source(source, split=None, split_file=None, iam_split_dir=None, progress: bool = True,
-                 allow_outside: bool = False) -> dict:
+                 allow_outside: bool = False, split_by: str = "page") -> dict:
     """Read every sample; return counts, statistics and `problems` (one 'file:line: message' each).
 
     Manifest rows naming images outside the manifest's folder (unless `allow_outside`) and duplicate
     rows or ids are problems too (data/manifest.py), as are degenerate (< 2 px) images.
     """
     src = open_source(source, split, split_file=split_file, iam_split_dir=iam_split_dir,
-                      allow_outside=allow_outside)
+                      allow_outside=allow_outside, split_by=split_by)
     problems = list(src.problems)
     chars: Counter = Counter()
     lengths, raw_w, raw_h, ref_w = [], [], [], []
@@ -64,8 +64,9 @@ def check_source(source, split=None, split_file=None, iam_split_dir=None, progre
             "raw_widths": raw_w, "raw_heights": raw_h, "ref_widths": ref_w, "problems": problems}
 
 
-def check_source_cli(source, split=None, split_file=None, iam_split_dir=None, allow_outside=False) -> int:
-    r = check_source(source, split, split_file, iam_split_dir, allow_outside=allow_outside)
+def check_source_cli(source, split=None, split_file=None, iam_split_dir=None, allow_outside=False,
+                     split_by="page") -> int:
+    r = check_source(source, split, split_file, iam_split_dir, allow_outside=allow_outside, split_by=split_by)
     print(f"source: {r['name']}  ({source}{', split ' + split if split else ''})")
     print(f"lines: {r['lines']}   missing: {r['missing']}   readable images: {len(r['raw_widths'])}")
     chars = r["chars"]

@@ -277,7 +277,7 @@ def source_has_splits(spec) -> bool:
 
 
 def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, decoding=None,
-                 allow_outside=False, max_skipped=None, normalize=DEFAULT_NORMALIZE) -> int:
+                 allow_outside=False, max_skipped=None, normalize=DEFAULT_NORMALIZE, split_by="page") -> int:
     """`split`: train / val / test (or another split the source names), `all` (every line), or None: `test`
     when the source has splits, else `all` (said in one line). Output is labelled with the split read."""
     from bridgeocr.data.sources import drop_reasons, open_source
@@ -288,7 +288,7 @@ def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, de
     if split is None:
         split = "all" if unsplit else "test"
     source = open_source(data, None if split == "all" else split,  # `all`: every line of the source
-                         allow_outside=allow_outside)
+                         allow_outside=allow_outside, split_by=split_by)
     if unsplit:
         print(f"{data} has no splits: reading all {len(source)} lines", flush=True)
     problems = list(getattr(source, "problems", []))

@@ -90,7 +90,7 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     opts = {"split_file": cfg.data.split_file, "iam_split_dir": cfg.data.iam_split_dir, "drop_err": cfg.data.drop_err,
-            "allow_outside": cfg.data.allow_outside}
+            "allow_outside": cfg.data.allow_outside, "split_by": cfg.data.split_by}
     train: list = []  # the train splits of all sources, as one sequence of samples
     for spec in data:
         train.extend(open_source(spec, cfg.data.train_split, **opts))

@@ -144,7 +144,8 @@ def fill_for_config(cfg: ExperimentConfig, splits: dict[str, int | None], batch_
     d = cfg.data
     for split, limit in splits.items():
         samples = list(open_source(d.source, split, split_file=d.split_file, iam_split_dir=d.iam_split_dir,
-                                   drop_err=d.drop_err, allow_outside=d.allow_outside))[:limit]
+                                   drop_err=d.drop_err, allow_outside=d.allow_outside,
+                                   split_by=d.split_by))[:limit]
         stats = fill_store(enc, store, samples, d.image, batch_size=batch_size, desc=f"encoder features [{split}]",
                            progress=progress)
         print(f"{d.source} [{split}]: {len(samples)} lines, {stats['computed']} computed, "

@@ -131,7 +131,7 @@ def _open(cfg: ExperimentConfig, split: str, limit: int | None):
 
     d = cfg.data
     src = open_source(d.source, split, split_file=d.split_file, iam_split_dir=d.iam_split_dir,
-                      drop_err=d.drop_err, allow_outside=d.allow_outside)
+                      drop_err=d.drop_err, allow_outside=d.allow_outside, split_by=d.split_by)
     name = getattr(src, "name", str(d.source))
     missing = getattr(src, "missing", 0)
     problems = getattr(src, "problems", [])
