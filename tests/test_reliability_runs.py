@@ -167,3 +167,21 @@ def test_resume_without_a_state_to_resume_from_says_so(tmp_path):
     (run / "best").mkdir(parents=True)
     with pytest.raises(BridgeOCRError, match="without a state to resume from; replace it with --overwrite"):
         guard_run_dir(run, resume=False, overwrite=False, resume_asked=True)
+
+
+def test_preview_and_loss_gap_take_allow_outside(tmp_path, capsys):
+    from bridgeocr.cli import build_parser
+
+    Image.new("L", (40, 16), 255).save(tmp_path / "outside.png")
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    Image.new("L", (40, 16), 255).save(ds / "a.png")
+    (ds / "labels.tsv").write_text("a.png\tab\n../outside.png\tcd\n")
+    out = tmp_path / "p.png"
+    assert main(["data", "preview", str(ds / "labels.tsv"), "--out", str(out)]) == 0
+    assert "of 1 lines" in capsys.readouterr().out
+    assert main(["data", "preview", str(ds / "labels.tsv"), "--out", str(out), "--allow-outside"]) == 0
+    assert "of 2 lines" in capsys.readouterr().out
+    args = build_parser().parse_args(["loss-gap", "--checkpoint", "x", "--data", "y", "--allow-outside",
+                                      "--split-by", "document"])
+    assert args.allow_outside and args.split_by == "document"

@@ -94,12 +94,10 @@ def _add_data(sub):
         p.add_argument("--split", default=None, help="train/val/test or a split list (default: all lines)")
         p.add_argument("--split-file", default=None, help="manifest split file (default: found beside it)")
         p.add_argument("--iam-split-dir", default=None, help="IAM: folder with the split lists")
-        keys = ["source", "split", "split_file", "iam_split_dir"]
-        if name == "check":
-            p.add_argument("--allow-outside", action="store_true",
-                           help="accept manifest image paths outside the manifest's folder (else problems)")
-            add_split_by(p)
-            keys += ["allow_outside", "split_by"]
+        p.add_argument("--allow-outside", action="store_true",
+                       help="accept manifest image paths outside the manifest's folder (else problems)")
+        add_split_by(p)
+        keys = ["source", "split", "split_file", "iam_split_dir", "allow_outside", "split_by"]
         if name == "preview":
             p.add_argument("--out", required=True, help="PNG file to write")
             p.add_argument("--n", type=positive_int, default=24, help="number of samples (default 24)")
@@ -277,8 +275,12 @@ def _add_train_eval(sub):
     p.add_argument("--reference", choices=["lm", "prefix", "both"], default="both",
                    help="how the decoder reads the true text for Reference and KL's Q: lm (plain LM, the "
                         "seed's), prefix (the text's embeddings in place of the visual tokens), both")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="accept manifest image paths outside the manifest's folder (else refused)")
+    add_split_by(p)
     p.set_defaults(target="bridgeocr.eval.loss_gap:loss_gap_cli",
-                   keys=["checkpoint", "data", "split", "batch_size", "max_samples", "out", "reference"])
+                   keys=["checkpoint", "data", "split", "batch_size", "max_samples", "out", "reference",
+                         "allow_outside", "split_by"])
 
     p = sub.add_parser("compare", help="one table (Markdown + CSV) and plots from finished runs")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")

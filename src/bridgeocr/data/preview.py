@@ -40,8 +40,9 @@ def preview_source(src, out, n: int = 24, seed: int = 0) -> Path:
 
 
 def preview_source_cli(source, split=None, split_file=None, iam_split_dir=None, out="preview.png", n=24,
-                       seed=0) -> int:
-    src = open_source(source, split, split_file=split_file, iam_split_dir=iam_split_dir)
+                       seed=0, allow_outside=False, split_by="page") -> int:
+    src = open_source(source, split, split_file=split_file, iam_split_dir=iam_split_dir,
+                      allow_outside=allow_outside, split_by=split_by)
     path = preview_source(src, out, n=n, seed=seed)
     print(f"wrote {path} ({min(n, len(src))} of {len(src)} lines from {src.name})")
     return 0

@@ -296,13 +296,14 @@ def _resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
 
 
 def loss_gap_cli(checkpoint, data, split="test", batch_size=32, max_samples=None, out=None,
-                 reference="both") -> int:
+                 reference="both", allow_outside=False, split_by="page") -> int:
     from bridgeocr.data.sources import open_source
     from bridgeocr.eval.evaluate import load_checkpoint
 
     model_dir, run_dir = _resolve_checkpoint(checkpoint)
     model, image_cfg, _meta = load_checkpoint(model_dir)
-    source = open_source(data, None if split in (None, "all") else split)
+    source = open_source(data, None if split in (None, "all") else split, allow_outside=allow_outside,
+                         split_by=split_by)
     if len(source) == 0:
         raise BridgeOCRError(f"{data}: split {split!r} has no lines")
     result = compute_loss_gaps(model, source, image_cfg, batch_size=batch_size, max_samples=max_samples,
