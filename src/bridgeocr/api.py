@@ -286,6 +286,19 @@ def _progress(total: int | None, desc: str):
                 mininterval=0.5 if tty else 10.0)
 
 
+class _Problems:
+    """`problem(msg)`: one `error:` line on stderr (above the progress bar `.bar` once there is one); `.failed`
+    once there was any (the command then exits 1)."""
+
+    def __init__(self):
+        self.failed = False
+        self.bar = None
+
+    def __call__(self, msg: str) -> None:
+        self.failed = True
+        _say(self.bar, f"error: {msg}")
+
+
 def _say(bar, msg: str) -> None:
     """One line on stderr, above the progress bar when one is shown."""
     if bar is not None and not bar.disable:
@@ -314,13 +327,7 @@ def recognize_cli(inputs, checkpoint, beam, batch_size, format, decoding, recurs
         return recognize_layout(inputs, layout, checkpoint, beam, batch_size, fmt, decoding, recursive, out,
                                 overwrite)
     fmt = fmt or "text"
-    failed = False
-    bar = None
-
-    def problem(msg: str) -> None:
-        nonlocal failed
-        failed = True
-        _say(bar, f"error: {msg}")
+    problem = _Problems()
 
     paths = iter_inputs(list(inputs), recursive=bool(recursive), on_problem=problem)
     first = next(paths, None)  # nothing to read: no model is loaded
@@ -334,8 +341,8 @@ def recognize_cli(inputs, checkpoint, beam, batch_size, format, decoding, recurs
     def bad_image(path, exc: Exception) -> None:
         nonlocal skipped
         skipped += 1
-        if bar is not None:
-            bar.update(1)
+        if problem.bar is not None:
+            problem.bar.update(1)
         problem(str(exc) if isinstance(exc, DataError) else f"{path}: unreadable image ({type(exc).__name__})")
 
     try:
@@ -344,7 +351,8 @@ def recognize_cli(inputs, checkpoint, beam, batch_size, format, decoding, recurs
         raise BridgeOCRError(f"{out}: cannot write the results ({exc.strerror or type(exc).__name__})") from None
     where = f" to {out}" if out else ""
     written = 0
-    bar = _progress(sum(1 for _ in iter_inputs(list(inputs), recursive=bool(recursive))), "recognize")
+    bar = problem.bar = _progress(sum(1 for _ in iter_inputs(list(inputs), recursive=bool(recursive))),
+                                  "recognize")
     try:
         if fmt == "tsv":
             _write_line(stream, "path\ttext\tconfidence")
@@ -368,7 +376,7 @@ def recognize_cli(inputs, checkpoint, beam, batch_size, format, decoding, recurs
     if skipped:
         print(f"{written} lines written{where}, {skipped} unreadable image{'s' * (skipped != 1)} skipped",
               file=sys.stderr, flush=True)
-    return 1 if failed else 0
+    return 1 if problem.failed else 0
 
 
 def _layout_files(layout) -> list[Path]:
@@ -424,13 +432,7 @@ def recognize_layout(inputs, layout, checkpoint=None, beam=None, batch_size=32, 
         write_page_result,
     )
 
-    failed = False
-    bar = None
-
-    def problem(msg: str) -> None:
-        nonlocal failed
-        failed = True
-        _say(bar, f"error: {msg}")
+    problem = _Problems()
 
     if out and Path(out).exists() and not Path(out).is_dir():
         raise BridgeOCRError(f"{out}: --out must be a folder with --layout (one file per page goes there)")
@@ -496,7 +498,7 @@ def recognize_layout(inputs, layout, checkpoint=None, beam=None, batch_size=32, 
         plans.append((page, target, pairs))
     ocr = BridgeOCR.from_pretrained(checkpoint)
     total = sum(len(p[2]) for p in plans)
-    bar = _progress(total, "recognize")
+    bar = problem.bar = _progress(total, "recognize")
     owner = {}  # sample id -> plan index
     pending = [len(p[2]) for p in plans]
     results: list[dict] = [{} for _ in plans]
@@ -545,7 +547,7 @@ def recognize_layout(inputs, layout, checkpoint=None, beam=None, batch_size=32, 
         return 130
     finally:
         bar.close()
-    return 1 if failed else 0
+    return 1 if problem.failed else 0
 
 
 def _write_line(stream, line: str) -> None:

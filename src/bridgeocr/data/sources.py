@@ -133,3 +133,8 @@ def drop_reasons(problems: list[str]) -> dict[str, int]:
         many = _LINES_SKIPPED.search(msg)  # one problem for a whole page (its image is missing): its lines
         out[reason] = out.get(reason, 0) + (int(many.group(1)) if many else 1)
     return out
+
+
+def format_drops(dropped: dict[str, int]) -> str:
+    """`1 image not found, 2 bad row` (what `drop_reasons` counted) for a one-line report."""
+    return ", ".join(f"{n} {reason}" for reason, n in dropped.items())

@@ -147,7 +147,8 @@ def evaluate_model(model, source, image_cfg: ImageConfig, beam: int | None = Non
     dataset = loader.dataset
     if not refs:  # never CER 0 from nothing
         msgs = list(getattr(dataset, "skip_messages", []))
-        name = getattr(source, "name", None) or (str(source[0].image_path.parent) if len(source) else "data")
+        first = source[0] if len(source) else None  # a plain list (e.g. --max-samples) has no name: its first row
+        name = getattr(source, "name", None) or (first.origin or first.image_path if first is not None else "data")
         raise NoUsableDataError(str(name), f"not one of its {len(source)} line(s) could be read"
                                 + (f", e.g. {msgs[0]}" if msgs else ""))
     return {
@@ -280,7 +281,7 @@ def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, de
                  allow_outside=False, max_skipped=None, normalize=DEFAULT_NORMALIZE, split_by="page") -> int:
     """`split`: train / val / test (or another split the source names), `all` (every line), or None: `test`
     when the source has splits, else `all` (said in one line). Output is labelled with the split read."""
-    from bridgeocr.data.sources import drop_reasons, open_source
+    from bridgeocr.data.sources import drop_reasons, format_drops, open_source
     from bridgeocr.train.checkpoint import write_json
 
     model, image_cfg, meta = load_checkpoint(checkpoint)
@@ -306,7 +307,7 @@ def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, de
         dropped["unreadable image"] = result["skipped"]
     rows = result["n"] + sum(dropped.values())
     if dropped:  # every row that was not scored, by reason: a result must say what it left out
-        why = ", ".join(f"{n} {reason}" for reason, n in dropped.items())
+        why = format_drops(dropped)
         example = (problems or result["skip_messages"] or ["?"])[0]
         print(f"{data}: dropped {sum(dropped.values())} of {rows} rows ({why}), e.g. {example}", file=sys.stderr,
               flush=True)

@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from bridgeocr.errors import BridgeOCRError
 
-__all__ = ["atomic_dir", "save_optimizer", "load_optimizer", "write_json", "read_json", "guard_run_dir"]
+__all__ = ["atomic_dir", "save_optimizer", "load_optimizer", "write_json", "read_json", "guard_run_dir",
+           "remove_path", "disk_full"]
 
 # what a finished or started run leaves in its directory (OCR run, `encoder train`, `lm train`)
 RUN_ARTEFACTS = ("metrics.json", "best", "last", "last.ckpt", "model.safetensors", "encoder_card.json")
@@ -45,7 +46,7 @@ def atomic_dir(final: str | Path, write: Callable[[Path], None], keep_previous: 
         _fsync_tree(tmp)
         if final.exists():
             if keep_previous is not None:
-                _remove(keep_previous)
+                remove_path(keep_previous)
                 os.replace(final, keep_previous)
             else:
                 os.replace(final, old)
@@ -57,8 +58,8 @@ def atomic_dir(final: str | Path, write: Callable[[Path], None], keep_previous: 
                                  "before is kept)") from None
         raise
     finally:
-        _remove(tmp)
-        _remove(old)
+        remove_path(tmp)
+        remove_path(old)
     return final
 
 
@@ -70,9 +71,11 @@ def disk_full(exc: BaseException) -> bool:
     return f"os error {errno.ENOSPC})" in text or f"os error {errno.EDQUOT})" in text
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path, strict: bool = False) -> None:
+    """Remove a file, link or directory tree if it is there (a link is removed, never followed).
+    `strict`: a tree that cannot be removed is an error (else best effort, as for temporary directories)."""
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=not strict)
     else:
         with suppress(FileNotFoundError):
             path.unlink()
@@ -83,7 +86,7 @@ def _remove_orphans(final: Path) -> None:
     for p in final.parent.glob(f".{final.name}.tmp-*"):
         pid = p.name.rsplit(".tmp-", 1)[-1].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            _remove(p)
+            remove_path(p)
 
 
 def _alive(pid: int) -> bool:
@@ -182,9 +185,5 @@ def guard_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, resume_ask
         raise BridgeOCRError(f"{run_dir}: holds a run already ({', '.join(found)}); continue it with --resume, "
                              "or replace it with --overwrite")
     for name in RUN_ARTEFACTS + RUN_OUTPUTS:
-        target = run_dir / name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
+        remove_path(run_dir / name, strict=True)
     print(f"--overwrite: removed the run in {run_dir}", flush=True)

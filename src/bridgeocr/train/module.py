@@ -100,6 +100,8 @@ class OCRLightningModule(pl.LightningModule):
         self.visual_tokens_sum = 0.0
         self.visual_tokens_n = 0
         self.last_train_epoch = None
+        self._epoch_lines: int | None = None  # readable lines this epoch; None: not counted (resumed mid-epoch)
+        self._pending_rng = None  # a resumed run's RNG state, set at its first batch
 
     # ------------------------------------------------------------------------------------ helpers
 
@@ -165,14 +167,14 @@ class OCRLightningModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         """An epoch without one readable line (all images unreadable: e.g. Git LFS pointers) ends the run:
         1,000 empty epochs and a NaN CER are no result."""
-        if getattr(self, "_epoch_lines", 1) == 0:
+        if self._epoch_lines == 0:
             dataset = getattr(self.trainer.train_dataloader, "dataset", None)
             msgs = getattr(dataset, "skip_messages", [])
             raise NoUsableDataError(str(self.cfg.data.source), f"not one of the {len(dataset or [])} training "
                                     f"lines could be read" + (f", e.g. {msgs[0]}" if msgs else ""))
 
     def on_train_batch_start(self, batch, batch_idx):
-        rng, self._pending_rng = getattr(self, "_pending_rng", None), None
+        rng, self._pending_rng = self._pending_rng, None
         if rng is not None:  # resumed: the dropout masks go on exactly as in the run that was stopped
             _set_rng_state(rng)
         self._t_batch = time.perf_counter()
@@ -188,7 +190,7 @@ class OCRLightningModule(pl.LightningModule):
             return sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
         loss, parts = self._loss(batch)
         self.train_lines += len(batch)
-        self._epoch_lines = getattr(self, "_epoch_lines", 0) + len(batch)
+        self._epoch_lines = (self._epoch_lines or 0) + len(batch)
         bs = len(batch)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs, on_step=True, on_epoch=False)
         for k, v in parts.items():

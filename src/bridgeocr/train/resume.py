@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from bridgeocr.errors import BridgeOCRError
-from bridgeocr.train.checkpoint import _remove, atomic_dir
+from bridgeocr.train.checkpoint import atomic_dir, remove_path
 
 __all__ = ["SafeCheckpointIO", "TensorSink", "encode_state", "decode_state", "resume_point"]
 
@@ -152,4 +152,4 @@ class SafeCheckpointIO(CheckpointIO):
         raise BridgeOCRError("; ".join(problems) if problems else f"{path}: no checkpoint to resume from")
 
     def remove_checkpoint(self, path) -> None:
-        _remove(Path(path))
+        remove_path(Path(path))

@@ -127,17 +127,16 @@ def _make_loader(source, cfg: ExperimentConfig, tokenizer, shuffle: bool, rank: 
 
 
 def _open(cfg: ExperimentConfig, split: str, limit: int | None):
-    from bridgeocr.data.sources import open_source
+    from bridgeocr.data.sources import drop_reasons, format_drops, open_source
 
     d = cfg.data
     src = open_source(d.source, split, split_file=d.split_file, iam_split_dir=d.iam_split_dir,
                       drop_err=d.drop_err, allow_outside=d.allow_outside, split_by=d.split_by)
-    name = getattr(src, "name", str(d.source))
-    missing = getattr(src, "missing", 0)
     problems = getattr(src, "problems", [])
-    if missing or problems:
-        print(f"{name} [{split}]: {missing} missing image(s), {len(problems)} problem(s)"
-              + (f", e.g. {problems[0]}" if problems else ""), flush=True)
+    if problems:  # each row left out, by reason, as `evaluate` reports them
+        dropped = drop_reasons(problems)
+        print(f"{getattr(src, 'name', d.source)} [{split}]: dropped {sum(dropped.values())} rows "
+              f"({format_drops(dropped)}), e.g. {problems[0]}", flush=True)
     samples = list(src)
     if limit is not None:
         samples = samples[: max(0, int(limit))]
