@@ -289,6 +289,7 @@ class WidthBucketSampler(Sampler[list[int]]):
         self.drop_last = drop_last
         self.chunk = self.batch_size * max(1, chunk_batches)
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, batches done) of a resumed run
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -316,7 +317,7 @@ class WidthBucketSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._batches()
-        resume, self._resume = getattr(self, "_resume", None), None
+        resume, self._resume = self._resume, None
         if resume is not None and resume[0] == self.epoch:
             batches = batches[resume[1]:]
         yield from batches
