@@ -142,6 +142,33 @@ def test_kv_cache_matches_full_forward(attach):
         torch.testing.assert_close(gpt(ids[:, 3:], past=p)[0], lm_full[:, 3:], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("attach", [0, 2])
+def test_step_cache_matches_full_forward_through_growth_and_reordering(attach):
+    """GPT.step over a StepCache (per-line prefix, growing text buffers) gives the logits of a full forward
+    pass, also after beams are reordered, repeated and dropped and once its buffers had to grow."""
+    from bridgeocr.models.decoder import StepCache
+
+    torch.manual_seed(0)
+    gpt = GPT(tiny_cfg(), V).eval()
+    prefix, ids = _inputs()
+    pm = torch.ones(2, 5, dtype=torch.bool)
+    pm[1, 2:] = False
+    rows = [torch.tensor([0, 0, 1, 1]), torch.tensor([1, 0, 3, 3]), torch.tensor([2, 3]), torch.tensor([1, 0])]
+    with torch.no_grad():
+        _, past = gpt(ids[:, :1], prefix=prefix, prefix_mask=pm, attach_layer=attach)
+        cache = StepCache.from_prefill(past, room=1)  # room for one token: the buffers grow twice below
+        seqs, items = ids[:, :1], torch.arange(2)
+        for t, parents in enumerate(rows, start=1):
+            seqs, items = seqs[parents], items[parents]
+            cache = cache.reorder(parents)
+            tokens = ids[items, t] if t % 2 else (ids[items, t] + 1) % V  # rows of a line may differ
+            logits = gpt.step(tokens, cache)
+            seqs = torch.cat([seqs, tokens[:, None]], 1)
+            full, _ = gpt(seqs, prefix=prefix[items], prefix_mask=pm[items], attach_layer=attach)
+            torch.testing.assert_close(logits, full[:, -1], atol=1e-5, rtol=0)
+    assert cache.text_kv[-1][0].shape[2] > 2  # it did grow
+
+
 def test_freeze():
     gpt = GPT(tiny_cfg(), V)
     apply_freeze(gpt, "all")

@@ -97,10 +97,79 @@ class KVCache:
     def n_text(self) -> int:
         return self.text_mask.shape[1]
 
-    def select(self, rows: torch.Tensor) -> KVCache:
-        """Keep / reorder / repeat batch rows (beam search reordering, dropping finished lines)."""
-        pm = None if self.prefix_mask is None else self.prefix_mask[rows]
-        return KVCache([(k[rows], v[rows]) for k, v in self.kv], self.text_mask[rows], pm, self.attach_layer)
+
+class StepCache:
+    """The KV cache of one-token decoding steps (greedy, beam, joint search), laid out for their costs.
+
+    - The prefix's keys / values are kept once per *item*: prefix tokens never attend to text, so every beam
+      of a line has the same ones. Reordering beams copies only the text part, never the (long) prefix.
+    - The text's keys / values sit in buffers with room to grow (doubled when full), written in place:
+      no concatenation of the whole cache per step.
+    - Attention of the one new query is computed over the two parts with one shared softmax (by hand:
+      SDPA wants the keys in one tensor, i.e. the copy this layout avoids).
+
+    Rows are (item, beam) pairs: `items[r]` is the line of row r. Build with `StepCache.from_prefill`."""
+
+    def __init__(self, prefix_kv: list, prefix_valid: torch.Tensor | None, text_kv: list, n_text: int,
+                 items: torch.Tensor, attach_layer: int):
+        self.prefix_kv, self.prefix_valid = prefix_kv, prefix_valid  # per block (k, v) [B, H, M, hd] or None
+        self.text_kv, self.n_text = text_kv, n_text  # per block (k, v) [R, H, capacity, hd]
+        self.items, self.attach_layer = items, attach_layer
+        self._rows_prefix: tuple | None = None  # (items, per-block prefix k / v gathered for these rows)
+
+    @classmethod
+    def from_prefill(cls, cache: KVCache, room: int = 32) -> StepCache:
+        """The cache of a prefill call (prefix + first tokens, no padding in the text) -> a StepCache."""
+        M = 0 if cache.prefix_mask is None else cache.prefix_mask.shape[1]
+        prefix_kv, text_kv = [], []
+        for i, (k, v) in enumerate(cache.kv):
+            joint = cache.prefix_mask is not None and i >= cache.attach_layer
+            prefix_kv.append((k[:, :, :M], v[:, :, :M]) if joint else None)
+            k, v = (k[:, :, M:], v[:, :, M:]) if joint else (k, v)
+            text_kv.append(tuple(cls._with_room(t, t.shape[2] + room) for t in (k, v)))
+        items = torch.arange(cache.text_mask.shape[0], device=cache.text_mask.device)
+        return cls(prefix_kv, cache.prefix_mask, text_kv, cache.n_text, items, cache.attach_layer)
+
+    @staticmethod
+    def _with_room(t: torch.Tensor, capacity: int) -> torch.Tensor:
+        out = t.new_empty(t.shape[0], t.shape[1], capacity, t.shape[3])
+        out[:, :, : t.shape[2]] = t
+        return out
+
+    def reorder(self, parents: torch.Tensor) -> StepCache:
+        """Row i continues row parents[i] (beam reordering, dropping finished lines): the text part is
+        copied, the prefix part is shared."""
+        n = self.n_text
+        text_kv = [tuple(t.index_select(0, parents) if t.shape[2] <= 2 * n else
+                         self._with_room(t[:, :, :n].index_select(0, parents), 2 * n) for t in kv)
+                   for kv in self.text_kv]
+        out = StepCache(self.prefix_kv, self.prefix_valid, text_kv, n, self.items[parents], self.attach_layer)
+        if self._rows_prefix is not None and torch.equal(self._rows_prefix[0], out.items):
+            out._rows_prefix = self._rows_prefix  # same lines in the same rows (beams reordered within a line)
+        return out
+
+    def append(self, block: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new token's k / v [R, H, 1, hd] of one block -> that block's text keys / values so far."""
+        tk, tv = self.text_kv[block]
+        if tk.shape[2] == self.n_text:
+            tk, tv = (self._with_room(t, 2 * self.n_text + 1) for t in (tk, tv))
+            self.text_kv[block] = (tk, tv)
+        tk[:, :, self.n_text], tv[:, :, self.n_text] = k[:, :, 0], v[:, :, 0]
+        return tk[:, :, : self.n_text + 1], tv[:, :, : self.n_text + 1]
+
+    def rows_prefix(self, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(prefix k, v [R, H, M, hd], valid [R, M]) of each row, gathered again only when rows change item."""
+        if self.prefix_kv[block] is None:
+            return None
+        if self._rows_prefix is None:
+            H = self.prefix_kv[block][0].shape[1]
+            flat = [None if kv is None else tuple(t[self.items].flatten(0, 1) for t in kv) for kv in self.prefix_kv]
+            valid = self.prefix_valid[self.items]  # [R, M] -> an additive mask per (row, head)
+            bias = torch.zeros(valid.shape, dtype=flat[block][0].dtype, device=valid.device)
+            bias = bias.masked_fill(~valid, float("-inf")).repeat_interleave(H, 0)[:, None, :]
+            self._rows_prefix = (self.items, flat, bias)
+        _, flat, bias = self._rows_prefix
+        return (*flat[block], bias)
 
 
 def _attn_mask(text_q: int, key_valid: torch.Tensor, n_prefix_keys: int, n_prefix_q: int,
@@ -225,6 +294,37 @@ class GPT(nn.Module):
         x = self.ln_f(x[:, x.shape[1] - T:])
         logits = self.lm_head(x)
         return logits, KVCache(new_kv, full_text_mask, prefix_mask, attach_layer)
+
+    def step(self, tokens: torch.Tensor, cache: StepCache) -> torch.Tensor:
+        """One new token per row after `cache` -> logits [R, V]; `cache` gains the token (in place).
+
+        The same function as `forward(tokens[:, None], past=...)` (tests/test_models_decoding.py compares
+        them token for token), at a fraction of the memory traffic: see StepCache."""
+        n = cache.n_text
+        if n + 1 > self.cfg.n_positions:
+            raise ValueError(f"GPT.step: {n + 1} text positions > n_positions {self.cfg.n_positions}")
+        x = self.wte(tokens) + self.wpe.weight[n]  # [R, C]
+        R, C = x.shape
+        H = self.cfg.n_head
+        for i, block in enumerate(self.h):
+            attn = block.attn
+            q, k, v = (t.view(R, H, 1, C // H) for t in attn.c_attn(block.ln_1(x)).split(C, dim=1))
+            tk, tv = cache.append(i, k, v)
+            scale = 1.0 / math.sqrt(C // H)
+            scores = (q @ tk.transpose(-1, -2)) * scale  # [R, H, 1, n + 1]
+            prefix = cache.rows_prefix(i)
+            if prefix is None:
+                y = scores.softmax(-1) @ tv
+            else:
+                pk, pv, bias = prefix
+                p_scores = torch.baddbmm(bias, q.reshape(R * H, 1, -1), pk.transpose(-1, -2), alpha=scale)
+                w = torch.cat([p_scores.view(R, H, 1, -1), scores], dim=-1).softmax(-1)
+                M = pk.shape[1]
+                y = torch.baddbmm((w[..., M:] @ tv).view(R * H, 1, -1), w[..., :M].reshape(R * H, 1, M), pv)
+            x = x + attn.c_proj(y.reshape(R, C))
+            x = x + block.mlp(block.ln_2(x))
+        cache.n_text = n + 1
+        return self.lm_head(self.ln_f(x))
 
     # ------------------------------------------------------------------------------ HF GPT-2 weights
 

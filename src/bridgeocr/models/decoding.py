@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from bridgeocr.models.decoder import StepCache
+
 
 @dataclass
 class Hypothesis:
@@ -36,8 +38,9 @@ class _Stepper:
         B = self.prefix.shape[0]
         self.rows = torch.arange(B, device=self.prefix.device)
         self.seqs = torch.full((B, 1), self.bos, dtype=torch.long, device=self.prefix.device)
-        logits, self.cache = self.gpt(self.seqs, prefix=self.prefix, prefix_mask=self.prefix_mask,
-                                      attach_layer=self.attach)
+        logits, cache = self.gpt(self.seqs, prefix=self.prefix, prefix_mask=self.prefix_mask,
+                                 attach_layer=self.attach)
+        self.cache = StepCache.from_prefill(cache) if self.use_cache else None
         return logits[:, -1]
 
     def step(self, parents: torch.Tensor, tokens: torch.Tensor, same_rows: bool = False) -> torch.Tensor:
@@ -47,8 +50,9 @@ class _Stepper:
         self.seqs = torch.cat([self.seqs[parents], tokens[:, None]], dim=1)
         self.rows = self.rows[parents]
         if self.use_cache:
-            past = self.cache if same_rows else self.cache.select(parents)
-            logits, self.cache = self.gpt(tokens[:, None], past=past)
+            if not same_rows:
+                self.cache = self.cache.reorder(parents)
+            return self.gpt.step(tokens, self.cache)
         else:
             logits, _ = self.gpt(self.seqs, prefix=self.prefix[self.rows], prefix_mask=self.prefix_mask[self.rows],
                                  attach_layer=self.attach)
