@@ -124,3 +124,68 @@ def test_read_joint_follows_the_config_and_needs_a_head():
         headless.read(imgs, mask, decoding="joint")
     with pytest.raises(ConfigError, match="decoding"):
         model.read(imgs, mask, decoding="sideways")
+
+
+def _uncertain_case(seed, items=6, frames=14):
+    """A GPT with opinions of its own and a CTC head that is unsure: the joint reading often leaves the
+    CTC head's own (so joint_greedy's drafts miss, and its later checks and fallback are exercised)."""
+    model = make_ocr()
+    with torch.no_grad():
+        for block in model.decoder.h:
+            block.attn.c_proj.weight.mul_(20)
+    g = torch.Generator().manual_seed(seed)
+    ctc = (torch.randn(items, frames, 16, generator=g) * 3).log_softmax(-1)
+    lengths = torch.randint(4, frames + 1, (items,), generator=g)
+    prefix = torch.randn(items, 5, 32, generator=g)
+    mask = torch.ones(items, 5, dtype=torch.bool)
+    mask[0, 3:] = False
+    return model, (model.decoder, prefix, mask, 0, model.bos_id, model.eos_id, 12), ctc, lengths
+
+
+@pytest.mark.parametrize("rounds", [1, 2, 8])
+def test_joint_greedy_is_the_stepwise_beam_1_search(rounds):
+    """The draft-and-check greedy search returns exactly what the stepwise beam-1 joint search returns
+    (ids and the GPT's log-probs), whether the CTC head's draft holds, misses once or keeps missing."""
+    from bridgeocr.models.joint_decoding import _collapse, joint_greedy, joint_search
+
+    off_draft = 0
+    for seed in range(6):
+        model, args, ctc, lengths = _uncertain_case(seed)
+        kw = dict(ctc_log_probs=ctc, ctc_lengths=lengths, ctc_weight=0.5, suppress=(0, 1))
+        fast = joint_greedy(*args, rounds=rounds, **kw)
+        slow = joint_search(*args, beam=1, **kw)
+        assert [ids for ids, _ in fast] == [ids for ids, _ in slow]
+        for (_, a), (_, b) in zip(fast, slow):
+            assert a == pytest.approx(b, abs=1e-4)
+        drafts = [_collapse(p[:n], {0, 1, 2}) for p, n in zip(ctc.argmax(-1).tolist(), lengths.tolist())]
+        off_draft += sum(ids != d for (ids, _), d in zip(fast, drafts))
+    assert off_draft >= 5  # the joint reading really left the drafts
+
+
+def test_pre_beam_keeps_the_best_hypothesis_when_it_holds_it():
+    """Partial scoring (the GPT's P best ids + EOS per hypothesis) finds the exact search's best
+    hypothesis whenever each of its tokens is among the GPT's P best for its prefix; a pre-beam that
+    covers the vocabulary is the exact search itself."""
+    from bridgeocr.models.joint_decoding import joint_search
+
+    checked, changed = 0, 0
+    for seed in range(6):
+        model, args, ctc, lengths = _uncertain_case(seed)
+        kw = dict(ctc_log_probs=ctc, ctc_lengths=lengths, ctc_weight=0.5, suppress=(0, 1), beam=3)
+        full = joint_search(*args, **kw)
+        assert joint_search(*args, pre_beam=15, **kw) == full
+        gpt, prefix, mask = args[:3]
+        for P in (4, 8, 12):
+            pruned = joint_search(*args, pre_beam=P, **kw)
+            changed += sum(p[0] != f[0] for p, f in zip(pruned, full))
+            for b, (ids, _) in enumerate(full):
+                seq = torch.tensor([[model.bos_id] + ids])
+                with torch.no_grad():
+                    logits, _ = gpt(seq, prefix=prefix[b:b + 1], prefix_mask=mask[b:b + 1])
+                logits[..., [0, 1]] = float("-inf")
+                ranks = [(logits[0, j] > logits[0, j, tok]).sum().item() for j, tok in enumerate(ids)]
+                if all(rank < P for rank in ranks):  # the pre-beam holds every token of the best hypothesis
+                    assert pruned[b][0] == ids
+                    checked += 1
+    assert checked >= 12
+    assert changed > 0  # where it does not hold them, pruning changes readings: it is really pruning

@@ -127,6 +127,9 @@ class ModelConfig:
     #                        | joint (beam search scored by both, models/joint_decoding.py; needs ctc_head)
     joint_ctc_weight: float = 0.5  # weight of the CTC prefix score in joint decoding (the GPT gets 1 - it)
     joint_beam: int = 4  # beam width of joint decoding unless --beam / train.eval_beam says otherwise
+    # joint decoding scores with the CTC head only each hypothesis' N best next ids by the GPT (+ EOS): ESPnet's
+    # partial scoring (models/joint_decoding.py). 0: every id (exact). Measured in docs/benchmarks.md
+    joint_pre_beam: int = 0
     # GPT decoding: a line ends once it repeats one unit (2-16 tokens) this many times in a row, keeping one
     # copy (a decoder caught in a loop; models/decoding.py). 0: off. 4 measured in docs/reading.md 4b
     stop_repeats: int = 4
@@ -299,6 +302,7 @@ RULES = (
     ("model.decoding", *_one_of("gpt", "ctc", "joint")),
     ("model.joint_ctc_weight", *UNIT),
     ("model.joint_beam", *POSITIVE),
+    ("model.joint_pre_beam", *NONNEG),
     ("model.stop_repeats", *NONNEG),
     ("model.max_text_tokens", *POSITIVE),
     ("loss.kd_alpha", *NONNEG),

@@ -186,10 +186,12 @@ def beam_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_id
 
 @torch.no_grad()
 def generate(model, images, image_mask, beam: int = 1, max_new_tokens: int | None = None,
-             length_penalty: float = 1.0, use_cache: bool = True, ctc_weight: float = 0.0) -> list[Hypothesis]:
+             length_penalty: float = 1.0, use_cache: bool = True, ctc_weight: float = 0.0,
+             pre_beam: int | None = None) -> list[Hypothesis]:
     """OCRModel -> one Hypothesis per image (eval mode for the call; the caller's mode is restored).
 
-    ctc_weight > 0: joint CTC / GPT beam search (`joint_decoding.py`) with the model's CTC head."""
+    ctc_weight > 0: joint CTC / GPT beam search (`joint_decoding.py`) with the model's CTC head, scoring
+    `pre_beam` candidates per hypothesis (None: `model.cfg.joint_pre_beam`; 0: every id)."""
     was_training = model.training
     model.eval()
     try:
@@ -203,14 +205,19 @@ def generate(model, images, image_mask, beam: int = 1, max_new_tokens: int | Non
         stop = int(getattr(model.cfg, "stop_repeats", 0) or 0)
         if ctc_weight > 0:
             from bridgeocr.errors import ConfigError
-            from bridgeocr.models.joint_decoding import joint_search
+            from bridgeocr.models.joint_decoding import joint_greedy, joint_search
 
             if model.ctc_head is None:
                 raise ConfigError("joint decoding needs the encoder's CTC head (train with model.ctc_head=true)")
             ctc_lp = model.ctc_head(enc).float().log_softmax(-1)
             frames = model.ctc_head.frame_mask(enc_mask).sum(1)
-            results = joint_search(*args, ctc_log_probs=ctc_lp, ctc_lengths=frames, ctc_weight=ctc_weight,
-                                   beam=max(1, beam), use_cache=use_cache, suppress=suppress)
+            if beam <= 1:  # greedy joint: the CTC head's reading checked by the GPT in parallel
+                results = joint_greedy(*args, ctc_log_probs=ctc_lp, ctc_lengths=frames, ctc_weight=ctc_weight,
+                                       suppress=suppress, use_cache=use_cache)
+            else:
+                results = joint_search(*args, ctc_log_probs=ctc_lp, ctc_lengths=frames, ctc_weight=ctc_weight,
+                                       beam=beam, use_cache=use_cache, suppress=suppress,
+                                       pre_beam=model.cfg.joint_pre_beam if pre_beam is None else pre_beam)
         elif beam <= 1:
             results = greedy_search(*args, use_cache=use_cache, suppress=suppress, stop_repeats=stop)
         else:

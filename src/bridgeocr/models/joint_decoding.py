@@ -54,31 +54,46 @@ class CTCPrefixScorer:
         may start at frame t). Before frame 0 only the empty prefix is complete."""
         return self._shift(torch.logaddexp(r[..., 0], r[..., 1]), 0.0 if length == 0 else NEG_INF)
 
-    def scores(self, r: torch.Tensor, items: torch.Tensor, length: int, last: torch.Tensor,
-               eos_id: int) -> torch.Tensor:
-        """Prefix log-probs of every one-label extension: [R, V] (EOS: the whole labelling's probability).
+    def scores(self, r: torch.Tensor, items: torch.Tensor, length: int, last: torch.Tensor, eos_id: int,
+               cands: torch.Tensor | None = None) -> torch.Tensor:
+        """Prefix log-probs of one-label extensions (EOS: the whole labelling's probability): of every
+        vocabulary item [R, V], or of `cands` [R, P] only (partial scoring: the work is R x T x P, not x V).
 
-        psi(c) = log sum_t exp(phi(t-1)) p_t(c): one batched matrix product per item over its rows."""
+        psi(c) = log sum_t exp(phi(t-1)) p_t(c): a batched matrix product per item over its rows."""
         phi = self._phi(r, length)
         top = phi.max(1, keepdim=True).values.clamp(min=-1e30)
         weights = (phi - top).exp()  # [R, T]
-        groups, counts = torch.unique_consecutive(items, return_counts=True)
-        group = torch.repeat_interleave(torch.arange(len(groups), device=items.device), counts)
-        first = torch.cumsum(counts, 0) - counts
-        pos = torch.arange(len(items), device=items.device) - first[group]
-        padded = weights.new_zeros(len(groups), int(counts.max()), weights.shape[1])
-        padded[group, pos] = weights
-        mass = torch.bmm(padded, self.prob[groups])[group, pos]  # [R, V]
+        if cands is None and len(items) == self.prob.shape[0] and torch.equal(items, self.frames.new_tensor(
+                range(len(items)))):  # one row per item, in order (joint_greedy): no grouping needed
+            mass = torch.bmm(weights[:, None, :], self.prob).squeeze(1)
+        elif cands is None:
+            groups, counts = torch.unique_consecutive(items, return_counts=True)
+            group = torch.repeat_interleave(torch.arange(len(groups), device=items.device), counts)
+            first = torch.cumsum(counts, 0) - counts
+            pos = torch.arange(len(items), device=items.device) - first[group]
+            padded = weights.new_zeros(len(groups), int(counts.max()), weights.shape[1])
+            padded[group, pos] = weights
+            mass = torch.bmm(padded, self.prob[groups])[group, pos]  # [R, V]
+        else:
+            known = cands < self.prob.shape[-1]  # ids the CTC head has no class for: probability 0
+            columns = self.prob[items[:, None], :, cands.masked_fill(~known, 0)]  # [R, P, T]
+            mass = (columns @ weights[:, :, None]).squeeze(-1).masked_fill(~known, 0.0)
         psi = mass.log() + top
         if length > 0:  # repeating the last label needs a blank in between: only paths now in a blank
             rb = self._shift(r[..., 1], NEG_INF)
             x_last = self._column(items, last).masked_fill(~self.valid[items], NEG_INF)
-            psi = psi.scatter(1, last[:, None], torch.logsumexp(rb + x_last, dim=1)[:, None])
+            repeat = torch.logsumexp(rb + x_last, dim=1)
+            psi = (psi.scatter(1, last[:, None], repeat[:, None]) if cands is None
+                   else torch.where(cands == last[:, None], repeat[:, None], psi))
         end = (self.lengths[items] - 1).clamp(min=0)
         r_end = r.gather(1, end[:, None, None].expand(-1, 1, 2)).squeeze(1)
-        psi[:, eos_id] = torch.logaddexp(r_end[:, 0], r_end[:, 1])
-        psi[:, self.blank] = NEG_INF
-        return psi
+        whole = torch.logaddexp(r_end[:, 0], r_end[:, 1])
+        if cands is None:
+            psi[:, eos_id] = whole
+            psi[:, self.blank] = NEG_INF
+            return psi
+        psi = torch.where(cands == eos_id, whole[:, None], psi)
+        return psi.masked_fill(cands == self.blank, NEG_INF)
 
     def extend(self, r: torch.Tensor, items: torch.Tensor, length: int, last: torch.Tensor,
                labels: torch.Tensor) -> torch.Tensor:
@@ -95,15 +110,31 @@ class CTCPrefixScorer:
         return torch.stack([r_n, r_b], dim=-1)
 
 
+def candidates(gpt_lp: torch.Tensor, pre_beam: int, eos_id: int) -> torch.Tensor | None:
+    """The ids whose CTC prefix score is computed at a step (ESPnet's partial scoring): each row's
+    `pre_beam` best by the GPT, and EOS (so that a line can always end where the CTC head says it does).
+    None (score every id) when pre_beam is 0 or covers the vocabulary. A repeated EOS column is moved to an
+    id the GPT rules out, so that no hypothesis is counted twice."""
+    V = gpt_lp.shape[-1]
+    if pre_beam <= 0 or pre_beam + 1 >= V:
+        return None
+    top = gpt_lp.topk(pre_beam, dim=-1).indices
+    eos = torch.full_like(top[:, :1], eos_id)
+    eos = torch.where((top == eos_id).any(1, keepdim=True), gpt_lp.argmin(-1, keepdim=True), eos)
+    return torch.cat([top, eos], dim=1)
+
+
 @torch.no_grad()
 def joint_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_id: int, max_new_tokens: int,
                  ctc_log_probs: torch.Tensor, ctc_lengths: torch.Tensor, ctc_weight: float = 0.5, beam: int = 4,
-                 use_cache: bool = True, suppress: tuple[int, ...] = ()) -> list[tuple[list[int], list[float]]]:
+                 use_cache: bool = True, suppress: tuple[int, ...] = (),
+                 pre_beam: int = 0) -> list[tuple[list[int], list[float]]]:
     """-> per item the best hypothesis (ids without EOS, the GPT's per-token log-probs incl. EOS).
 
     All live hypotheses have the same length at a step, so scores compare without length normalisation;
     an item stops once its best finished hypothesis beats every live one (scores only fall as a
-    hypothesis grows)."""
+    hypothesis grows). `pre_beam` P > 0: only each hypothesis' P best ids by the GPT (+ EOS) are scored
+    by the CTC head and can extend it (`candidates`); 0 scores the whole vocabulary (exact search)."""
     B, K, w = prefix.shape[0], beam, ctc_weight
     scorer = CTCPrefixScorer(ctc_log_probs, ctc_lengths)
     st = _Stepper(gpt, prefix, prefix_mask, attach_layer, bos_id, use_cache)
@@ -116,25 +147,28 @@ def joint_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_i
     items = torch.arange(B, device=dev)  # the item of each row
     for t in range(max_new_tokens):
         last = torch.tensor([ids[-1] if ids else 0 for beams in live.values() for _, _, ids, _ in beams], device=dev)
-        gpt_lp = _log_probs(logits, suppress).double()  # [R, V]
+        gpt_lp = _log_probs(logits, suppress).double()  # [R, V]; suppressed ids are -inf
         V = gpt_lp.shape[-1]
-        psi = scorer.scores(r, items, t, last, eos_id)
-        if psi.shape[1] < V:  # a GPT vocabulary wider than the tokenizer's: ids the CTC head never emits
-            psi = torch.cat([psi, psi.new_full((psi.shape[0], V - psi.shape[1]), NEG_INF)], dim=1)
+        cands = candidates(gpt_lp, pre_beam, eos_id)
+        psi = scorer.scores(r, items, t, last, eos_id, cands)
+        if cands is None:
+            cands = torch.arange(V, device=dev).expand(len(items), V)
+            if psi.shape[1] < V:  # a GPT vocabulary wider than the tokenizer's: ids the CTC head never emits
+                psi = torch.cat([psi, psi.new_full((psi.shape[0], V - psi.shape[1]), NEG_INF)], dim=1)
         gpt_sum = torch.tensor([g for beams in live.values() for _, g, _, _ in beams], device=dev,
                                dtype=torch.float64)
-        joint = w * psi + (1 - w) * (gpt_sum[:, None] + gpt_lp)
-        for tok in suppress:
-            joint[:, tok] = NEG_INF
+        joint = w * psi + (1 - w) * (gpt_sum[:, None] + gpt_lp.gather(1, cands))
+        P = cands.shape[1]
         parents, labels, new_live, row = [], [], {}, 0
         for b, beams in live.items():
             n = len(beams)
-            vals, idx = joint[row:row + n].flatten().topk(min(2 * K, n * V))
+            vals, idx = joint[row:row + n].flatten().topk(min(2 * K, n * P))
+            toks = cands[row:row + n].flatten()[idx].tolist()
             nxt = []
-            for v, i in zip(vals.tolist(), idx.tolist()):
+            for v, i, tok in zip(vals.tolist(), idx.tolist(), toks):
                 if v == NEG_INF:
                     break
-                p, tok = divmod(i, V)
+                p = i // P
                 _, g, ids, lps = beams[p]
                 lp = gpt_lp[row + p, tok].item()
                 if tok == eos_id:
@@ -163,3 +197,130 @@ def joint_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_i
         best = max(finished[b], key=lambda h: h[0]) if finished[b] else (0.0, [], [])
         out.append((best[1], best[2]))
     return out
+
+
+def _ctc_best_path(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+    """Each line's most likely CTC frame labels (its valid frames only)."""
+    best = log_probs.argmax(-1).tolist()
+    return [row[:n] for row, n in zip(best, lengths.tolist())]
+
+
+def _collapse(path: list[int], skip: set[int], after: int | None = None) -> list[int]:
+    """Labels of a frame path (repeats merged, `skip` ids dropped); `after`: the run of this label the path
+    starts in belongs to the prefix already written and is left out."""
+    out, prev = [], after
+    for p in path:
+        if p != prev and p not in skip:
+            out.append(p)
+        prev = p
+    return out
+
+
+@torch.no_grad()
+def joint_greedy(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_id: int, max_new_tokens: int,
+                 ctc_log_probs: torch.Tensor, ctc_lengths: torch.Tensor, ctc_weight: float = 0.5,
+                 suppress: tuple[int, ...] = (), rounds: int = 8,
+                 use_cache: bool = True) -> list[tuple[list[int], list[float]]]:
+    """Greedy joint CTC / GPT decoding, the result of `joint_search(beam=1)`, at a fraction of its cost.
+
+    Why: stepping the GPT one token at a time is what joint decoding pays for, and the CTC head's own
+    reading is nearly always what the joint score picks. So the CTC head's reading is a *draft* that the GPT
+    checks in one parallel pass over all lines (speculative decoding with the CTC head as the draft model):
+    walking the draft, each position's joint argmax is computed exactly as the stepwise search does; a line
+    keeps its draft up to the first position where the argmax differs, takes the argmax there, and gets a
+    new draft for the rest (the CTC head's best path after the frame where its prefix most likely ends).
+    Lines still open after `rounds` checks are finished by the stepwise search. Drafts only decide how
+    much work is done, never the result."""
+    B, dev = prefix.shape[0], prefix.device
+    scorer = CTCPrefixScorer(ctc_log_probs, ctc_lengths)
+    paths = _ctc_best_path(ctc_log_probs, ctc_lengths)
+    skip = {scorer.blank, bos_id, eos_id, *suppress}
+    state = _Walk([_collapse(p, skip) for p in paths], scorer.initial(), torch.zeros(B, dtype=torch.long, device=dev))
+    for _ in range(rounds):
+        todo = [b for b in range(B) if not state.done[b]]
+        if not todo:
+            break
+        seqs = [(state.accepted[b] + state.drafts[b])[:max_new_tokens] for b in todo]
+        L = min(max(len(s) for s in seqs), max_new_tokens - 1) + 1  # BOS + the tokens whose successor is scored
+        ids = torch.full((len(todo), L), bos_id, dtype=torch.long, device=dev)
+        text_mask = torch.zeros(len(todo), L, dtype=torch.bool, device=dev)
+        for k, seq in enumerate(seqs):
+            ids[k, 1:min(len(seq), L - 1) + 1] = torch.tensor(seq[:L - 1], dtype=torch.long, device=dev)
+            text_mask[k, :min(len(seq), L - 1) + 1] = True
+        rows = torch.tensor(todo, device=dev)
+        logits, _ = gpt(ids, attention_mask=text_mask, prefix=prefix[rows], prefix_mask=prefix_mask[rows],
+                        attach_layer=attach_layer)
+        gpt_lp = _log_probs(logits, suppress).double()  # [n, L, V]: position j scores the j-th token
+        sub = CTCPrefixScorer(ctc_log_probs[rows], ctc_lengths[rows])  # one row per line being checked
+        state.walk(sub, gpt_lp, todo, seqs, paths, skip, ctc_weight, eos_id, max_new_tokens)
+    rest = [b for b in range(B) if not state.done[b]]
+    if rest:  # lines whose drafts kept missing: the stepwise search, from the start
+        idx = torch.tensor(rest, device=dev)
+        out = joint_search(gpt, prefix[idx], prefix_mask[idx], attach_layer, bos_id, eos_id, max_new_tokens,
+                           ctc_log_probs[idx], ctc_lengths[idx], ctc_weight=ctc_weight, beam=1,
+                           use_cache=use_cache, suppress=suppress)
+        for b, (ids_b, lps_b) in zip(rest, out):
+            state.accepted[b], state.lps[b] = ids_b, lps_b
+    return list(zip(state.accepted, state.lps))
+
+
+class _Walk:
+    """joint_greedy's lines between checks: what each has written (ids, GPT log-probs, its CTC state r and
+    last id at that point), whether it has ended, and its current draft."""
+
+    def __init__(self, drafts: list[list[int]], r: torch.Tensor, last: torch.Tensor):
+        B = len(drafts)
+        self.drafts, self.r, self.last = drafts, r, last
+        self.accepted: list[list[int]] = [[] for _ in range(B)]
+        self.lps: list[list[float]] = [[] for _ in range(B)]
+        self.done = [False] * B
+
+    def walk(self, scorer, gpt_lp, todo, seqs, paths, skip, w, eos_id, max_new_tokens) -> None:
+        """Walk the lines `todo` on from what they have written, along their drafts, all at once, with the
+        joint score of the stepwise search; row k stops at its first decision off its draft (another id, EOS,
+        or the length limit), its CTC state then that of its prefix + the id it chose."""
+        n, L, V = gpt_lp.shape
+        dev = gpt_lp.device
+        rows, idx = torch.arange(n, device=dev), torch.tensor(todo, device=dev)
+        start = torch.tensor([len(self.accepted[b]) for b in todo], device=dev)
+        draft = torch.full((n, L + 1), -1, dtype=torch.long, device=dev)  # -1 after a draft's end: never chosen
+        for k, seq in enumerate(seqs):
+            draft[k, :min(len(seq), L)] = torch.tensor(seq[:L], dtype=torch.long, device=dev)
+        r, last = self.r[idx], self.last[idx]
+        alive = torch.ones(n, dtype=torch.bool, device=dev)
+        picked: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # per step: (made here, id, log-prob)
+        first = int(start.min()) == 0  # only a line's first check starts from the empty prefix (all together)
+        for step in range(L - int(start.min())):
+            pos = (start + step).clamp(max=L - 1)
+            psi = scorer.scores(r, rows, step if first else step + 1, last, eos_id)
+            if psi.shape[1] < V:
+                psi = torch.cat([psi, psi.new_full((n, V - psi.shape[1]), NEG_INF)], dim=1)
+            lp_all = gpt_lp[rows, pos]
+            tok = (w * psi + (1 - w) * lp_all).argmax(-1)  # the GPT's sum so far: the same for every id
+            lp = lp_all.gather(1, tok[:, None]).squeeze(1)
+            picked.append((alive, tok, lp))
+            stop = alive & ((tok != draft[rows, pos]) | (tok == eos_id) | (pos + 1 >= max_new_tokens))
+            grow = alive & (tok != eos_id)
+            r = torch.where(grow[:, None, None], scorer.extend(r, rows, step if first else step + 1, last, tok), r)
+            last = torch.where(grow, tok, last)
+            alive = alive & ~stop
+            if not bool(alive.any()):
+                break
+        self.r[idx], self.last[idx] = r, last
+        made = torch.stack([a for a, _, _ in picked], 1).tolist()
+        toks = torch.stack([t for _, t, _ in picked], 1).tolist()
+        lps = torch.stack([x for _, _, x in picked], 1).tolist()
+        for k, b in enumerate(todo):
+            for here, tok, lp in zip(made[k], toks[k], lps[k]):
+                if not here:
+                    break
+                self.lps[b].append(lp)
+                if tok == eos_id:
+                    self.done[b] = True
+                    break
+                self.accepted[b].append(tok)
+            if not self.done[b] and len(self.accepted[b]) >= max_new_tokens:  # out of length: ends as it is
+                self.done[b] = True
+            if not self.done[b]:  # off its draft: the CTC head's reading from where its prefix ends
+                t_end = int(r[k, :, 0].argmax())
+                self.drafts[b] = _collapse(paths[b][t_end + 1:], skip, after=self.accepted[b][-1])
