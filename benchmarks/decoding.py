@@ -1,60 +1,239 @@
-"""One checkpoint, the same lines, every way it can read: CER, WER and lines/s per decoding.
+"""Decoding speed and accuracy: every way one checkpoint reads, beside Tesseract and PP-OCRv6, on the same lines in
+one run.
 
-    python benchmarks/decoding.py --checkpoint shipped:ocr_default --data runs/demo/data --split test \
-        [--max-samples 200] [--joint-beams 1 2 4] [--joint-weights 0.3 0.5 0.7] [--out runs/bench_decoding]
+    python benchmarks/decoding.py [--checkpoint shipped:ocr_default] \
+        [--set print=runs/bench/print_heldout@test --set long=runs/data/ehri_lines@test:50] \
+        [--max-samples 200] [--batch-sizes 1 32] [--repeats 2] [--out runs/bench_decoding]
 
-Rows: the CTC head alone (greedy), the GPT alone (greedy), and joint CTC / GPT beam search
-(models/joint_decoding.py) at each beam x CTC weight. lines/s counts preprocessing + decoding, batch 32,
-on this machine's threads (OMP_NUM_THREADS). The demo's decoding reserve (JOINT_DECODE_LINES_PER_S in
-src/bridgeocr/demo.py) and the speed columns of docs/benchmarks.md come from this kind of run.
+A set is NAME=SOURCE[@SPLIT][:MIN_CHARS] (lines shorter than MIN_CHARS characters are left out: a long-line set);
+`--data SOURCE --split S` is one more set. `--joint-beams` x `--joint-weights` add joint rows at those beams and
+CTC weights (a sweep).
+Rows per set: the CTC head alone; the GPT alone (greedy); joint CTC / GPT beam search at the model's beam, with
+every id scored (exact) and with partial scoring (`--pre-beam`); `--fast` (joint at beam 1, draft and check);
+then Tesseract 5 (tesserocr, single-line mode) and PP-OCRv6 (rapidocr, recognition only) through
+benchmarks/peers.py, in `.venv-peers` when they are not importable here. Our lines/s count preprocessing and
+decoding (model loading and one warm-up batch are not timed), at each batch size; the peers read one line per
+call, so their lines/s do not depend on it. `--repeats` runs every timing that many times: the table gives
+the mean and the half range, the run-to-run noise to read any difference against. A length table gives the
+default decoding's milliseconds per line and per character by line length (is the cost linear?).
+The goals of issue 15 are checked at the end against the numbers measured here.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import torch
 
-from bridgeocr.data.sources import open_source
-from bridgeocr.eval.evaluate import evaluate_model, load_checkpoint
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers  # noqa: E402  (benchmarks/peers.py: the peers and how to run them)
+
+from bridgeocr.data.sources import open_source  # noqa: E402
+from bridgeocr.eval.evaluate import evaluate_model, load_checkpoint  # noqa: E402
+from bridgeocr.eval.metrics import cer, wer  # noqa: E402
+
+DEFAULT_SETS = ("print=runs/bench/print_heldout@test", "long=runs/data/ehri_lines@test:50")
+LENGTH_BINS = ((0, 30), (30, 60), (60, 1000))
+
+
+def parse_set(spec: str) -> tuple[str, str, str | None, int]:
+    """NAME=SOURCE[@SPLIT][:MIN_CHARS] -> (name, source, split, min_chars)."""
+    name, _, rest = spec.partition("=")
+    if not rest:
+        raise SystemExit(f"--set {spec!r}: expected NAME=SOURCE[@SPLIT][:MIN_CHARS]")
+    min_chars = 0
+    head, colon, tail = rest.rpartition(":")
+    if colon and tail.isdigit():
+        rest, min_chars = head, int(tail)
+    source, _, split = rest.partition("@")
+    return name, source, split or None, min_chars
+
+
+def machine() -> dict:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "load_before": os.getloadavg()[0], "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def decodings(model, pre_beam: int, beams=None, weights=None) -> list[tuple]:
+    """(label, decoding, beam, pre_beam, CTC weight) of every way the model reads; the model's default first."""
+    if model.ctc_head is None:
+        return [("GPT greedy (default)", "gpt", 1, None, None)]
+    beam, weight = model.cfg.joint_beam, model.cfg.joint_ctc_weight
+    default = model.decoding_for(None)
+    rows = [(f"joint beam {beam}, exact", "joint", beam, 0, None),
+            (f"joint beam {beam}, pre-beam {pre_beam}", "joint", beam, pre_beam, None),
+            ("fast (joint beam 1, draft and check)", "fast", None, None, None),
+            ("GPT greedy", "gpt", 1, None, None),
+            ("CTC head", "ctc", None, None, None)]
+    rows = [(label + (" (default)" if how == default and (how != "joint" or pb == model.cfg.joint_pre_beam)
+                      else ""), how, b, pb, w) for label, how, b, pb, w in rows]
+    sweep = [(b, w) for b in (beams or [beam]) for w in (weights or [weight]) if (b, w) != (beam, weight)]
+    return rows + [(f"joint beam {b}, CTC weight {w:g}", "joint", b, None, w) for b, w in sweep]
+
+
+def read_ours(model, image_cfg, lines, how, beam, pre_beam, batch_size, weight=None) -> dict:
+    saved = model.cfg.joint_pre_beam, model.cfg.joint_ctc_weight
+    if pre_beam is not None:
+        model.cfg.joint_pre_beam = pre_beam
+    if weight is not None:
+        model.cfg.joint_ctc_weight = weight
+    try:
+        res = evaluate_model(model, lines, image_cfg, beam=beam, batch_size=batch_size, progress=False,
+                             decoding=how)
+    finally:
+        model.cfg.joint_pre_beam, model.cfg.joint_ctc_weight = saved
+    return res
+
+
+def spread(xs: list[float]) -> str:
+    mean = statistics.fmean(xs)
+    return f"{mean:.1f}" + (f" ± {(max(xs) - min(xs)) / 2:.1f}" if len(xs) > 1 else "")
+
+
+def run_set(name, source, split, min_chars, args, model, image_cfg, tmp: Path) -> dict:
+    lines = [s for s in open_source(source, split) if len(s.text.strip()) >= max(1, min_chars)]
+    lines = lines[: args.max_samples or None]
+    chars = sum(len(s.text) for s in lines)
+    print(f"\n## {name}: {source}@{split or 'all'}, {len(lines)} lines (>= {min_chars} chars), "
+          f"{chars / max(1, len(lines)):.0f} chars per line", flush=True)
+    rows = []
+    read_ours(model, image_cfg, lines[:4], "ctc" if model.ctc_head is not None else "gpt", 1, None, 4)  # warm-up
+    for label, how, beam, pb, weight in decodings(model, args.pre_beam, args.joint_beams, args.joint_weights):
+        for bs in args.batch_sizes:
+            speeds, res = [], None
+            for _ in range(args.repeats):
+                res = read_ours(model, image_cfg, lines, how, beam, pb, bs, weight)
+                speeds.append(res["lines_per_s"])
+            rows.append({"system": f"bridgeocr {label}", "batch": bs, "lines": res["n"], "cer": res["cer"],
+                         "wer": res["wer"], "lines_per_s": speeds, "decoding": res["decoding"]})
+            print(f"  {label}, batch {bs}: CER {res['cer']:.4f}, {spread(speeds)} lines/s", flush=True)
+    ids, paths, refs = peers._lines(source, split, None, tmp)
+    keep = {s.id for s in lines}
+    picked = [(p, r) for i, p, r in zip(ids, paths, refs) if i in keep]
+    for peer in peers.PEERS:
+        try:
+            speeds, texts = [], None
+            for _ in range(args.repeats):
+                texts, seconds, engine = peers._run_peer(peer, [p for p, _ in picked], tmp, args.peer_python, 2)
+                speeds.append(len(picked) / seconds)
+        except RuntimeError as exc:
+            print(f"  {peer}: skipped ({exc})", flush=True)
+            continue
+        ref = [r for _, r in picked]
+        rows.append({"system": engine, "batch": 1, "lines": len(picked), "cer": cer(ref, texts),
+                     "wer": wer(ref, texts), "lines_per_s": speeds, "decoding": peer})
+        print(f"  {engine}: CER {rows[-1]['cer']:.4f}, {spread(speeds)} lines/s", flush=True)
+    lengths = []
+    default = decodings(model, args.pre_beam)[0]
+    for lo, hi in LENGTH_BINS:
+        part = [s for s in lines if lo <= len(s.text) < hi]
+        if len(part) >= 8:
+            res = read_ours(model, image_cfg, part, default[1], default[2], default[3], max(args.batch_sizes))
+            per_line = 1000 / res["lines_per_s"]
+            n_chars = sum(len(s.text) for s in part) / len(part)
+            lengths.append({"chars": f"{lo}-{hi if hi < 1000 else 'max'}", "lines": len(part),
+                            "mean_chars": n_chars, "ms_per_line": per_line, "ms_per_char": per_line / n_chars})
+    return {"set": name, "source": source, "split": split, "min_chars": min_chars, "lines": len(lines),
+            "chars_per_line": chars / max(1, len(lines)), "rows": rows, "lengths": lengths}
+
+
+def table(result: dict) -> str:
+    out = [f"\n### {result['set']} ({result['lines']} lines, {result['chars_per_line']:.0f} chars per line)\n",
+           "| system | batch | CER | WER | lines/s |", "|---|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        out.append(f"| {r['system']} | {r['batch']} | {r['cer']:.4f} | {r['wer']:.4f} | {spread(r['lines_per_s'])} |")
+    if result["lengths"]:
+        out += ["", "| line length (chars) | lines | mean chars | ms per line | ms per char |", "|---|---:|---:|---:|---:|"]
+        out += [f"| {x['chars']} | {x['lines']} | {x['mean_chars']:.0f} | {x['ms_per_line']:.1f} | "
+                f"{x['ms_per_char']:.2f} |" for x in result["lengths"]]
+    return "\n".join(out)
+
+
+def goals(result: dict, batch: int) -> list[str]:
+    """Issue 15's goals on one set, from the rows measured."""
+    rows = {r["system"]: r for r in result["rows"] if r["batch"] in (batch, 1)}
+    tess = next((r for r in result["rows"] if r["decoding"] == "tesseract"), None)
+    ours = [r for r in result["rows"] if r["system"].startswith("bridgeocr") and r["batch"] == batch]
+    default = next((r for r in ours if "(default)" in r["system"]), None)
+    exact = next((r for r in ours if r["system"].endswith("exact") or r["system"].endswith("exact (default)")), None)
+    ctc = next((r for r in ours if "CTC head" in r["system"]), None)
+    if tess is None or default is None or not rows:
+        return [f"{result['set']}: no Tesseract row, goals not checked"]
+    t = statistics.fmean(tess["lines_per_s"])
+    out = []
+    for r in (x for x in ours if x["decoding"].startswith("joint")):
+        speed = statistics.fmean(r["lines_per_s"]) / t
+        worse = (r["cer"] / exact["cer"] - 1) if exact and exact["cer"] > 0 else 0.0
+        ok = speed >= 1.0 and worse <= 0.02
+        out.append(f"{result['set']}, batch {batch}: {r['system']}: {speed:.2f}x Tesseract's lines/s, CER "
+                   f"{worse:+.1%} vs exact joint -> {'met' if ok else 'missed'} (goal >= 1.0x, <= +2 %)")
+    if ctc is not None:
+        speed = statistics.fmean(ctc["lines_per_s"]) / t
+        out.append(f"{result['set']}, batch {batch}: CTC head {speed:.2f}x Tesseract -> "
+                   f"{'met' if speed >= 3 else 'missed'} (goal >= 3x)")
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default="shipped:ocr_default")
-    ap.add_argument("--data", default="runs/demo/data", metavar="SOURCE")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--max-samples", type=int, default=200, help="first N lines of the split (0: all)")
-    ap.add_argument("--joint-beams", type=int, nargs="+", default=[1, 4])
-    ap.add_argument("--joint-weights", type=float, nargs="+", default=[0.5])
-    ap.add_argument("--out", default=None, help="folder for decoding.json (default: print only)")
+    ap.add_argument("--set", dest="sets", action="append", default=None, metavar="NAME=SOURCE[@SPLIT][:MIN_CHARS]",
+                    help=f"a line set (repeatable; default: {' '.join(DEFAULT_SETS)})")
+    ap.add_argument("--data", default=None, metavar="SOURCE", help="one more set: this source (with --split)")
+    ap.add_argument("--split", default="test", help="the split of --data (default test)")
+    ap.add_argument("--joint-beams", type=int, nargs="+", default=None, help="extra joint rows at these beams")
+    ap.add_argument("--joint-weights", type=float, nargs="+", default=None,
+                    help="... and these CTC weights (default: the model's)")
+    ap.add_argument("--max-samples", type=int, default=200, help="first N lines of each set (0: all)")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--pre-beam", type=int, default=16, help="the partial-scoring row's pre-beam (default 16)")
+    ap.add_argument("--repeats", type=int, default=2, help="timings per row (default 2: mean ± half range)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--peer-python", default=None, help="the peers' interpreter (default .venv-peers/bin/python)")
+    ap.add_argument("--out", default=None, help="folder for decoding.json and decoding.md (default: print only)")
     args = ap.parse_args()
 
-    model, image_cfg, _ = load_checkpoint(args.checkpoint)
-    source = list(open_source(args.data, args.split))[: args.max_samples or None]
-    runs: list[tuple[str, int | None, float | None]] = [("gpt", 1, None)]
-    if model.ctc_head is not None:
-        runs.insert(0, ("ctc", None, None))
-        runs += [("joint", b, w) for b in args.joint_beams for w in args.joint_weights]
-    rows = []
-    for decoding, beam, weight in runs:
-        if weight is not None:
-            model.cfg.joint_ctc_weight = weight
-        res = evaluate_model(model, source, image_cfg, beam=beam, progress=False, decoding=decoding)
-        rows.append({"decoding": res["decoding"], "lines": res["n"], "cer": res["cer"], "wer": res["wer"],
-                     "lines_per_s": res["lines_per_s"]})
-        print(f"{res['decoding']}: CER {res['cer']:.4f}, {res['lines_per_s']:.1f} lines/s", flush=True)
-    print(f"\n{args.checkpoint} on {args.data}@{args.split}, {torch.get_num_threads()} threads\n")
-    print("| decoding | lines | CER | WER | lines/s |\n|---|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['decoding']} | {r['lines']} | {r['cer']:.4f} | {r['wer']:.4f} | {r['lines_per_s']:.1f} |")
+    torch.set_num_threads(args.threads)
+    model, image_cfg, _ = load_checkpoint(args.checkpoint, device="cpu")
+    info = machine()
+    print(f"{args.checkpoint} on {info['cpu']}, {info['cores']} cores, {info['threads']} threads, load "
+          f"{info['load_before']:.2f}, {info['when']}", flush=True)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        specs = list(args.sets or ([] if args.data else DEFAULT_SETS))
+        specs += [f"data={args.data}@{args.split}"] if args.data else []
+        for spec in specs:
+            name, source, split, min_chars = parse_set(spec)
+            results.append(run_set(name, source, split, min_chars, args, model, image_cfg, Path(tmp)))
+    info["load_after"] = os.getloadavg()[0]
+    report = [f"{args.checkpoint}; {info['cpu']}, {info['cores']} cores, {info['threads']} threads; load average "
+              f"{info['load_before']:.2f} before, {info['load_after']:.2f} after; {info['when']}"]
+    report += [table(r) for r in results]
+    report += ["", "Goals (issue 15):"] + [f"- {g}" for r in results for b in args.batch_sizes for g in goals(r, b)]
+    text = "\n".join(report)
+    print("\n" + text)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "decoding.json").write_text(json.dumps({"checkpoint": args.checkpoint, "data": args.data,
-                                                       "split": args.split, "rows": rows}, indent=2))
+        (out / "decoding.json").write_text(json.dumps({"checkpoint": args.checkpoint, "machine": info,
+                                                       "sets": results}, indent=2))
+        (out / "decoding.md").write_text(text + "\n")
     return 0
 
 

@@ -189,3 +189,20 @@ def test_pre_beam_keeps_the_best_hypothesis_when_it_holds_it():
                     checked += 1
     assert checked >= 12
     assert changed > 0  # where it does not hold them, pruning changes readings: it is really pruning
+
+
+def test_fast_preset_is_joint_at_beam_1_and_refuses_a_wider_beam(capsys):
+    from bridgeocr.cli import main
+    from bridgeocr.eval.evaluate import describe_decoding
+
+    model = make_ocr()
+    imgs, mask = torch.rand(2, 1, 32, 96), torch.ones(2, 96, dtype=torch.bool)
+    assert model.read(imgs, mask, decoding="fast") == model.read(imgs, mask, decoding="joint", beam=1)
+    assert model.read(imgs, mask, decoding="fast", beam=4) == model.read(imgs, mask, decoding="joint", beam=1)
+    assert describe_decoding(model, "fast", None).startswith("joint CTC/GPT, beam 1")
+    headless = make_ocr(ctc_head=False)
+    assert headless.read(imgs, mask, decoding="fast") == headless.read(imgs, mask, decoding="gpt", beam=1)
+    with pytest.raises(SystemExit) as exc:
+        main(["recognize", "x.png", "--fast", "--beam", "3"])
+    assert exc.value.code == 2
+    assert "--fast reads with beam 1" in capsys.readouterr().err

@@ -132,7 +132,7 @@ class BridgeOCR:
     def decode(self, images, image_mask, beam: int | None = None,
                decoding: str | None = None) -> list[tuple[str, float]]:
         """One padded batch -> [(text, confidence)]: `decoding` gpt (greedy / beam), ctc (the encoder's CTC
-        head) or joint (both); None follows the model's `decoding` setting."""
+        head), joint (both) or fast (joint at beam 1, the speed preset); None follows the model's setting."""
         return [(h.text, float(h.confidence))
                 for h in self.model.read(images, image_mask, beam=beam, decoding=decoding)]
 

@@ -55,6 +55,11 @@ def add_decoding_args(p) -> None:
     how.add_argument("--joint", dest="decoding", action="store_const", const="joint",
                      help="beam search scored by the CTC head and the GPT together (model.joint_ctc_weight); "
                           "the most accurate, the slowest")
+    how.add_argument("--fast", dest="decoding", action="store_const", const="fast",
+                     help="the speed preset: joint decoding at beam 1, the CTC head's reading checked by the GPT in "
+                          "one parallel pass (~2x the lines/s of --joint on print and typewriting, at a small CER "
+                          "cost on hard handwriting: docs/benchmarks.md); a model without a CTC head reads with "
+                          "the GPT, greedy")
 
 
 def _add_data(sub):
@@ -344,7 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "decoding", None) == "fast" and getattr(args, "beam", None) not in (None, 1):
+        parser.error("--fast reads with beam 1: leave out --beam, or use --joint --beam N")
     kwargs = {key: getattr(args, key) for key in args.keys}
     try:
         code = _call(args.target, **kwargs)

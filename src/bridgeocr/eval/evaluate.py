@@ -247,12 +247,12 @@ def summary(result: dict) -> dict:
 
 def describe_decoding(model, decoding: str | None, beam: int | None) -> str:
     """How a read decodes, in words for logs and metrics.json ("CTC head", "GPT, beam 1", ...)."""
-    how = model.decoding_for(decoding)
+    how, beam = model.decoding_for(decoding), model.beam_for(decoding, beam)
     if how == "ctc":
         return "CTC head"
     if how == "joint":
-        return f"joint CTC/GPT, beam {model.beam_for(how, beam)}, CTC weight {model.cfg.joint_ctc_weight:g}"
-    return f"GPT, beam {model.beam_for(how, beam)}"
+        return f"joint CTC/GPT, beam {beam}, CTC weight {model.cfg.joint_ctc_weight:g}"
+    return f"GPT, beam {beam}"
 
 
 def source_has_splits(spec) -> bool:

@@ -51,7 +51,7 @@ class EncoderReader(nn.Module):
         return cls(encoder, head, load_tokenizer(path / "tokenizer.json"), str(path))
 
     def decoding_for(self, decoding: str | None = None) -> str:
-        if decoding not in (None, "ctc"):
+        if decoding not in (None, "ctc", "fast"):  # its CTC head is also its fastest reading
             raise ConfigError(f"{self.where}: an encoder directory reads with its CTC head only (--ctc), "
                               f"not {decoding!r}")
         return "ctc"

@@ -35,6 +35,9 @@ OCR_FORMAT = "bridgeocr-ocr"
 OCR_FORMAT_VERSION = 1
 DEFAULT_SPECIAL_IDS = {"pad_id": 0, "bos_id": 1, "eos_id": 2}  # CharTokenizer's, used without a tokenizer
 DECODINGS = ("gpt", "ctc", "joint")
+# the speed preset (`--fast`): greedy joint decoding, which checks the CTC head's reading with the GPT in one
+# parallel pass (models/joint_decoding.joint_greedy); its speed and CER cost are in docs/benchmarks.md
+FAST = "fast"
 
 __all__ = ["OCRModel", "OCROutput", "Hypothesis"]
 
@@ -168,29 +171,33 @@ class OCRModel(nn.Module):
         return ctc_read(self.encoder_tokens, self.ctc_head, images, image_mask, self.tokenizer)
 
     def decoding_for(self, decoding: str | None = None) -> str:
-        """The decoding a read uses: the one asked for, else `cfg.decoding` (gpt when it needs a missing head)."""
+        """The decoding a read uses: the one asked for, else `cfg.decoding` (gpt when it needs a missing head).
+        `fast` (a preset, FAST_DECODING) is joint decoding at beam 1, or the GPT's greedy one without a head."""
+        if decoding == FAST:
+            return "joint" if self.ctc_head is not None else "gpt"
         if decoding is None:
             decoding = self.cfg.decoding
             if decoding in ("ctc", "joint") and self.ctc_head is None:
                 decoding = "gpt"
         if decoding not in DECODINGS:
-            raise ConfigError(f"decoding: expected one of {', '.join(DECODINGS)}, got {decoding!r}")
+            raise ConfigError(f"decoding: expected one of {', '.join(DECODINGS + (FAST,))}, got {decoding!r}")
         return decoding
 
-    def beam_for(self, decoding: str, beam: int | None = None) -> int:
-        """The beam a read uses: the one asked for, else `cfg.joint_beam` (joint) or 1 (gpt)."""
-        return beam or (self.cfg.joint_beam if decoding == "joint" else 1)
+    def beam_for(self, decoding: str | None, beam: int | None = None) -> int:
+        """The beam a read uses: 1 for `fast`, else the one asked for, else `cfg.joint_beam` (joint) or 1 (gpt)."""
+        if decoding == FAST:
+            return 1
+        return beam or (self.cfg.joint_beam if self.decoding_for(decoding) == "joint" else 1)
 
     def read(self, images, image_mask, beam: int | None = None, decoding: str | None = None) -> list[Hypothesis]:
-        """Transcribe a batch: `decoding` gpt | ctc | joint, None = the model's `cfg.decoding`;
+        """Transcribe a batch: `decoding` gpt | ctc | joint | fast, None = the model's `cfg.decoding`;
         `beam` None = `beam_for`'s default."""
-        decoding = self.decoding_for(decoding)
-        if decoding == "ctc":
+        how, beam = self.decoding_for(decoding), self.beam_for(decoding, beam)
+        if how == "ctc":
             return self.ctc_decode(images, image_mask)
-        if decoding == "joint":
-            return self.generate(images, image_mask, beam=self.beam_for(decoding, beam),
-                                 ctc_weight=self.cfg.joint_ctc_weight)
-        return self.generate(images, image_mask, beam=self.beam_for(decoding, beam))
+        if how == "joint":
+            return self.generate(images, image_mask, beam=beam, ctc_weight=self.cfg.joint_ctc_weight)
+        return self.generate(images, image_mask, beam=beam)
 
     # ------------------------------------------------------------------------------------ save/load
 
