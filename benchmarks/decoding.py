@@ -66,7 +66,8 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": model, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": model, "gpu": gpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "load_before": os.getloadavg()[0], "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
@@ -126,7 +127,7 @@ def run_set(name, source, split, min_chars, args, model, image_cfg, tmp: Path) -
     ids, paths, refs = peers._lines(source, split, None, tmp)
     keep = {s.id for s in lines}
     picked = [(p, r) for i, p, r in zip(ids, paths, refs) if i in keep]
-    for peer in peers.PEERS:
+    for peer in () if args.no_peers else peers.PEERS:
         try:
             speeds, texts = [], None
             for _ in range(args.repeats):
@@ -206,11 +207,13 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2, help="timings per row (default 2: mean ± half range)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--peer-python", default=None, help="the peers' interpreter (default .venv-peers/bin/python)")
+    ap.add_argument("--no-peers", action="store_true", help="leave Tesseract and PP-OCRv6 out (e.g. on a GPU machine)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (ours only; the peers run on the CPU)")
     ap.add_argument("--out", default=None, help="folder for decoding.json and decoding.md (default: print only)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    model, image_cfg, _ = load_checkpoint(args.checkpoint, device="cpu")
+    model, image_cfg, _ = load_checkpoint(args.checkpoint, device=args.device)
     info = machine()
     print(f"{args.checkpoint} on {info['cpu']}, {info['cores']} cores, {info['threads']} threads, load "
           f"{info['load_before']:.2f}, {info['when']}", flush=True)

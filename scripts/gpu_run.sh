@@ -4,6 +4,8 @@
 #   here:  bash scripts/gpu_prepare.sh
 #   GPU:   device run, carry [".whl", ".devdata"], command "bash scripts/gpu_run.sh"
 # Knobs (environment): SETTINGS, MINUTES (per setting, default 2: the whole script fits a 10-minute call), N (lines, default 20000), BATCH (default 64).
+# DECODE=1: also decoding speed on the GPU (issue 15): `bridgeocr bench --device cuda --quick` and benchmarks/decoding.py
+# (the shipped model: CTC head, greedy GPT, joint, --fast) at batch 64, 256 and 1024 on 2,048 of the synthesised lines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -35,3 +37,8 @@ for path in sorted(Path(sys.argv[1]).glob("*/metrics.json")):
           f"{f(m['decode_lines_per_s'], '.0f')} | {f(m['val_cer'], '.4f')} | {f(m['test_cer'], '.4f')} | "
           f"{f(m['test_wer'], '.4f')} | {(m.get('test') or {}).get('decoding', '–')} | {m['precision']} |")
 PY
+if [ "${DECODE:-0}" = 1 ]; then
+  python3 -m bridgeocr.cli bench --device cuda --quick --out "$RUN/bench" | tail -n 20
+  python3 benchmarks/decoding.py --device cuda --no-peers --data "$RUN/data" --split test --max-samples 2048 \
+    --batch-sizes 64 256 1024 --repeats 2 --out "$RUN/decoding" | sed -n '/^shipped/,$p'
+fi

@@ -1,0 +1,55 @@
+"""benchmarks/decoding.py: every decoding of a model in one table, set specs, the goals read off the rows
+(a tiny model on box lines; no peer is run here)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from conftest import make_box_dataset, tiny_ocr_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("decoding_bench", ROOT / "benchmarks" / "decoding.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_set_specs(bench):
+    assert bench.parse_set("long=runs/data/ehri_lines@test:50") == ("long", "runs/data/ehri_lines", "test", 50)
+    assert bench.parse_set("p=data/m.tsv") == ("p", "data/m.tsv", None, 0)
+    assert bench.parse_set("w=C:/data@val") == ("w", "C:/data", "val", 0)  # a colon that is no length
+    with pytest.raises(SystemExit):
+        bench.parse_set("no-name")
+
+
+def test_every_decoding_in_one_table_and_the_goals(bench, tmp_path):
+    from bridgeocr.config import ImageConfig
+
+    make_box_dataset(tmp_path, n=12, splits=("test",))
+    model = tiny_ocr_model(ctc=True).eval()
+    model.cfg.decoding = "joint"  # as the shipped model reads
+    image_cfg = ImageConfig(height=16, width_multiple=4)
+    args = argparse.Namespace(max_samples=0, batch_sizes=[1, 4], repeats=2, pre_beam=3, joint_beams=[2],
+                              joint_weights=None, no_peers=True, peer_python=None)
+    result = bench.run_set("box", str(tmp_path / "manifest.tsv"), "test", 0, args, model, image_cfg, tmp_path)
+    systems = {r["system"] for r in result["rows"]}
+    assert {"bridgeocr CTC head", "bridgeocr GPT greedy", "bridgeocr fast (joint beam 1, draft and check)",
+            "bridgeocr joint beam 4, pre-beam 3", "bridgeocr joint beam 2, CTC weight 0.5"} <= systems
+    assert [s for s in systems if s.endswith("(default)")] == ["bridgeocr joint beam 4, exact (default)"]
+    assert all(r["lines"] == 12 and len(r["lines_per_s"]) == 2 for r in result["rows"])
+    assert "| bridgeocr CTC head | 4 |" in bench.table(result)
+    assert bench.goals(result, 4) == ["box: no Tesseract row, goals not checked"]
+    tess = {"system": "tesseract", "batch": 1, "lines": 12, "cer": 0.1, "wer": 0.2, "lines_per_s": [1e9],
+            "decoding": "tesseract"}
+    result["rows"].append(tess)
+    checked = bench.goals(result, 4)
+    assert checked and all(line.endswith(("missed (goal >= 1.0x, <= +2 %)", "missed (goal >= 3x)"))
+                           for line in checked)  # nothing reads at a billion lines/s
