@@ -105,7 +105,7 @@ def test_greedy_and_beam_stop_a_loop_after_its_first_copy(monkeypatch):
     plain = [3, 4, 5, 6, 5, 6, 5]  # "5 6" three times: not a loop at 4
     gpt = _ScriptedGPT([loop, plain], vocab, eos)
 
-    class Stepper(decoding._Stepper):
+    class ScriptedStepper(decoding.Stepper):
         def start(self):
             self.rows = torch.arange(self.prefix.shape[0])
             self.seqs = torch.full((len(self.rows), 1), self.bos)
@@ -116,7 +116,7 @@ def test_greedy_and_beam_stop_a_loop_after_its_first_copy(monkeypatch):
             self.rows = self.rows[parents]
             return gpt._logits(self.seqs, self.rows.tolist())[:, -1]
 
-    monkeypatch.setattr(decoding, "_Stepper", Stepper)
+    monkeypatch.setattr(decoding, "Stepper", ScriptedStepper)
     prefix, mask = torch.zeros(2, 1, 4), torch.ones(2, 1, dtype=torch.bool)
     args = (None, prefix, mask, 0, 1, eos, 60)
     off = decoding.greedy_search(*args)

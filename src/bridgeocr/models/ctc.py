@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from bridgeocr.models.stepping import Hypothesis
+
 BLANK = 0
 
 
@@ -51,7 +53,6 @@ def ctc_greedy_decode(logits: torch.Tensor, mask: torch.Tensor | None = None, bl
 def ctc_read(encoder, head: CTCHead, images: torch.Tensor, image_mask: torch.Tensor, tokenizer=None) -> list:
     """Greedy CTC over a padded batch -> [Hypothesis]: fast, no language model.
     Confidence = mean best-frame log-prob over the line's real frames."""
-    from bridgeocr.models.decoding import Hypothesis
 
     tokens, token_mask = encoder(images, image_mask)
     logits = head(tokens).float()

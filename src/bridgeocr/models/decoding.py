@@ -12,59 +12,13 @@ or a beam once its output repeats one unit that many times in a row, keeping the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
 
-from bridgeocr.models.decoder import StepCache
+from bridgeocr.errors import ConfigError
+from bridgeocr.models.joint_decoding import joint_greedy, joint_search
+from bridgeocr.models.stepping import Hypothesis, Stepper, log_probs
 
-
-@dataclass
-class Hypothesis:
-    ids: list[int]  # generated tokens, without BOS / EOS
-    text: str
-    confidence: float  # mean token log-prob
-
-
-class _Stepper:
-    """Feeds the decoder one token per row per step, with the cache or by full recomputation."""
-
-    def __init__(self, gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, use_cache: bool):
-        self.gpt, self.prefix, self.prefix_mask = gpt, prefix, prefix_mask
-        self.attach, self.bos, self.use_cache = attach_layer, bos_id, use_cache
-
-    def start(self) -> torch.Tensor:
-        B = self.prefix.shape[0]
-        self.rows = torch.arange(B, device=self.prefix.device)
-        self.seqs = torch.full((B, 1), self.bos, dtype=torch.long, device=self.prefix.device)
-        logits, cache = self.gpt(self.seqs, prefix=self.prefix, prefix_mask=self.prefix_mask,
-                                 attach_layer=self.attach)
-        self.cache = StepCache.from_prefill(cache) if self.use_cache else None
-        return logits[:, -1]
-
-    def step(self, parents: torch.Tensor, tokens: torch.Tensor, same_rows: bool = False) -> torch.Tensor:
-        """Row i of the next step continues row parents[i] of this one with tokens[i] -> logits [R, V].
-
-        same_rows: parents is every row in order, so the KV cache is used as it is (no copy)."""
-        self.seqs = torch.cat([self.seqs[parents], tokens[:, None]], dim=1)
-        self.rows = self.rows[parents]
-        if self.use_cache:
-            if not same_rows:
-                self.cache = self.cache.reorder(parents)
-            return self.gpt.step(tokens, self.cache)
-        else:
-            logits, _ = self.gpt(self.seqs, prefix=self.prefix[self.rows], prefix_mask=self.prefix_mask[self.rows],
-                                 attach_layer=self.attach)
-        return logits[:, -1]
-
-
-def _log_probs(logits: torch.Tensor, suppress: tuple[int, ...]) -> torch.Tensor:
-    """Log-softmax in float32 with never-generated ids (PAD, BOS) removed from the distribution."""
-    logits = logits.float()
-    if suppress:
-        logits = logits.index_fill(-1, torch.tensor(suppress, device=logits.device), float("-inf"))
-    return F.log_softmax(logits, dim=-1)
+__all__ = ["Hypothesis", "generate", "greedy_search", "beam_search", "repeat_tail"]
 
 
 def _mean(xs: list[float]) -> float:
@@ -97,13 +51,13 @@ def greedy_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_
     """-> per item (token ids without EOS, per-token log-probs incl. EOS). `stop_repeats` N > 1: a line whose
     output ends with a unit written N times in a row ends there, with one copy (`repeat_tail`)."""
     B = prefix.shape[0]
-    st = _Stepper(gpt, prefix, prefix_mask, attach_layer, bos_id, use_cache)
+    st = Stepper(gpt, prefix, prefix_mask, attach_layer, bos_id, use_cache)
     logits = st.start()
     ids: list[list[int]] = [[] for _ in range(B)]
     lps: list[list[float]] = [[] for _ in range(B)]
     alive = list(range(B))  # row r of the batch is item alive[r]
     for t in range(max_new_tokens):
-        lp, tok = _log_probs(logits, suppress).max(-1)
+        lp, tok = log_probs(logits, suppress).max(-1)
         ended = []
         for r, (b, lp_r, tok_r) in enumerate(zip(alive, lp.tolist(), tok.tolist())):  # one device sync per step
             lps[b].append(lp_r)
@@ -131,12 +85,12 @@ def beam_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_id
                 suppress: tuple[int, ...] = (), stop_repeats: int = 0) -> list[tuple[list[int], list[float]]]:
     """-> per item the best hypothesis (ids without EOS, per-token log-probs); `stop_repeats` as in greedy."""
     B, K = prefix.shape[0], beam
-    st = _Stepper(gpt, prefix, prefix_mask, attach_layer, bos_id, use_cache)
+    st = Stepper(gpt, prefix, prefix_mask, attach_layer, bos_id, use_cache)
     logits = st.start()
     live = {b: [(0.0, [], [])] for b in range(B)}  # item -> beams (sum log-prob, ids, log-probs); rows in order
     finished: dict[int, list] = {b: [] for b in range(B)}  # item -> (normalised score, ids, log-probs)
     for t in range(max_new_tokens):
-        logp = _log_probs(logits, suppress)
+        logp = log_probs(logits, suppress)
         V = logp.shape[-1]
         parents, tokens, new_live, row = [], [], {}, 0
         for b, beams in live.items():
@@ -204,9 +158,6 @@ def generate(model, images, image_mask, beam: int = 1, max_new_tokens: int | Non
         suppress = tuple(sorted({model.pad_id, model.bos_id} - {model.eos_id}))
         stop = int(getattr(model.cfg, "stop_repeats", 0) or 0)
         if ctc_weight > 0:
-            from bridgeocr.errors import ConfigError
-            from bridgeocr.models.joint_decoding import joint_greedy, joint_search
-
             if model.ctc_head is None:
                 raise ConfigError("joint decoding needs the encoder's CTC head (train with model.ctc_head=true)")
             ctc_lp = model.ctc_head(enc).float().log_softmax(-1)

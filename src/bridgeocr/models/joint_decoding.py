@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from bridgeocr.models.decoding import _log_probs, _Stepper
+from bridgeocr.models.stepping import Stepper, log_probs
 
 NEG_INF = float("-inf")
 
@@ -137,7 +137,7 @@ def joint_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_i
     by the CTC head and can extend it (`candidates`); 0 scores the whole vocabulary (exact search)."""
     B, K, w = prefix.shape[0], beam, ctc_weight
     scorer = CTCPrefixScorer(ctc_log_probs, ctc_lengths)
-    st = _Stepper(gpt, prefix, prefix_mask, attach_layer, bos_id, use_cache)
+    st = Stepper(gpt, prefix, prefix_mask, attach_layer, bos_id, use_cache)
     logits = st.start()
     dev = logits.device
     # per item: live beams (joint score, GPT log-prob sum, ids, GPT log-probs per token); rows in item order
@@ -147,7 +147,7 @@ def joint_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_i
     items = torch.arange(B, device=dev)  # the item of each row
     for t in range(max_new_tokens):
         last = torch.tensor([ids[-1] if ids else 0 for beams in live.values() for _, _, ids, _ in beams], device=dev)
-        gpt_lp = _log_probs(logits, suppress).double()  # [R, V]; suppressed ids are -inf
+        gpt_lp = log_probs(logits, suppress).double()  # [R, V]; suppressed ids are -inf
         V = gpt_lp.shape[-1]
         cands = candidates(gpt_lp, pre_beam, eos_id)
         psi = scorer.scores(r, items, t, last, eos_id, cands)
@@ -250,7 +250,7 @@ def joint_greedy(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_i
         rows = torch.tensor(todo, device=dev)
         logits, _ = gpt(ids, attention_mask=text_mask, prefix=prefix[rows], prefix_mask=prefix_mask[rows],
                         attach_layer=attach_layer)
-        gpt_lp = _log_probs(logits, suppress).double()  # [n, L, V]: position j scores the j-th token
+        gpt_lp = log_probs(logits, suppress).double()  # [n, L, V]: position j scores the j-th token
         sub = CTCPrefixScorer(ctc_log_probs[rows], ctc_lengths[rows])  # one row per line being checked
         state.walk(sub, gpt_lp, todo, seqs, paths, skip, ctc_weight, eos_id, max_new_tokens)
     rest = [b for b in range(B) if not state.done[b]]
