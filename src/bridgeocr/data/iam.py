@@ -25,8 +25,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bridgeocr.data.sample import LineSample
-from bridgeocr.data.sources import LineSource
+from bridgeocr.data.sample import LineSample, LineSource
 from bridgeocr.errors import DataError
 
 SPLIT_FILES = {

@@ -59,7 +59,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from bridgeocr.data.sample import LineSample, load_line_image
+from bridgeocr.data.manifest import read_split_file
+from bridgeocr.data.sample import LineSample, LineSource, canonical_split, load_line_image
 from bridgeocr.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -609,9 +610,6 @@ def open_layout(spec, split: str | None = None, *, split_file=None, strict: bool
     See the module docstring. `split`: None for every line, else train/val/test. `strict`: raise the
     first problem as a DataError instead of recording it. `.skipped`: lines left out, by reason.
     """
-    from bridgeocr.data.manifest import read_split_file
-    from bridgeocr.data.sources import LineSource, canonical_split
-
     if split_by not in ("page", "document"):
         raise DataError(str(spec), f"split_by must be 'page' or 'document', got {split_by!r}")
     spec = Path(spec)

@@ -21,8 +21,7 @@ import json
 import os
 from pathlib import Path
 
-from bridgeocr.data.sample import LineSample
-from bridgeocr.data.sources import LineSource, canonical_split
+from bridgeocr.data.sample import LineSample, LineSource, canonical_split
 from bridgeocr.errors import DataError
 
 AUTO_SPLIT_FILES = {"manifest.tsv": "split.tsv", "manifest.jsonl": "split.tsv",

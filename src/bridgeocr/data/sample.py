@@ -1,7 +1,9 @@
-"""The one small type every source yields, and the batch every model eats."""
+"""The one small type every source yields (LineSample), the list a source is (LineSource), and the batch
+every model eats."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,3 +136,40 @@ class Batch:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+
+# split names as written in split files -> our canonical names
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                 "dev": "val", "test": "test", "testing": "test"}
+
+
+def canonical_split(name: str) -> str:
+    return SPLIT_ALIASES.get(name.strip().lower(), name.strip().lower())
+
+
+class LineSource(Sequence):
+    """A list of `LineSample`s plus what went wrong while reading it.
+
+    `.name`: a short label; `.missing`: entries the split names that could not be found (unknown id,
+    absent image file); `.problems`: one-line messages naming file and line.
+    """
+
+    def __init__(self, samples: list[LineSample], name: str, missing: int = 0,
+                 problems: list[str] | None = None, root: Path | None = None, split: str | None = None):
+        self.samples = list(samples)
+        self.name = name
+        self.missing = missing
+        self.problems = list(problems or [])
+        self.root = root
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            return LineSource(self.samples[idx], self.name, self.missing, self.problems, self.root, self.split)
+        return self.samples[idx]
+
+    def __repr__(self) -> str:
+        return f"LineSource({self.name!r}, {len(self)} lines, missing={self.missing}, problems={len(self.problems)})"

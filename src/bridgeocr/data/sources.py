@@ -10,48 +10,15 @@ files, a list file of `.xml` paths (`.lst`, or a `.txt` whose first entry is one
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
-from bridgeocr.data.sample import LineSample
+from bridgeocr.data.iam import open_iam
+from bridgeocr.data.layout import is_layout_list, looks_like_layout_dir, open_layout
+from bridgeocr.data.manifest import open_manifest
+from bridgeocr.data.sample import SPLIT_ALIASES, LineSample, LineSource, canonical_split
 from bridgeocr.errors import DataError
 
-# split names as written in split files -> our canonical names
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                 "dev": "val", "test": "test", "testing": "test"}
-
-
-def canonical_split(name: str) -> str:
-    return SPLIT_ALIASES.get(name.strip().lower(), name.strip().lower())
-
-
-class LineSource(Sequence):
-    """A list of `LineSample`s plus what went wrong while reading it.
-
-    `.name`: a short label; `.missing`: entries the split names that could not be found (unknown id,
-    absent image file); `.problems`: one-line messages naming file and line.
-    """
-
-    def __init__(self, samples: list[LineSample], name: str, missing: int = 0,
-                 problems: list[str] | None = None, root: Path | None = None, split: str | None = None):
-        self.samples = list(samples)
-        self.name = name
-        self.missing = missing
-        self.problems = list(problems or [])
-        self.root = root
-        self.split = split
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, idx):
-        if isinstance(idx, slice):
-            return LineSource(self.samples[idx], self.name, self.missing, self.problems, self.root, self.split)
-        return self.samples[idx]
-
-    def __repr__(self) -> str:
-        return f"LineSource({self.name!r}, {len(self)} lines, missing={self.missing}, problems={len(self.problems)})"
-
+__all__ = ["open_source", "LineSource", "LineSample", "canonical_split", "SPLIT_ALIASES"]
 
 def open_source(spec, split: str | None = None, *, split_file=None, iam_split_dir=None,
                 drop_err: bool = False, strict: bool = False, allow_outside: bool = False,
@@ -72,7 +39,6 @@ def open_source(spec, split: str | None = None, *, split_file=None, iam_split_di
         raise DataError(str(path), "data source not found")
     if path.is_dir():
         if (path / "ascii" / "lines.txt").is_file():
-            from bridgeocr.data.iam import open_iam
 
             return open_iam(path, split, split_dir=iam_split_dir, drop_err=drop_err)
         for name in ("manifest.tsv", "manifest.jsonl", "labels.tsv"):
@@ -80,7 +46,6 @@ def open_source(spec, split: str | None = None, *, split_file=None, iam_split_di
                 path = path / name
                 break
         else:
-            from bridgeocr.data.layout import looks_like_layout_dir
 
             if looks_like_layout_dir(path):
                 return _open_layout(path, split, split_file, strict, allow_outside, split_by)
@@ -89,16 +54,13 @@ def open_source(spec, split: str | None = None, *, split_file=None, iam_split_di
     if path.suffix.lower() == ".xml" or path.suffix.lower() == ".lst":
         return _open_layout(path, split, split_file, strict, allow_outside, split_by)
     if path.suffix.lower() == ".txt" and not path.name.endswith(".tsv.txt"):
-        from bridgeocr.data.layout import is_layout_list
 
         if is_layout_list(path):
             return _open_layout(path, split, split_file, strict, allow_outside, split_by)
     if path.suffix.lower() in (".tsv", ".jsonl", ".txt") or path.name.endswith(".tsv.txt"):
         if path.name == "lines.txt" and path.parent.name == "ascii":
-            from bridgeocr.data.iam import open_iam
 
             return open_iam(path.parent.parent, split, split_dir=iam_split_dir, drop_err=drop_err)
-        from bridgeocr.data.manifest import open_manifest
 
         return open_manifest(path, split, split_file=split_file, strict=strict, allow_outside=allow_outside)
     raise DataError(str(path), "unknown data source: expected an IAM root, a .tsv/.jsonl manifest, a "
@@ -106,7 +68,6 @@ def open_source(spec, split: str | None = None, *, split_file=None, iam_split_di
 
 
 def _open_layout(path, split, split_file, strict, allow_outside, split_by) -> LineSource:
-    from bridgeocr.data.layout import open_layout
 
     return open_layout(path, split, split_file=split_file, strict=strict, allow_outside=allow_outside,
                        split_by=split_by)
