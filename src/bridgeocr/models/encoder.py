@@ -338,6 +338,19 @@ def encoder_image(encoder_cfg: EncoderConfig) -> dict | None:
     return dict(PPOCR_IMAGE) if encoder_cfg.kind == "ppocr" else None
 
 
+def adopt_encoder_image(cfg) -> None:
+    """An encoder that brings its image settings (PP-OCR: 48 px lines) sets `cfg.data.image` (an
+    ExperimentConfig's) to them: how a model reads is a models concern."""
+    image = encoder_image(cfg.model.encoder)
+    if not image:
+        return
+    for key in ("height", "max_width", "width_multiple"):
+        if key in image and getattr(cfg.data.image, key) != image[key]:
+            print(f"the encoder reads data.image.{key}={image[key]} (was {getattr(cfg.data.image, key)})",
+                  flush=True)
+            setattr(cfg.data.image, key, int(image[key]))
+
+
 def encoder_meta(encoder: nn.Module, ctc_vocab_size: int | None = None, ctc_upsample: int = 1) -> dict:
     """What `encoder_from_meta` needs to rebuild the encoder's structure (JSON-able)."""
     hf = isinstance(encoder, HFLineEncoder)

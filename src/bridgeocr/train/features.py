@@ -129,8 +129,7 @@ def fill_for_config(cfg: ExperimentConfig, splits: dict[str, int | None], batch_
                     progress: bool = True) -> FeatureStore | None:
     """Fill the store a `train` run with `cfg` reads, for {split: max lines or None}; None if it caches nothing."""
     from bridgeocr.data.sources import open_source
-    from bridgeocr.models.encoder import check_image_height, load_encoder
-    from bridgeocr.train.run import adopt_encoder_image
+    from bridgeocr.models.encoder import adopt_encoder_image, check_image_height, load_encoder
 
     adopt_encoder_image(cfg)
     root = store_root(cfg)

@@ -21,7 +21,7 @@ from bridgeocr.config import ExperimentConfig, load_config, save_config
 from bridgeocr.errors import BridgeOCRError, ConfigError
 from bridgeocr.eval.evaluate import TRAINING_META, evaluate_model, print_worst, summary, write_predictions
 from bridgeocr.eval.metrics import print_seed_metrics
-from bridgeocr.models.encoder import encoder_image
+from bridgeocr.models.encoder import adopt_encoder_image
 from bridgeocr.preflight import TRAIN_NEED, ensure_writable
 from bridgeocr.train.checkpoint import atomic_dir, disk_full, guard_run_dir, read_json, write_json
 from bridgeocr.train.resume import SafeCheckpointIO, resume_point
@@ -55,18 +55,6 @@ def build_tokenizer(cfg: ExperimentConfig, train_texts: list[str]):
     if cfg.tokenizer.kind == "bpe":
         return BPETokenizer.train(train_texts, vocab_size=2000)
     raise ConfigError(f"tokenizer.kind: expected char or bpe, got {cfg.tokenizer.kind!r}")
-
-
-def adopt_encoder_image(cfg: ExperimentConfig) -> None:
-    """An encoder that brings its image settings (PP-OCR: 48 px lines) sets `cfg.data.image` to them."""
-    image = encoder_image(cfg.model.encoder)
-    if not image:
-        return
-    for key in ("height", "max_width", "width_multiple"):
-        if key in image and getattr(cfg.data.image, key) != image[key]:
-            print(f"the encoder reads data.image.{key}={image[key]} (was {getattr(cfg.data.image, key)})",
-                  flush=True)
-            setattr(cfg.data.image, key, int(image[key]))
 
 
 def build_model(cfg: ExperimentConfig, tokenizer):
