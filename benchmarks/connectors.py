@@ -8,7 +8,7 @@ seed-sized decoder, next to a TrOCR-style encoder-decoder of equal size. See doc
 
 import sys
 
-from bridgeocr.bench import main
+from bridgeocr.experiments.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -27,7 +27,7 @@ from pathlib import Path
 
 def one_run(data: str, setting: str, steps: int, out: Path, encoder: str, cache: str, ort: bool) -> dict:
     from bridgeocr.config import load_config
-    from bridgeocr.demo import DemoPlan, run_overrides
+    from bridgeocr.experiments.demo import DemoPlan, run_overrides
     from bridgeocr.train.run import train
 
     os.environ["BRIDGEOCR_ORT"] = "1" if ort else "0"

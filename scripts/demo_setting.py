@@ -3,7 +3,7 @@ a lever (docs/reading.md section 4):
 
     python scripts/demo_setting.py qformer 3 model.connector.locality=0.02 tag=qf_loc02
 
-NAME is a demo setting (src/bridgeocr/demo.py), MINUTES its training budget; the rest are dotted overrides,
+NAME is a demo setting (src/bridgeocr/experiments/demo.py), MINUTES its training budget; the rest are dotted overrides,
 `tag=` names the run (default NAME). Runs land in runs/exp/runs/<tag>; prints one RESULT line.
 """
 
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from bridgeocr.config import load_config
-from bridgeocr.demo import DemoPlan, run_overrides
+from bridgeocr.experiments.demo import DemoPlan, run_overrides
 from bridgeocr.train.run import train
 
 name, minutes, extra = sys.argv[1], float(sys.argv[2]), sys.argv[3:]

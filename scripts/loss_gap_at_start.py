@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 from bridgeocr.config import load_config
-from bridgeocr.demo import DemoPlan, run_overrides
-from bridgeocr.eval.loss_gap import loss_gap_cli
+from bridgeocr.experiments.demo import DemoPlan, run_overrides
+from bridgeocr.experiments.loss_gap import loss_gap_cli
 from bridgeocr.train.run import train
 
 plan = DemoPlan(out=Path("runs/exp/gapstage"), minutes=1, n=4000, corpus=None, encoder="shipped:encoder_ctc",

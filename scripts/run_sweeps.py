@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bridgeocr.demo import DEMO_OVERRIDES, FREEZE_SCHEDULE
-from bridgeocr.eval.sweep import plan_sweep, summarise_seeds, sweep_cli
+from bridgeocr.experiments.demo import DEMO_OVERRIDES, FREEZE_SCHEDULE
+from bridgeocr.experiments.sweep import plan_sweep, summarise_seeds, sweep_cli
 
 SWEEPS = ["no_gelu", "downsample", "attach", "kd_alpha0", "kd", "kd_qformer_alpha0", "kd_qformer"]
 OUT_NAMES = {"kd_alpha0": "kd", "kd_qformer_alpha0": "kd_qformer"}  # baselines join their sweep's directory

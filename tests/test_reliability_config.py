@@ -126,7 +126,7 @@ def test_every_config_passes_the_checks(path):
 @pytest.mark.parametrize("path", sorted(glob.glob(str(REPO / "configs" / "sweeps" / "*.yaml"))),
                          ids=lambda p: Path(p).name)
 def test_every_sweep_cell_passes_the_checks(path, tmp_path):
-    from bridgeocr.eval.sweep import plan_sweep
+    from bridgeocr.experiments.sweep import plan_sweep
 
     _, cells, _, _ = plan_sweep(path, None, None, str(tmp_path / "sweep"))  # loads every cell's config
     assert cells and not (tmp_path / "sweep").exists()

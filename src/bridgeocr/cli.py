@@ -283,14 +283,14 @@ def _add_train_eval(sub):
     p.add_argument("--allow-outside", action="store_true",
                    help="accept manifest image paths outside the manifest's folder (else refused)")
     add_split_by(p)
-    p.set_defaults(target="bridgeocr.eval.loss_gap:loss_gap_cli",
+    p.set_defaults(target="bridgeocr.experiments.loss_gap:loss_gap_cli",
                    keys=["checkpoint", "data", "split", "batch_size", "max_samples", "out", "reference",
                          "allow_outside", "split_by"])
 
     p = sub.add_parser("compare", help="one table (Markdown + CSV) and plots from finished runs")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default=None, help="output directory (default: common parent/compare)")
-    p.set_defaults(target="bridgeocr.eval.compare:compare_cli", keys=["runs", "out"])
+    p.set_defaults(target="bridgeocr.experiments.compare:compare_cli", keys=["runs", "out"])
 
     p = sub.add_parser("sweep", help="run a grid of configs, resumable, then compare")
     p.add_argument("--config", required=True)
@@ -299,7 +299,7 @@ def _add_train_eval(sub):
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides for every cell")
     p.add_argument("--out", default=None, help="sweep directory (default: runs/sweep/<config name>)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and exit")
-    p.set_defaults(target="bridgeocr.eval.sweep:sweep_cli",
+    p.set_defaults(target="bridgeocr.experiments.sweep:sweep_cli",
                    keys=["config", "grid", "overrides", "out", "dry_run"])
 
     p = sub.add_parser("bench", help="connector speed benchmark (params, tokens, step time, decode lines/s)")
@@ -313,7 +313,7 @@ def _add_train_eval(sub):
     p.add_argument("--vocab-size", type=positive_int, default=None, help="decoder vocabulary (default 100)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--out", default="runs/bench", help="directory for bench.json and bench.md")
-    p.set_defaults(target="bridgeocr.bench:bench_cli",
+    p.set_defaults(target="bridgeocr.experiments.bench:bench_cli",
                    keys=["quick", "widths", "sizes", "connectors", "repeats", "height", "vocab_size", "device",
                          "out"])
 
@@ -331,7 +331,7 @@ def _add_train_eval(sub):
     p.add_argument("--settings", nargs="+", default=None, metavar="NAME",
                    help="settings to train (default: linear_gelu_ln qformer qformer_kd ctc_collapse; also "
                    "ctc_embed)")
-    p.set_defaults(target="bridgeocr.demo:demo_cli", keys=["minutes", "out", "corpus", "n", "settings"])
+    p.set_defaults(target="bridgeocr.experiments.demo:demo_cli", keys=["minutes", "out", "corpus", "n", "settings"])
 
 
 def build_parser() -> argparse.ArgumentParser:

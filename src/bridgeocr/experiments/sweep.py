@@ -325,7 +325,7 @@ def sweep_cli(config: str, grid: list[str] | None = None, overrides: list[str] |
 
     finished = [c.run_dir for c in cells if (c.run_dir / "metrics.json").is_file()]
     if finished:
-        from bridgeocr.eval.compare import compare_cli
+        from bridgeocr.experiments.compare import compare_cli
 
         compare_cli([str(p) for p in finished], out=str(sweep_dir / "compare"))
         summary = summarise_seeds(sweep_dir, cells)

@@ -14,7 +14,7 @@ from torch import nn
 from bridgeocr.config import DecoderConfig, ImageConfig
 from bridgeocr.data.sample import LineSample
 from bridgeocr.data.tokenizers import CharTokenizer
-from bridgeocr.eval import loss_gap as lg
+from bridgeocr.experiments import loss_gap as lg
 from bridgeocr.models.decoder import GPT
 from bridgeocr.train.losses import kd_loss
 
@@ -198,7 +198,7 @@ def test_cli_on_a_saved_ocr_model_writes_into_the_run_dir(tok, tmp_path, capsys)
     assert (run / "loss_gap_samples.csv").is_file()
     # and compare picks it up
     (run / "metrics.json").write_text(json.dumps({"test_cer": 0.5}))
-    from bridgeocr.eval.compare import load_run
+    from bridgeocr.experiments.compare import load_run
 
     row = load_run(run)
     assert row["reference_loss"] == pytest.approx(data_json["reference"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bridgeocr.errors import ConfigError
-from bridgeocr.eval import sweep as sw
+from bridgeocr.experiments import sweep as sw
 from conftest import make_box_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

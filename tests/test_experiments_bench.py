@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from bridgeocr.bench import (
+from bridgeocr.experiments.bench import (
     BASELINE,
     CONNECTOR_SPECS,
     ROW_KEYS,

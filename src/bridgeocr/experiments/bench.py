@@ -276,7 +276,7 @@ def measure_cell(settings: BenchSettings, size: str, connector: str, width: int)
 def _measure_isolated(settings: BenchSettings, size: str, connector: str, width: int) -> dict:
     """measure_cell in a fresh Python process (its own allocator and peak RSS)."""
     payload = json.dumps({"settings": asdict(settings), "cell": [size, connector, width]})
-    proc = subprocess.run([sys.executable, "-m", "bridgeocr.bench", "--cell", payload], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "bridgeocr.experiments.bench", "--cell", payload], capture_output=True,
                           text=True)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("BENCHCELL "):

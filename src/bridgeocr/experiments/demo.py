@@ -144,8 +144,8 @@ def run_demo(minutes: float = 20.0, out: str | Path = "runs/demo", corpus: list[
     """The whole study; returns {setting: metrics}. `encoder`/`lm`: "shipped", a directory, or None.
     `settings`: names from ALL_SETTINGS (default DEFAULT_SETTINGS)."""
     from bridgeocr.config import load_config
-    from bridgeocr.eval.loss_gap import loss_gap_cli
-    from bridgeocr.eval.sweep import run_status
+    from bridgeocr.experiments.loss_gap import loss_gap_cli
+    from bridgeocr.experiments.sweep import run_status
     from bridgeocr.train.resume import resume_point
     from bridgeocr.train.run import read_metrics, train
 
@@ -255,7 +255,7 @@ def _fmt(value, spec=".4f") -> str:
 
 def write_report(plan: DemoPlan, results: dict[str, dict], seconds: float, reference: dict | None = None) -> Path:
     """report.md: the seed's result lines per setting, one table, curves and where the checkpoints are."""
-    from bridgeocr.eval.compare import compare
+    from bridgeocr.experiments.compare import compare
 
     runs = [plan.out / "runs" / name for name in results]
     figures = compare(runs, plan.out / "compare")

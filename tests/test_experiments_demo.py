@@ -2,7 +2,7 @@
 
 import json
 
-from bridgeocr.demo import DEFAULT_SETTINGS, SEED_SETTINGS, run_demo
+from bridgeocr.experiments.demo import DEFAULT_SETTINGS, SEED_SETTINGS, run_demo
 from bridgeocr.train.lm import train_lm
 
 TINY = ["model.encoder.dim=32", "model.encoder.depth=1", "model.encoder.heads=2", "optim.batch_size=8",
@@ -41,7 +41,7 @@ def test_demo_end_to_end_and_resume(tmp_path, capsys):
 def test_ctc_reference_reads_the_test_lines_with_the_encoder_alone(tmp_path):
     from bridgeocr.config import EncoderConfig
     from bridgeocr.data.tokenizers import CharTokenizer
-    from bridgeocr.demo import DemoPlan, ctc_reference
+    from bridgeocr.experiments.demo import DemoPlan, ctc_reference
     from bridgeocr.models.ctc import CTCHead
     from bridgeocr.models.encoder import LineEncoder, save_encoder
     from conftest import make_box_dataset
@@ -67,7 +67,7 @@ def test_unknown_setting_is_a_clear_error(tmp_path):
 
 
 def test_joint_settings_set_their_test_decoding_time_aside(tmp_path):
-    from bridgeocr.demo import JOINT_DECODE_LINES_PER_S, decode_minutes
+    from bridgeocr.experiments.demo import JOINT_DECODE_LINES_PER_S, decode_minutes
 
     (tmp_path / "settings.json").write_text(json.dumps({"counts": {"train": 3200, "val": 400, "test": 400}}))
     assert decode_minutes("linear_gelu_ln", tmp_path) == 0.0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bridgeocr.errors import BridgeOCRError
-from bridgeocr.eval import compare as cmp
+from bridgeocr.experiments import compare as cmp
 
 
 def make_run(root: Path, name: str, metrics: dict, connector="linear_gelu_ln", reduce_k=1, alpha=0.0,
