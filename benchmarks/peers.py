@@ -192,7 +192,8 @@ def _run_trocr(model_dir: str, data: str, split: str | None, max_samples: int | 
     import torch
 
     from bridgeocr.data.sources import open_source
-    from bridgeocr.eval.encdec_baseline import evaluate_baseline, load_baseline
+    from bridgeocr.eval.evaluate import evaluate_baseline
+    from bridgeocr.models.encdec import load_baseline
 
     torch.set_num_threads(threads)
     model, tok, image_cfg, card = load_baseline(model_dir)

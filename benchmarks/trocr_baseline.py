@@ -3,7 +3,7 @@
 The model is a transformers `VisionEncoderDecoderModel`: our `LineEncoder` (wrapped as a `PreTrainedModel`)
 + `GPT2LMHeadModel(add_cross_attention=True)` of our decoder's depth, width, heads and vocabulary. What
 "like a run" means (same data, tokenizer, image settings, pretrained parts, batch, steps, optimizer and
-schedule; CE only) and how padding is masked: the docstring of `src/bridgeocr/eval/encdec_baseline.py`.
+schedule; CE only) and how padding is masked: the docstring of `src/bridgeocr/models/encdec.py`.
 
   # train (reads RUN/config.yaml, RUN/metrics.json `step`, RUN/tokenizer.json)
   python benchmarks/trocr_baseline.py train --like runs/train/hooker_qformer_kd --out runs/baselines/trocr_hooker
@@ -29,7 +29,8 @@ def evaluate_dir(model_dir: str, data: str, split: str | None, max_samples: int 
                  batch_size: int = 32, device: str = "cpu", progress: bool = False) -> dict:
     """Load a saved baseline and decode `data[split]` (lines with empty text dropped, as peers.py does)."""
     from bridgeocr.data.sources import open_source
-    from bridgeocr.eval.encdec_baseline import evaluate_baseline, load_baseline
+    from bridgeocr.eval.evaluate import evaluate_baseline
+    from bridgeocr.models.encdec import load_baseline
 
     model, tok, image_cfg, card = load_baseline(model_dir, device=device)
     source = [s for s in list(open_source(data, split))[: max_samples or None] if s.text.strip()]
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     try:
         if a.cmd == "train":
-            from bridgeocr.eval.encdec_baseline import train_like
+            from bridgeocr.train.encdec import train_like
 
             minutes = a.minutes
             if a.match_time:

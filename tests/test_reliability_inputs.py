@@ -225,13 +225,13 @@ def test_outside_paths_accepted_when_allowed(outside):
 
 
 def test_config_key_reaches_the_training_reader(outside):
-    from bridgeocr.train.run import _open
+    from bridgeocr.train.run import open_split
 
     cfg = load_config(None, [f"data.source={outside / 'm.tsv'}"])
     assert cfg.data.allow_outside is False
-    assert len(_open(cfg, None, None)) == 2
+    assert len(open_split(cfg, None, None)) == 2
     cfg = load_config(None, [f"data.source={outside / 'm.tsv'}", "data.allow_outside=true"])
-    assert len(_open(cfg, None, None)) == 4
+    assert len(open_split(cfg, None, None)) == 4
 
 
 def test_duplicate_rows_and_ids_kept_once(tmp_path, make_line_png):

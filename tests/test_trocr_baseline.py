@@ -72,9 +72,10 @@ def one_thread():
 def test_train_like_save_reload_evaluate_and_peers(like_run, tmp_path, capsys):
     from bridgeocr.data.preprocess import make_loader
     from bridgeocr.data.sources import open_source
-    from bridgeocr.eval.encdec_baseline import CARD, build_like, decode_batch, load_baseline, read_like
     from bridgeocr.models.decoder import GPT
+    from bridgeocr.models.encdec import CARD, decode_batch, load_baseline
     from bridgeocr.models.encoder import load_encoder
+    from bridgeocr.train.encdec import build_like, read_like
 
     tmp, run = like_run
     cfg, _, tok = read_like(run)

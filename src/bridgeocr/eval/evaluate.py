@@ -20,6 +20,7 @@ from bridgeocr.errors import BridgeOCRError, NoUsableDataError
 from bridgeocr.eval.metrics import DEFAULT_NORMALIZE, line_cers, print_seed_metrics
 from bridgeocr.eval.metrics import cer as corpus_cer
 from bridgeocr.eval.metrics import wer as corpus_wer
+from bridgeocr.files import write_json
 from bridgeocr.models.encoder import is_encoder_dir
 from bridgeocr.models.encoder_reader import EncoderReader, encoder_image_config
 from bridgeocr.preflight import ensure_writable
@@ -282,7 +283,6 @@ def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, de
     """`split`: train / val / test (or another split the source names), `all` (every line), or None: `test`
     when the source has splits, else `all` (said in one line). Output is labelled with the split read."""
     from bridgeocr.data.sources import drop_reasons, format_drops, open_source
-    from bridgeocr.train.checkpoint import write_json
 
     model, image_cfg, meta = load_checkpoint(checkpoint)
     unsplit = split is None and not source_has_splits(data)
@@ -331,3 +331,28 @@ def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, de
         print(f"wrote {out / 'predictions.tsv'} and {out / 'metrics.json'}", flush=True)
     print_worst(result)
     return 0
+
+
+def evaluate_baseline(model, source, image_cfg: ImageConfig, tokenizer, batch_size: int = 32,
+                      max_new_tokens: int = 160, progress: bool = False, desc: str = "decode") -> dict:
+    """Decode every line of `source` -> dict(cer, wer, n, skipped, seconds, lines_per_s, ids, refs, hyps).
+    Timed like `evaluate_model`: loading + preprocessing + decoding, from the first batch to the last."""
+    from bridgeocr.data.preprocess import make_loader
+    from bridgeocr.models.encdec import decode_batch
+
+    loader = make_loader(source, image_cfg, tokenizer, batch_size=batch_size, shuffle=False)
+    ids, refs, hyps = [], [], []
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(source), desc=desc, unit="line", disable=not progress, leave=False)
+    for batch in loader:
+        if batch is None:
+            continue
+        hyps.extend(decode_batch(model, batch, tokenizer, max_new_tokens))
+        refs.extend(batch.texts)
+        ids.extend(batch.ids)
+        bar.update(len(batch))
+    bar.close()
+    dt = time.perf_counter() - t0
+    return {"cer": corpus_cer(refs, hyps) if refs else float("nan"), "wer": corpus_wer(refs, hyps) if refs else float("nan"),
+            "n": len(refs), "skipped": int(loader.dataset.skipped), "seconds": dt,
+            "lines_per_s": len(refs) / dt if dt > 0 else 0.0, "ids": ids, "refs": refs, "hyps": hyps}

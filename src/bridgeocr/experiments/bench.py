@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from bridgeocr.config import ConnectorConfig, DecoderConfig, EncoderConfig, ModelConfig
-from bridgeocr.eval.encdec_baseline import build_baseline  # the TrOCR-style baseline (encdec rows)
+from bridgeocr.models.encdec import build_baseline  # the TrOCR-style baseline (encdec rows)
 
 BASELINE = "encdec"
 

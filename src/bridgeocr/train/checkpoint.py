@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import time
@@ -15,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bridgeocr.errors import BridgeOCRError
+from bridgeocr.files import read_json, write_json
 
 __all__ = ["atomic_dir", "save_optimizer", "load_optimizer", "write_json", "read_json", "guard_run_dir",
            "remove_path", "disk_full"]
@@ -119,17 +119,6 @@ def _fsync_dir(path: Path) -> None:
         pass  # some filesystems cannot fsync a directory
     finally:
         os.close(fd)
-
-
-def write_json(path: str | Path, data) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_json(path: str | Path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def save_optimizer(optimizer: torch.optim.Optimizer, path: str | Path, extra: dict | None = None) -> None:

@@ -114,7 +114,7 @@ def _make_loader(source, cfg: ExperimentConfig, tokenizer, shuffle: bool, rank: 
                        num_workers=cfg.data.num_workers, max_text_tokens=cfg.model.max_text_tokens)
 
 
-def _open(cfg: ExperimentConfig, split: str, limit: int | None):
+def open_split(cfg: ExperimentConfig, split: str, limit: int | None):
     from bridgeocr.data.sources import drop_reasons, format_drops, open_source
 
     d = cfg.data
@@ -383,8 +383,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=N
     ensure_writable(run_dir, TRAIN_NEED)  # an unwritable or full disk fails now, not after training
     pl.seed_everything(tc.seed, workers=True, verbose=False)
 
-    train_src = _open(cfg, cfg.data.train_split, cfg.data.max_train_samples)
-    val_src = _open(cfg, cfg.data.val_split, cfg.data.max_val_samples or cfg.data.max_eval_samples)
+    train_src = open_split(cfg, cfg.data.train_split, cfg.data.max_train_samples)
+    val_src = open_split(cfg, cfg.data.val_split, cfg.data.max_val_samples or cfg.data.max_eval_samples)
     if not train_src:
         raise BridgeOCRError(f"{cfg.data.source}: split {cfg.data.train_split!r} has no lines")
     if not val_src:
@@ -488,7 +488,7 @@ def _finish(cfg, run_dir: Path, module, data, trainer, callback, tokenizer, t_st
     best, image_cfg, meta = load_checkpoint(best_dir, device=module.device if module.device.type != "meta"
                                             else None)
     best_epoch = int(meta.get("epoch", 0) or 0)
-    test_src = _open(cfg, cfg.data.test_split, cfg.data.max_eval_samples)
+    test_src = open_split(cfg, cfg.data.test_split, cfg.data.max_eval_samples)
     test = None
     if test_src:
         store = data.store if data.store is not None and _same_encoder(best, data.store, cfg) else None
