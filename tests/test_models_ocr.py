@@ -164,3 +164,28 @@ def test_gradients_reach_encoder_and_connector_through_frozen_decoder():
     assert all(p.grad is None for p in model.decoder.parameters())
     assert model.connector.body.proj[0].weight.grad.abs().sum() > 0
     assert model.encoder.patch.weight.grad.abs().sum() > 0
+
+
+def test_a_model_directory_carries_its_image_settings(tmp_path):
+    """How a model reads (its ImageConfig) is in its own config.json; a directory from before, with the
+    settings only in the trainer's training.json, still loads with them; without either, the encoder's
+    patch size decides."""
+    import json
+
+    from bridgeocr.config import ImageConfig
+    from bridgeocr.models.load import load_checkpoint
+
+    from conftest import tiny_ocr_model
+
+    model = tiny_ocr_model()
+    image = ImageConfig(height=16, max_width=300, width_multiple=4, width_policy="pad")
+    model.save_pretrained(tmp_path / "new", image=image)
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["image"]["max_width"] == 300
+    _, got, meta = load_checkpoint(tmp_path / "new", device="cpu")
+    assert got == image and meta == {}
+    model.save_pretrained(tmp_path / "old")  # settings only in training.json
+    (tmp_path / "old" / "training.json").write_text(json.dumps({"image": {"height": 16, "max_width": 200}}))
+    assert load_checkpoint(tmp_path / "old", device="cpu")[1].max_width == 200
+    (tmp_path / "old" / "training.json").unlink()
+    plain = load_checkpoint(tmp_path / "old", device="cpu")[1]
+    assert (plain.height, plain.width_multiple) == (16, model.cfg.encoder.patch_width)

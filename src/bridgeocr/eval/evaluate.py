@@ -21,14 +21,12 @@ from bridgeocr.eval.metrics import DEFAULT_NORMALIZE, line_cers, print_seed_metr
 from bridgeocr.eval.metrics import cer as corpus_cer
 from bridgeocr.eval.metrics import wer as corpus_wer
 from bridgeocr.files import write_json
-from bridgeocr.models.encoder import is_encoder_dir
-from bridgeocr.models.encoder_reader import EncoderReader, encoder_image_config
+from bridgeocr.models.load import TRAINING_META, image_config_for, load_checkpoint  # noqa: F401  (read from here too)
 from bridgeocr.preflight import ensure_writable
 
 __all__ = ["evaluate_model", "evaluate_cli", "load_checkpoint", "write_predictions", "read_predictions",
            "print_worst", "source_has_splits", "TRAINING_META", "PREDICTION_COLUMNS"]
 
-TRAINING_META = "training.json"  # written by the trainer beside an OCRModel's own files
 
 
 def model_device(model) -> torch.device:
@@ -36,67 +34,6 @@ def model_device(model) -> torch.device:
         return next(model.parameters()).device
     except StopIteration:
         return torch.device("cpu")
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device | None = None):
-    """OCRModel.from_pretrained(path) + its image settings + training metadata (epoch, step, ...).
-
-    A directory that does not match is refused with one BridgeOCRError naming the file (models/model_dir.py):
-    no tokenizer.json (its output could not be turned into text), a tokenizer of another size than the
-    model's vocabulary or CTC head, a broken config.json / training.json, a truncated or corrupt
-    model.safetensors, missing / extra / wrong-shape tensors."""
-    from bridgeocr.models.model_dir import check_tokenizer_matches, read_config_json
-    from bridgeocr.models.ocr import OCRModel
-    from bridgeocr.shipped import resolve_pretrained
-
-    path = resolve_pretrained(path)  # a directory, or shipped:NAME
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise BridgeOCRError(f"{path}: not a model checkpoint directory (no config.json)")
-    if not (path / "tokenizer.json").is_file():
-        raise BridgeOCRError(f"{path}: no tokenizer.json, so the model's output cannot be turned into text "
-                             "(copy the tokenizer the model was trained with into the directory)")
-    if is_encoder_dir(path):  # an encoder + CTC head alone: reads with greedy CTC
-        reader = EncoderReader.from_pretrained(path)
-        classes = reader.ctc_head.vocab_size
-        check_tokenizer_matches(reader.tokenizer, classes, path / "tokenizer.json", exact=classes,
-                                exact_what="the encoder's CTC head has {n} classes")
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        return reader.to(device).eval(), encoder_image_config(reader.encoder), {}
-    model = OCRModel.from_pretrained(path)
-    meta = {}
-    if (path / TRAINING_META).is_file():  # its image settings are how the model reads: never guessed
-        meta = read_config_json(path / TRAINING_META)
-    image_cfg = image_config_for(model, meta)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device).eval()
-    return model, image_cfg, meta
-
-
-def image_config_for(model, meta: dict | None = None) -> ImageConfig:
-    """The preprocessing a model was trained with: training metadata, else the model's own, else defaults
-    with the encoder's patch height."""
-    meta = meta or {}
-    img = meta.get("image")
-    if isinstance(img, dict):
-        known = {k: v for k, v in img.items() if k in ImageConfig.__dataclass_fields__}
-        return ImageConfig(**known)
-    for attr in ("image_cfg", "image_config"):
-        val = getattr(model, attr, None)
-        if isinstance(val, ImageConfig):
-            return val
-        if isinstance(val, dict):
-            return ImageConfig(**{k: v for k, v in val.items() if k in ImageConfig.__dataclass_fields__})
-    cfg = ImageConfig()
-    height = getattr(model, "image_height", None)
-    if height:
-        cfg.height = int(height)
-    try:
-        cfg.width_multiple = int(model.cfg.encoder.patch_width)
-    except (AttributeError, TypeError, ValueError):
-        pass
-    return cfg
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from bridgeocr.config import ModelConfig, config_from_dict
+from bridgeocr.config import ImageConfig, ModelConfig, config_from_dict
 from bridgeocr.errors import ConfigError
 from bridgeocr.models.connectors import build_connector
 from bridgeocr.models.ctc import CTCHead
@@ -115,6 +115,7 @@ class OCRModel(nn.Module):
                                   "model.ctc_head=true (the shipped encoder has one)")
             self.connector.body.init_from(self.ctc_head, self.decoder.wte)
         self.tokenizer = tokenizer
+        self.image_config: ImageConfig | None = None  # the preprocessing it reads with (config.json "image")
         ids = {k: getattr(tokenizer, k) for k in DEFAULT_SPECIAL_IDS} if tokenizer is not None else DEFAULT_SPECIAL_IDS
         self.pad_id, self.bos_id, self.eos_id = ids["pad_id"], ids["bos_id"], ids["eos_id"]
         self.encoder.requires_grad_(not cfg.encoder.freeze)
@@ -201,16 +202,21 @@ class OCRModel(nn.Module):
 
     # ------------------------------------------------------------------------------------ save/load
 
-    def save_pretrained(self, path) -> None:
+    def save_pretrained(self, path, image: ImageConfig | dict | None = None) -> None:
+        """config.json (what the model is and, with `image` or `self.image_config`, how its lines are
+        preprocessed), model.safetensors and tokenizer.json: a directory that describes itself."""
         from safetensors.torch import save_model
 
         path = Path(path)
+        image = self.image_config if image is None else image
         path.mkdir(parents=True, exist_ok=True)
         meta = {"format": OCR_FORMAT, "version": OCR_FORMAT_VERSION, "model": asdict(self.cfg),
                 "vocab_size": self.vocab_size, "image_height": self.image_height,
                 "special_ids": {"pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id},
                 "encoder": encoder_meta(self.encoder),
                 "decoder": {"layer_norm_epsilon": self.decoder.layer_norm_epsilon}}
+        if image is not None:
+            meta["image"] = asdict(image) if isinstance(image, ImageConfig) else dict(image)
         if self.tokenizer is not None:  # what a loader checks tokenizer.json against
             meta["tokenizer_vocab_size"] = int(self.tokenizer.vocab_size)
         if self.ctc_head is not None:
@@ -296,6 +302,7 @@ class OCRModel(nn.Module):
                                   f"{', '.join(DEFAULT_SPECIAL_IDS)}")
             model.pad_id, model.bos_id, model.eos_id = ids["pad_id"], ids["bos_id"], ids["eos_id"]
         load_state_checked(weights, model, device=map_location)
+        model.image_config = image_config_from(meta.get("image"))
         return model
 
 
@@ -320,3 +327,10 @@ def check_model_tokenizer(tokenizer, vocab: int, meta: dict, cfg: ModelConfig, c
     if ctc is not None:
         check_tokenizer_matches(tokenizer, vocab, where, exact=ctc.vocab_size,
                                 exact_what="the model's CTC head has {n} classes")
+
+
+def image_config_from(image) -> ImageConfig | None:
+    """A config.json / training.json "image" entry -> ImageConfig (keys it does not know are left out)."""
+    if not isinstance(image, dict):
+        return None
+    return ImageConfig(**{k: v for k, v in image.items() if k in ImageConfig.__dataclass_fields__})

@@ -13,7 +13,6 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -302,9 +301,6 @@ class OCRLightningModule(pl.LightningModule):
         self.train_lines = int(state.get("train_lines", 0))
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self._pending_rng = state.get("rng")  # set at the first batch: loading data draws from it before
-
-    def run_dir(self) -> Path:
-        return Path(self.cfg.train.out_dir) / self.cfg.train.name
 
 
 def _rng_state() -> dict:

@@ -19,9 +19,10 @@ from torch.utils.data import DataLoader
 
 from bridgeocr.config import ExperimentConfig, load_config, save_config
 from bridgeocr.errors import BridgeOCRError, ConfigError
-from bridgeocr.eval.evaluate import TRAINING_META, evaluate_model, print_worst, summary, write_predictions
+from bridgeocr.eval.evaluate import evaluate_model, print_worst, summary, write_predictions
 from bridgeocr.eval.metrics import print_seed_metrics
 from bridgeocr.models.encoder import adopt_encoder_image
+from bridgeocr.models.load import TRAINING_META, load_checkpoint
 from bridgeocr.preflight import TRAIN_NEED, ensure_writable
 from bridgeocr.train.checkpoint import atomic_dir, disk_full, guard_run_dir, read_json, write_json
 from bridgeocr.train.resume import SafeCheckpointIO, resume_point
@@ -218,7 +219,7 @@ def save_model_dir(model, final: Path, meta: dict) -> None:
     was_training = model.training
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, image=meta.get("image"))  # how it reads, in its own config.json
         write_json(tmp / TRAINING_META, meta)
 
     atomic_dir(final, write)
@@ -474,7 +475,6 @@ def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=N
 
 
 def _finish(cfg, run_dir: Path, module, data, trainer, callback, tokenizer, t_start, stopped_by) -> dict:
-    from bridgeocr.eval.evaluate import load_checkpoint
 
     skipped = {"train": getattr(getattr(data.train_loader, "dataset", None), "skipped", 0),
                "val": getattr(getattr(data.val_loader, "dataset", None), "skipped", 0)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["warmup_cosine", "lr_factor"]
+__all__ = ["lr_factor"]
 
 
 def lr_factor(step: int, warmup: int, total: int, floor: float = 0.1, time_fraction: float | None = None) -> float:
@@ -22,9 +22,3 @@ def lr_factor(step: int, warmup: int, total: int, floor: float = 0.1, time_fract
         progress = min(1.0, max(progress, time_fraction))
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-
-def warmup_cosine(optimizer, warmup: int, total: int, floor: float = 0.1, last_step: int = -1):
-    import torch
-
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup, total, floor), last_epoch=last_step)

@@ -1,0 +1,62 @@
+"""Loading a model directory to read with: an OCRModel (or an encoder + CTC head alone) with the preprocessing
+it was trained with. Where the image settings come from, in order: the model's own config.json ("image"), the
+trainer's training.json beside it (older directories), else defaults from the encoder's patch size: never
+guessed from the data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bridgeocr.config import ImageConfig
+from bridgeocr.errors import BridgeOCRError
+from bridgeocr.models.encoder import is_encoder_dir
+from bridgeocr.models.encoder_reader import EncoderReader, encoder_image_config
+from bridgeocr.models.model_dir import check_tokenizer_matches, read_config_json
+from bridgeocr.models.ocr import OCRModel, image_config_from
+from bridgeocr.shipped import resolve_pretrained
+
+__all__ = ["load_checkpoint", "image_config_for", "TRAINING_META"]
+
+TRAINING_META = "training.json"  # written by the trainer beside an OCRModel's own files
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device | None = None):
+    """-> (model, its ImageConfig, training metadata (epoch, step, ...) or {}), the model on `device` in eval mode.
+
+    A directory that does not match is refused with one BridgeOCRError naming the file (models/model_dir.py):
+    no tokenizer.json (its output could not be turned into text), a tokenizer of another size than the
+    model's vocabulary or CTC head, a broken config.json / training.json, a truncated or corrupt
+    model.safetensors, missing / extra / wrong-shape tensors."""
+    path = resolve_pretrained(path)  # a directory, or shipped:NAME
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise BridgeOCRError(f"{path}: not a model checkpoint directory (no config.json)")
+    if not (path / "tokenizer.json").is_file():
+        raise BridgeOCRError(f"{path}: no tokenizer.json, so the model's output cannot be turned into text "
+                             "(copy the tokenizer the model was trained with into the directory)")
+    device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    if is_encoder_dir(path):  # an encoder + CTC head alone: reads with greedy CTC
+        reader = EncoderReader.from_pretrained(path)
+        classes = reader.ctc_head.vocab_size
+        check_tokenizer_matches(reader.tokenizer, classes, path / "tokenizer.json", exact=classes,
+                                exact_what="the encoder's CTC head has {n} classes")
+        return reader.to(device).eval(), encoder_image_config(reader.encoder), {}
+    model = OCRModel.from_pretrained(path)
+    meta = read_config_json(path / TRAINING_META) if (path / TRAINING_META).is_file() else {}
+    image_cfg = image_config_for(model, meta)
+    model.to(device).eval()
+    return model, image_cfg, meta
+
+
+def image_config_for(model, meta: dict | None = None) -> ImageConfig:
+    """The preprocessing a model reads with: its own (config.json), else the training metadata's, else
+    defaults with the encoder's patch height and width."""
+    if getattr(model, "image_config", None) is not None:
+        return model.image_config
+    from_meta = image_config_from((meta or {}).get("image"))
+    if from_meta is not None:
+        return from_meta
+    cfg = ImageConfig(height=int(model.image_height))
+    cfg.width_multiple = int(model.cfg.encoder.patch_width)
+    return cfg
