@@ -24,6 +24,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bridgeocr.data.layout import (
+    OUTPUT_SUFFIX,
+    LayoutError,
+    LayoutPage,
+    page_image_size,
+    page_samples,
+    page_stem,
+    parse_layout,
+    write_page_result,
+)
 from bridgeocr.errors import BridgeOCRError, DataError
 from bridgeocr.preflight import ensure_writable
 
@@ -318,17 +328,12 @@ def recognize_cli(inputs, checkpoint, beam, batch_size, format, decoding, recurs
 
     `layout` (with `format` page or alto): the inputs are page images and `layout` their PAGE / ALTO file
     or folder; see `recognize_layout`."""
-    fmt = format
-    if fmt in ("page", "alto") or layout is not None:
-        if layout is None:
-            raise BridgeOCRError(f"--format {fmt} needs --layout (the pages' PAGE / ALTO file or folder)")
-        if fmt not in ("page", "alto", None):
-            raise BridgeOCRError(f"--layout writes PAGE or ALTO: use --format page or --format alto, not {fmt}")
-        return recognize_layout(inputs, layout, checkpoint, beam, batch_size, fmt, decoding, recursive, out,
+    if format in ("page", "alto") or layout is not None:
+        _check_layout_format(format, layout)
+        return recognize_layout(inputs, layout, checkpoint, beam, batch_size, format, decoding, recursive, out,
                                 overwrite)
-    fmt = fmt or "text"
+    fmt = format or "text"
     problem = _Problems()
-
     paths = iter_inputs(list(inputs), recursive=bool(recursive), on_problem=problem)
     first = next(paths, None)  # nothing to read: no model is loaded
     if first is None:
@@ -336,28 +341,69 @@ def recognize_cli(inputs, checkpoint, beam, batch_size, format, decoding, recurs
     if out:  # a full or read-only disk is found now, not after the decode
         ensure_writable(Path(out).parent)
     ocr = BridgeOCR.from_pretrained(checkpoint)
-    skipped = 0
-
-    def bad_image(path, exc: Exception) -> None:
-        nonlocal skipped
-        skipped += 1
-        if problem.bar is not None:
-            problem.bar.update(1)
-        problem(str(exc) if isinstance(exc, DataError) else f"{path}: unreadable image ({type(exc).__name__})")
-
-    try:
-        stream = open(out, "w", encoding="utf-8") if out else sys.stdout
-    except OSError as exc:
-        raise BridgeOCRError(f"{out}: cannot write the results ({exc.strerror or type(exc).__name__})") from None
+    skipped = _SkippedImages(problem)
+    stream = _open_results(out)
     where = f" to {out}" if out else ""
-    written = 0
     bar = problem.bar = _progress(sum(1 for _ in iter_inputs(list(inputs), recursive=bool(recursive))),
                                   "recognize")
     try:
+        written, interrupted = _stream_lines(ocr.iter_recognize(itertools.chain([first], paths), beam=beam,
+                                                                batch_size=batch_size, decoding=decoding,
+                                                                on_error=skipped),
+                                             stream, fmt, bar, where)
+    finally:
+        bar.close()
+        if out:
+            stream.close()
+    if interrupted:
+        return 130
+    if skipped.count:
+        print(f"{written} lines written{where}, {skipped.count} unreadable image{'s' * (skipped.count != 1)} "
+              "skipped", file=sys.stderr, flush=True)
+    return 1 if problem.failed else 0
+
+
+def _check_layout_format(fmt, layout) -> None:
+    """--format page / alto and --layout go together, and --layout writes nothing but PAGE or ALTO."""
+    if layout is None:
+        raise BridgeOCRError(f"--format {fmt} needs --layout (the pages' PAGE / ALTO file or folder)")
+    if fmt not in ("page", "alto", None):
+        raise BridgeOCRError(f"--layout writes PAGE or ALTO: use --format page or --format alto, not {fmt}")
+
+
+class _SkippedImages:
+    """`on_error` for the line reader: counts an unreadable image (`.count`), moves the progress bar past it
+    and reports it as one `error:` line."""
+
+    def __init__(self, problem: _Problems):
+        self.problem = problem
+        self.count = 0
+
+    def __call__(self, path, exc: Exception) -> None:
+        self.count += 1
+        if self.problem.bar is not None:
+            self.problem.bar.update(1)
+        self.problem(str(exc) if isinstance(exc, DataError)
+                     else f"{path}: unreadable image ({type(exc).__name__})")
+
+
+def _open_results(out):
+    """Where the result lines go: `out` opened for writing (one that cannot be is a clear error), else
+    stdout."""
+    try:
+        return open(out, "w", encoding="utf-8") if out else sys.stdout
+    except OSError as exc:
+        raise BridgeOCRError(f"{out}: cannot write the results ({exc.strerror or type(exc).__name__})") from None
+
+
+def _stream_lines(results: Iterable[Recognition], stream, fmt: str, bar, where: str) -> tuple[int, bool]:
+    """Write each result as one flushed line (a tsv header first) -> (lines written, interrupted). A Ctrl-C
+    completes the line it cut (flush), closes the bar and says how many lines were written."""
+    written = 0
+    try:
         if fmt == "tsv":
             _write_line(stream, "path\ttext\tconfidence")
-        for r in ocr.iter_recognize(itertools.chain([first], paths), beam=beam, batch_size=batch_size,
-                                    decoding=decoding, on_error=bad_image):
+        for r in results:
             _write_line(stream, _format(r.source, r, fmt))
             written += 1
             bar.update(1)
@@ -368,20 +414,11 @@ def recognize_cli(inputs, checkpoint, beam, batch_size, format, decoding, recurs
             pass
         bar.close()
         print(f"interrupted: {written} lines written{where}", file=sys.stderr, flush=True)
-        return 130
-    finally:
-        bar.close()
-        if out:
-            stream.close()
-    if skipped:
-        print(f"{written} lines written{where}, {skipped} unreadable image{'s' * (skipped != 1)} skipped",
-              file=sys.stderr, flush=True)
-    return 1 if problem.failed else 0
+        return written, True
+    return written, False
 
 
 def _layout_files(layout) -> list[Path]:
-    from bridgeocr.data.layout import OUTPUT_SUFFIX
-
     p = Path(layout)
     if p.is_dir():
         return sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() == ".xml"
@@ -392,8 +429,6 @@ def _layout_files(layout) -> list[Path]:
 def _layout_target(xml: Path, out, overwrite: bool) -> Path:
     """Where a page's result goes: `out`/<the XML's name>, else the input itself with `overwrite`, else
     <stem>.bridgeocr.xml beside it."""
-    from bridgeocr.data.layout import OUTPUT_SUFFIX, page_stem
-
     if out:
         return Path(out) / xml.name
     if overwrite:
@@ -423,15 +458,6 @@ def recognize_layout(inputs, layout, checkpoint=None, beam=None, batch_size=32, 
     without text too. One `error:` line on stderr for each XML, image or line that cannot be used (a line
     that cannot be cut is left as it was); exit 1 if there was any. stdout: `wrote PATH (N lines)` per page.
     """
-    from bridgeocr.data.layout import (
-        LayoutError,
-        page_image_size,
-        page_samples,
-        page_stem,
-        parse_layout,
-        write_page_result,
-    )
-
     problem = _Problems()
 
     if out and Path(out).exists() and not Path(out).is_dir():
@@ -440,6 +466,20 @@ def recognize_layout(inputs, layout, checkpoint=None, beam=None, batch_size=32, 
     if not xmls:
         raise BridgeOCRError(f"{layout}: no PAGE / ALTO .xml file here")
     images = list(iter_inputs(list(inputs), recursive=bool(recursive), on_problem=problem))
+    pages = _read_layouts(xmls, fmt, problem)
+    jobs = _pair_pages(pages, images, len(xmls) == 1, out, overwrite, problem)
+    _report_unpaired_images(images, jobs, xmls, pages, layout, problem)
+    if not jobs:
+        return 1
+    for folder in sorted({str(t.parent) for _, _, t in jobs}):  # a full or read-only disk: now, not later
+        ensure_writable(folder)
+    plans = _plan_pages(jobs, problem)
+    ocr = BridgeOCR.from_pretrained(checkpoint)
+    return _PageWriter(plans, problem).run(ocr, beam=beam, batch_size=batch_size, decoding=decoding)
+
+
+def _read_layouts(xmls: list[Path], fmt, problem: _Problems) -> list[LayoutPage]:
+    """The XMLs that parse and are of the kind `fmt` asks for (None: any); each other one is reported."""
     pages = []
     for xml in xmls:
         try:
@@ -452,16 +492,28 @@ def recognize_layout(inputs, layout, checkpoint=None, beam=None, batch_size=32, 
                     f"file (there is no conversion): use --format {page.kind}")
             continue
         pages.append(page)
-    by_stem, by_name, used = {}, {}, set()
+    return pages
+
+
+def _declared_image(page: LayoutPage) -> str | None:
+    """The file name of the image the XML names (its folders dropped, Windows ones too), if it names one."""
+    return Path(page.image_name.replace("\\", "/")).name if page.image_name else None
+
+
+def _pair_pages(pages: list[LayoutPage], images: list[Path], one_xml: bool, out, overwrite: bool,
+                problem: _Problems) -> list[tuple[LayoutPage, Path, Path]]:
+    """Each page with its input image and where its result goes -> [(page, image, target)]; a page without
+    an image, or whose result would replace its input without `overwrite`, is reported and skipped."""
+    by_stem, by_name = {}, {}
     for img in images:
         by_stem.setdefault(img.stem, img)
         by_name.setdefault(img.name, img)
-    jobs = []  # (page, image, target)
+    jobs = []
     for page in pages:
-        if len(xmls) == 1 and len(images) == 1:
+        if one_xml and len(images) == 1:
             img = images[0]
         else:
-            declared = Path(page.image_name.replace("\\", "/")).name if page.image_name else None
+            declared = _declared_image(page)
             img = by_stem.get(page_stem(page.path)) or (by_name.get(declared) if declared else None)
         if img is None:
             problem(f"{page.path}: no input image for it (expected {page_stem(page.path)}.jpg/.png/.tif"
@@ -472,20 +524,24 @@ def recognize_layout(inputs, layout, checkpoint=None, beam=None, batch_size=32, 
             problem(f"{page.path}: the result would replace its input; pass --overwrite (or another --out); "
                     "file skipped")
             continue
-        used.add(img)
         jobs.append((page, img, target))
-    claimed = {page_stem(x) for x in xmls} | {Path(p.image_name.replace("\\", "/")).name for p in pages
-                                              if p.image_name}
+    return jobs
+
+
+def _report_unpaired_images(images: list[Path], jobs, xmls: list[Path], pages: list[LayoutPage], layout,
+                            problem: _Problems) -> None:
+    """An input image that no page uses, and that no XML (by stem or declared name) claims, is reported."""
+    used = {img for _, img, _ in jobs}
+    claimed = {page_stem(x) for x in xmls} | {_declared_image(p) for p in pages if p.image_name}
     for img in images:
         if img not in used and img.stem not in claimed and img.name not in claimed:
             problem(f"{img}: no PAGE / ALTO file for it in {layout}; image skipped")
-    if not jobs:
-        return 1
-    for folder in sorted({str(t.parent) for _, _, t in jobs}):  # a full or read-only disk: now, not later
-        ensure_writable(folder)
 
-    # every line of every page, as samples cut lazily from their page (the page is cached while read)
-    plans = []  # (page, target, [(line, sample)])
+
+def _plan_pages(jobs, problem: _Problems) -> list[tuple[LayoutPage, Path, list]]:
+    """Every line of every page, as samples cut lazily from their page (the page is cached while read) ->
+    [(page, target, [(line, sample)])]; a page whose image size cannot be read is reported and skipped."""
+    plans = []
     for page, img, target in jobs:
         try:
             size = page_image_size(img)
@@ -496,58 +552,73 @@ def recognize_layout(inputs, layout, checkpoint=None, beam=None, batch_size=32, 
         for msg in line_problems:
             problem(msg)
         plans.append((page, target, pairs))
-    ocr = BridgeOCR.from_pretrained(checkpoint)
-    total = sum(len(p[2]) for p in plans)
-    bar = problem.bar = _progress(total, "recognize")
-    owner = {}  # sample id -> plan index
-    pending = [len(p[2]) for p in plans]
-    results: list[dict] = [{} for _ in plans]
-    written = 0
+    return plans
 
-    def finish(k: int) -> None:
-        nonlocal written
-        page, target, pairs = plans[k]
+
+class _PageWriter:
+    """Reads the lines of all planned pages in one stream and writes each page as soon as its last line is
+    read (or could not be), printing `wrote PATH (N lines)`."""
+
+    def __init__(self, plans: list[tuple[LayoutPage, Path, list]], problem: _Problems):
+        self.plans = plans
+        self.problem = problem
+        self.owner: dict[str, int] = {}  # sample id -> plan index
+        self.pending = [len(p[2]) for p in plans]
+        self.results: list[dict] = [{} for _ in plans]
+        self.written = 0
+        self.bar = None
+
+    def run(self, ocr: BridgeOCR, beam, batch_size, decoding) -> int:
+        """Recognize and write every page -> the exit code (130 after a Ctrl-C, 1 after any problem)."""
+        self.bar = self.problem.bar = _progress(sum(len(p[2]) for p in self.plans), "recognize")
+        try:
+            for k, p in enumerate(self.plans):
+                if not p[2]:
+                    self._finish(k)
+            for r in ocr.iter_recognize(self._samples(), beam=beam, batch_size=batch_size, decoding=decoding,
+                                        on_error=self._bad_line):
+                self.results[self.owner[r.source]][r.source] = (r.text, r.confidence)
+                self._done_one(r.source)
+        except KeyboardInterrupt:
+            self.bar.close()
+            print(f"interrupted: {self.written} of {len(self.plans)} pages written", file=sys.stderr,
+                  flush=True)
+            return 130
+        finally:
+            self.bar.close()
+        return 1 if self.problem.failed else 0
+
+    def _finish(self, k: int) -> None:
+        """Write page `k` with the results read for it (a line without one is left as it was)."""
+        page, target, pairs = self.plans[k]
         by_sample = {sample.id: line.id for line, sample in pairs}
-        path = write_page_result(page, {by_sample[sid]: r for sid, r in results[k].items()}, target)
-        results[k] = {}
-        written += 1
+        path = write_page_result(page, {by_sample[sid]: r for sid, r in self.results[k].items()}, target)
+        self.results[k] = {}
+        self.written += 1
         print(f"wrote {path} ({len(by_sample)} lines)", flush=True)
 
-    def samples():
-        for k, (_, _, pairs) in enumerate(plans):
+    def _samples(self):
+        """Every page's line samples in order, each noted with the page it belongs to as it is handed on."""
+        for k, (_, _, pairs) in enumerate(self.plans):
             if not pairs:
                 continue
             for _, sample in pairs:
-                owner[sample.id] = k
+                self.owner[sample.id] = k
                 yield sample
 
-    def done_one(sid: str) -> None:
-        k = owner.pop(sid)
-        pending[k] -= 1
-        bar.update(1)
-        if pending[k] == 0:
-            finish(k)
+    def _done_one(self, sid: str) -> None:
+        """One line is through (read or not): the bar moves, and its page is written once it has no more."""
+        k = self.owner.pop(sid)
+        self.pending[k] -= 1
+        self.bar.update(1)
+        if self.pending[k] == 0:
+            self._finish(k)
 
-    def bad_line(sample, exc: Exception) -> None:
-        problem(str(exc) if isinstance(exc, DataError)
-                else f"{sample.origin}: unreadable ({type(exc).__name__}); line left as it was")
-        done_one(sample.id)
-
-    try:
-        for k, p in enumerate(plans):
-            if not p[2]:
-                finish(k)
-        for r in ocr.iter_recognize(samples(), beam=beam, batch_size=batch_size, decoding=decoding,
-                                    on_error=bad_line):
-            results[owner[r.source]][r.source] = (r.text, r.confidence)
-            done_one(r.source)
-    except KeyboardInterrupt:
-        bar.close()
-        print(f"interrupted: {written} of {len(plans)} pages written", file=sys.stderr, flush=True)
-        return 130
-    finally:
-        bar.close()
-    return 1 if problem.failed else 0
+    def _bad_line(self, sample, exc: Exception) -> None:
+        """`on_error`: a line that cannot be read is reported and left as it was."""
+        self.problem(str(exc) if isinstance(exc, DataError)
+                     else f"{sample.origin}: unreadable ({type(exc).__name__}); line left as it was")
+        self._done_one(sample.id)
 
 
 def _write_line(stream, line: str) -> None:
