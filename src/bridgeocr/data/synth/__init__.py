@@ -92,20 +92,10 @@ def make_dataset(corpus=None, out="runs/data/synth", n: int = 2000, fonts=None, 
     Train lines never use a benchmark-only font (`fonts.BENCHMARK_ONLY_KEYS`); val/test use one only
     when `holdout_fonts` names it. `val_fraction + test_fraction` may be 1 (no train lines)."""
     t0 = time.time()
-    if n < 1:
-        raise DataError("--n", f"need at least 1 line, got {n}")
-    if not (0 <= val_fraction <= 1 and 0 <= test_fraction <= 1 and val_fraction + test_fraction <= 1):
-        raise DataError("--val-fraction/--test-fraction", "fractions must be in [0, 1] and sum to at most 1")
-    if height < 8:
-        raise DataError("--height", f"line height {height} is too small (>= 8)")
+    _check_sizes(n, val_fraction, test_fraction, height)
     out = Path(out)
     font_list, rejected = find_fonts(fonts, style)
-    held: list[FontInfo] = []
-    if holdout_fonts:
-        keys = [h.lower() for h in holdout_fonts]
-        held = [f for f in font_list if any(k in f.name.lower() or k in Path(f.path).name.lower() for k in keys)]
-        if not held:
-            raise DataError("--holdout-fonts", f"no font matches {', '.join(holdout_fonts)}")
+    held = _held_out_fonts(font_list, holdout_fonts)
     # benchmark-only fonts: never in train; in val/test only when held out by name
     reserved = [f for f in font_list if benchmark_only(f.path) and f not in held]
     train_fonts = [f for f in font_list if f not in held and f not in reserved]
@@ -113,23 +103,83 @@ def make_dataset(corpus=None, out="runs/data/synth", n: int = 2000, fonts=None, 
     n_test = min(n, round(n * test_fraction))
     n_val = min(n - n_test, round(n * val_fraction))
     n_train = n - n_val - n_test
+    _check_fonts_left(n_train, n_val + n_test, train_fonts, eval_fonts)
+    texts = _corpus_lines(corpus, n, seed)
+    jobs, no_glyph = _plan_lines(texts, (("test", n_test), ("val", n_val), ("train", n_train)), train_fonts,
+                                 eval_fonts, height, seed, out)
+
+    _prepare_out(out)
+    if workers is None:
+        workers = 1 if len(jobs) < 2000 else min(8, os.cpu_count() or 1)
+    results = _render_all(jobs, workers, progress)
+    counts = _write_lists(out, jobs, results, {f.path: f.name for f in font_list})
+    widths = [info["width"] for _, info in results.values()]
+    settings = {
+        "renderer_version": RENDERER_VERSION,
+        "corpus": [str(c) for c in corpus] if corpus else "built-in",
+        "n": n, "style": style, "holdout_fonts": list(holdout_fonts or []),
+        "val_fraction": val_fraction, "test_fraction": test_fraction, "height": height, "seed": seed,
+        "counts": counts, "skipped_no_glyph": no_glyph,
+        "jpeg": sum(info["jpeg"] for _, info in results.values()),
+        "width": {"min": min(widths), "mean": round(sum(widths) / len(widths), 1), "max": max(widths)},
+        "fonts": _font_uses(font_list, held, reserved),
+        "rejected_fonts": rejected,
+    }
+    (out / "settings.json").write_text(json.dumps(settings, indent=1, ensure_ascii=False), encoding="utf-8")
+    elapsed = time.time() - t0
+    return {**settings, "out": str(out), "elapsed_s": round(elapsed, 2),
+            "lines_per_s": round(len(jobs) / max(elapsed, 1e-9), 1), "workers": workers}
+
+
+def _check_sizes(n: int, val_fraction: float, test_fraction: float, height: int) -> None:
+    """Refuse, before any work, a line count, split fractions or a line height that cannot make a dataset."""
+    if n < 1:
+        raise DataError("--n", f"need at least 1 line, got {n}")
+    if not (0 <= val_fraction <= 1 and 0 <= test_fraction <= 1 and val_fraction + test_fraction <= 1):
+        raise DataError("--val-fraction/--test-fraction", "fractions must be in [0, 1] and sum to at most 1")
+    if height < 8:
+        raise DataError("--height", f"line height {height} is too small (>= 8)")
+
+
+def _held_out_fonts(font_list: list[FontInfo], holdout_fonts) -> list[FontInfo]:
+    """The fonts whose name or file name contains one of `holdout_fonts` (case-insensitive); naming some
+    that match none is an error."""
+    if not holdout_fonts:
+        return []
+    keys = [h.lower() for h in holdout_fonts]
+    held = [f for f in font_list if any(k in f.name.lower() or k in Path(f.path).name.lower() for k in keys)]
+    if not held:
+        raise DataError("--holdout-fonts", f"no font matches {', '.join(holdout_fonts)}")
+    return held
+
+
+def _check_fonts_left(n_train: int, n_eval: int, train_fonts: list, eval_fonts: list) -> None:
+    """Every split that gets lines must have a font left to render them."""
     if n_train > 0 and not train_fonts:
         raise DataError("--holdout-fonts", "every font is held out or benchmark-only: none left for train")
-    if n_val + n_test > 0 and not eval_fonts:
+    if n_eval > 0 and not eval_fonts:
         raise DataError("--holdout-fonts", "only benchmark-only fonts are left for val/test: name them with "
                         "--holdout-fonts")
 
+
+def _corpus_lines(corpus, n: int, seed: int) -> list[str]:
+    """Distinct candidate texts, with a margin over `n` for those no font can render."""
     docs = read_corpus(corpus)
     if not docs:
         raise DataError(", ".join(map(str, corpus or ["built-in corpus"])), "corpus is empty")
-    texts = _unique_lines(docs, int(n * 1.2) + 10, seed)
+    return _unique_lines(docs, int(n * 1.2) + 10, seed)
 
-    # choose texts and fonts (main process; cheap): test, val, then train, never re-using a text
+
+def _plan_lines(texts: list[str], sizes, train_fonts: list[FontInfo], eval_fonts: list[FontInfo],
+                height: int, seed: int, out: Path) -> tuple[list[tuple], int]:
+    """Choose each line's text and font (main process; cheap): the splits in the order of `sizes`
+    ((split, count) pairs: test, val, then train), never re-using a text -> (render jobs, texts skipped
+    because no font tried had their glyphs)."""
     jobs = []
     no_glyph = 0
     cursor = 0
     index = 0
-    for split, count in (("test", n_test), ("val", n_val), ("train", n_train)):
+    for split, count in sizes:
         pool = eval_fonts if split != "train" else train_fonts
         made = 0
         while made < count and cursor < len(texts):
@@ -147,11 +197,12 @@ def make_dataset(corpus=None, out="runs/data/synth", n: int = 2000, fonts=None, 
             made += 1
     if not jobs:
         raise DataError("corpus", "no line could be rendered (no font has the glyphs)")
+    return jobs, no_glyph
 
-    _prepare_out(out)
+
+def _render_all(jobs: list[tuple], workers: int, progress: bool) -> dict[int, tuple[str, dict]]:
+    """Render and write every line (a spawn pool with `workers` > 1) -> {index: (relative path, info)}."""
     results: dict[int, tuple[str, dict]] = {}
-    if workers is None:
-        workers = 1 if len(jobs) < 2000 else min(8, os.cpu_count() or 1)
     bar = tqdm(total=len(jobs), desc="synth", unit="line", disable=not progress, dynamic_ncols=True)
     if workers > 1:
         with get_context("spawn").Pool(workers) as pool:
@@ -164,8 +215,12 @@ def make_dataset(corpus=None, out="runs/data/synth", n: int = 2000, fonts=None, 
             results[i] = (rel, info)
             bar.update()
     bar.close()
+    return results
 
-    name_of = {f.path: f.name for f in font_list}
+
+def _write_lists(out: Path, jobs: list[tuple], results: dict[int, tuple[str, dict]],
+                 name_of: dict[str, str]) -> dict[str, int]:
+    """manifest.tsv and split.tsv, in job order -> the number of lines per split."""
     counts = {s: 0 for s in SPLITS}
     with open(out / "manifest.tsv", "w", encoding="utf-8", newline="\n") as man, \
             open(out / "split.tsv", "w", encoding="utf-8", newline="\n") as spl:
@@ -175,24 +230,14 @@ def make_dataset(corpus=None, out="runs/data/synth", n: int = 2000, fonts=None, 
             man.write(f"{rel}\t{text}\n")
             spl.write(f"{rel}\t{split}\t{name_of[font_path]}\n")
             counts[split] += 1
-    widths = [info["width"] for _, info in results.values()]
-    settings = {
-        "renderer_version": RENDERER_VERSION,
-        "corpus": [str(c) for c in corpus] if corpus else "built-in",
-        "n": n, "style": style, "holdout_fonts": list(holdout_fonts or []),
-        "val_fraction": val_fraction, "test_fraction": test_fraction, "height": height, "seed": seed,
-        "counts": counts, "skipped_no_glyph": no_glyph,
-        "jpeg": sum(info["jpeg"] for _, info in results.values()),
-        "width": {"min": min(widths), "mean": round(sum(widths) / len(widths), 1), "max": max(widths)},
-        "fonts": [{"name": f.name, "path": f.path, "style": f.style,
-                   "used_for": ("val/test" if f in held else "none (benchmark-only)" if f in reserved
-                                else "train" if held else "all")} for f in font_list],
-        "rejected_fonts": rejected,
-    }
-    (out / "settings.json").write_text(json.dumps(settings, indent=1, ensure_ascii=False), encoding="utf-8")
-    elapsed = time.time() - t0
-    return {**settings, "out": str(out), "elapsed_s": round(elapsed, 2),
-            "lines_per_s": round(len(jobs) / max(elapsed, 1e-9), 1), "workers": workers}
+    return counts
+
+
+def _font_uses(font_list: list[FontInfo], held: list[FontInfo], reserved: list[FontInfo]) -> list[dict]:
+    """settings.json's font list: each font with the splits it rendered."""
+    return [{"name": f.name, "path": f.path, "style": f.style,
+             "used_for": ("val/test" if f in held else "none (benchmark-only)" if f in reserved
+                          else "train" if held else "all")} for f in font_list]
 
 
 def make_dataset_cli(corpus=None, out="runs/data/synth", n=2000, fonts=None, style="all", holdout_fonts=None,
