@@ -159,10 +159,30 @@ def _add_lm(sub):
                    "skill the OCR decoder needs; sets prefix positions; docs/reading.md). 0 = plain LM")
     p.add_argument("--init", default=None, metavar="DIR",
                    help="start from this LM (its tokenizer and weights), e.g. shipped:gpt_lm")
+    add_trainer_args(p)
     p.set_defaults(target="bridgeocr.train.lm:train_lm_cli",
                    keys=["corpus", "val_corpus", "out", "tokenizer", "vocab_size", "n_layer", "n_embd",
                          "n_head", "context", "steps", "minutes", "batch_size", "lr", "seed", "resume",
-                         "line_mode", "prefix_read", "init", "overwrite"])
+                         "line_mode", "prefix_read", "init", "overwrite", *TRAINER_KEYS])
+
+
+TRAINER_KEYS = ["devices", "num_nodes", "strategy", "precision", "accelerator"]
+
+
+def add_trainer_args(p, config: bool = False) -> None:
+    """The Lightning trainer's flags of `lm train` and `encoder train` (train/engine.py)."""
+    from bridgeocr.config import PRECISIONS
+
+    def default(key: str, value: str) -> str:
+        return f" (default: the config's train.{key})" if config else (f" (default {value})" if value else "")
+
+    p.add_argument("--devices", default=None,
+                   help="devices per node (Lightning), e.g. 1, 2 or auto" + default("devices", "1"))
+    p.add_argument("--num-nodes", type=positive_int, default=None)
+    p.add_argument("--strategy", default=None, help="Lightning strategy, e.g. ddp" + default("strategy", "auto"))
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="auto: bf16-mixed on a GPU that has it, 32-true on the CPU" + default("precision", "auto"))
+    p.add_argument("--accelerator", default=None, help="auto | cpu | gpu" + default("accelerator", "auto"))
 
 
 def _add_encoder(sub):
@@ -200,9 +220,10 @@ def _add_encoder(sub):
     p.add_argument("--augment", choices=["none", "print", "handwriting"], default="none",
                    help="augment training lines as real scans look (blur, noise, contrast, JPEG, rotation/shear; "
                    "handwriting adds ink width and elastic distortion); synthetic lines get it too")
+    add_trainer_args(p, config=True)
     p.set_defaults(target="bridgeocr.train.encoder_pretrain:train_encoder_cli",
                    keys=["data", "val_data", "out", "config", "overrides", "steps", "minutes",
-                         "batch_size", "lr", "seed", "resume", "init", "augment", "overwrite"])
+                         "batch_size", "lr", "seed", "resume", "init", "augment", "overwrite", *TRAINER_KEYS])
 
 
 def _add_train_eval(sub):

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
 from tqdm.auto import tqdm
 
@@ -22,19 +23,28 @@ from bridgeocr.config import ExperimentConfig, load_config
 from bridgeocr.data.augment import Augmenter
 from bridgeocr.data.tokenizers import load_tokenizer
 from bridgeocr.errors import BridgeOCRError
-from bridgeocr.models.encoder import build_encoder, is_encoder_dir, load_encoder, save_encoder
+from bridgeocr.models.encoder import (
+    adopt_encoder_image,
+    build_encoder,
+    is_encoder_dir,
+    load_encoder,
+    save_encoder,
+)
 from bridgeocr.models.ppocr import import_ppocr
 from bridgeocr.preflight import TRAIN_NEED, ensure_writable
 from bridgeocr.shipped import resolve_pretrained
-from bridgeocr.train.checkpoint import (
-    atomic_dir,
-    guard_run_dir,
-    load_optimizer,
-    read_json,
-    save_optimizer,
-    write_json,
+from bridgeocr.train.checkpoint import atomic_dir, guard_run_dir, write_json
+from bridgeocr.train.engine import (
+    CKPT,
+    Budget,
+    Checkpoints,
+    build_trainer,
+    finish_interrupted,
+    fit,
+    resume_checkpoint,
 )
 from bridgeocr.train.losses import ctc_loss, ctc_targets
+from bridgeocr.train.run import merge_csv_logs, shard
 from bridgeocr.train.schedule import lr_factor
 
 __all__ = ["train_encoder", "train_encoder_cli", "import_ppocr_cli", "ctc_evaluate"]
@@ -72,31 +82,88 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
                   minutes: float | None, batch_size: int, lr: float, seed: int, resume: bool,
                   eval_every: int | None = None, eval_batches: int = 20, command: str = "",
                   progress: bool = True, init: str | None = None, augment: str = "none",
-                  overwrite: bool = False) -> dict:
+                  overwrite: bool = False, devices=None, num_nodes: int | None = None, strategy: str | None = None,
+                  precision: str | None = None, accelerator: str | None = None) -> dict:
     """Train encoder + CTC head on the train split of each source; keep the best by val CER in `out`.
 
     `init`: an encoder directory to start from (its CTC head too when the vocabulary matches, its tokenizer
     unless `tokenizer.path` is set), or `ppocr` (PP-OCR's recogniser from the rapidocr wheel, its CTC head
     mapped onto the tokenizer, default the shipped GPT's). An encoder that brings image settings (PP-OCR:
-    height 48) sets `data.image` to them. `augment`: none | print | handwriting (data/augment.py)."""
+    height 48) sets `data.image` to them. `augment`: none | print | handwriting (data/augment.py).
+    devices / num_nodes / strategy / precision / accelerator: the Lightning trainer's (train/engine.py),
+    default the config's `train.*`; with several processes each trains on its share of the lines and
+    rank 0 evaluates. Returns the card ({} on the other processes)."""
     from bridgeocr.data.preprocess import make_loader
-    from bridgeocr.data.sources import open_source
-    from bridgeocr.models.ctc import CTCHead
-    from bridgeocr.train.run import adopt_encoder_image, build_tokenizer
 
     out = Path(out)
-    guard_run_dir(out, resume and (out / "last" / "train_state.json").is_file(), overwrite, resume_asked=resume)
+    ckpt = resume_checkpoint(out, resume)
+    guard_run_dir(out, ckpt is not None, overwrite, resume_asked=resume)
     ensure_writable(out, TRAIN_NEED)
-    torch.manual_seed(seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if resume and ckpt is None:
+        print(f"--resume: nothing to resume in {out / CKPT}; starting fresh", flush=True)
+    pl.seed_everything(seed, verbose=False)
+    train, val = _sources(cfg, data, val_data)
+    tokenizer = _tokenizer(cfg, init, train)
+    encoder, head = _networks(cfg, tokenizer, init, out / "last" if ckpt is not None else None)
+    if ckpt is not None:
+        print(f"resuming from {ckpt}", flush=True)
+    augmenter = None if augment in (None, "none") else Augmenter(augment, seed)
+    module = _CTCModule(encoder, head, tokenizer, lr, steps,
+                        lambda rank, world: make_loader(
+                            shard(train, rank, world, even=True), cfg.data.image, tokenizer, batch_size,
+                            shuffle=True, seed=seed, max_text_tokens=cfg.model.max_text_tokens, drop_last=True,
+                            augment=augmenter))
+    val_loader = make_loader(val, cfg.data.image, tokenizer, batch_size, shuffle=False)
+    budget = Budget(minutes)
+    saver = _saver(out, tokenizer, val_loader, eval_batches, eval_every or max(100, steps // 10), seed, budget)
+    tc = cfg.train
+    trainer = build_trainer(out, max_steps=steps, budget=budget, callbacks=[saver],
+                            devices=devices if devices is not None else tc.devices,
+                            num_nodes=num_nodes or tc.num_nodes, strategy=strategy or tc.strategy,
+                            precision=precision or tc.precision, accelerator=accelerator or tc.accelerator,
+                            progress=progress, resuming=ckpt is not None)
+    if trainer.is_global_zero:
+        print(f"encoder: {len(train):,} train / {len(val):,} val lines, vocab {tokenizer.vocab_size}, "
+              f"{sum(p.numel() for p in module.parameters()) / 1e6:.2f}M params, {trainer.world_size} "
+              f"process(es) on {trainer.strategy.root_device}", flush=True)
+    stopped = fit(trainer, module, budget, ckpt, out)
+    if stopped == "interrupted":
+        tqdm.write(f"interrupted at step {trainer.global_step}: evaluating and saving")
+        finish_interrupted(trainer, module, saver)
+    if not trainer.is_global_zero:
+        return {}
+    merge_csv_logs(out)
+    device = trainer.strategy.root_device
+    full = ctc_evaluate(*load_encoder(out, cfg.data.image.height), val_loader, tokenizer, device) \
+        if (out / "model.safetensors").is_file() else saver.state["final"]
+    card = _card(cfg, module, trainer, budget, full, saver.state, command=command, data=data, val_data=val_data,
+                 train=train, val=val, init=init, augment=augment, stopped_by=stopped, batch_size=batch_size,
+                 lr=lr, seed=seed)
+    write_json(out / "encoder_card.json", card)
+    print(f"encoder: step {card['steps']}, best val CER {full['cer']:.4f} WER {full['wer']:.4f} on "
+          f"{full['lines']} lines, {budget.elapsed() / 60:.1f} min (stopped by {stopped}); saved {out}", flush=True)
+    return card
+
+
+def _sources(cfg: ExperimentConfig, data: list[str], val_data: str | None) -> tuple[list, object]:
+    """The train splits of all sources as one sequence of samples, and the val split of `val_data`."""
+    from bridgeocr.data.sources import open_source
+
     opts = {"split_file": cfg.data.split_file, "iam_split_dir": cfg.data.iam_split_dir, "drop_err": cfg.data.drop_err,
             "allow_outside": cfg.data.allow_outside, "split_by": cfg.data.split_by}
-    train: list = []  # the train splits of all sources, as one sequence of samples
+    train: list = []
     for spec in data:
         train.extend(open_source(spec, cfg.data.train_split, **opts))
     if not train:
         raise BridgeOCRError(f"encoder train: no training lines in {', '.join(data)}")
-    val = open_source(val_data or data[0], cfg.data.val_split, **opts)
+    return train, open_source(val_data or data[0], cfg.data.val_split, **opts)
+
+
+def _tokenizer(cfg: ExperimentConfig, init: str | None, train: list):
+    """The OCR trainer's tokenizer choice (so the CTC head fits), `--init`'s when it brings one; the config
+    is set to the encoder `--init` names and to the image settings it brings."""
+    from bridgeocr.train.run import build_tokenizer
+
     init_dir = None if init in (None, "ppocr") else resolve_pretrained(init)
     if init_dir is not None and not is_encoder_dir(init_dir):
         raise BridgeOCRError(f"--init {init}: not a bridgeocr encoder directory")
@@ -104,162 +171,141 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
         cfg.tokenizer.path = str(init_dir / "tokenizer.json")  # the init head's vocabulary
     elif not cfg.tokenizer.path and init == "ppocr" and not cfg.model.decoder.pretrained:
         cfg.tokenizer.path = "shipped:gpt_lm"  # so the encoder joins the shipped GPT
-    tokenizer = build_tokenizer(cfg, [s.text for s in train])  # the OCR trainer's choice, so the CTC head fits
+    tokenizer = build_tokenizer(cfg, [s.text for s in train])
     if init == "ppocr":
         cfg.model.encoder.kind = "ppocr"
     elif init_dir is not None:
         cfg.model.encoder.pretrained = str(init_dir)
     adopt_encoder_image(cfg)
-    image_cfg = cfg.data.image
+    return tokenizer
 
-    last = out / "last"
-    state = read_json(last / "train_state.json") if resume and (last / "train_state.json").is_file() else None
-    if state is not None:
-        encoder, head = load_encoder(last, image_cfg.height)
-        print(f"resuming from {last} at step {state['step']}", flush=True)
+
+def _networks(cfg: ExperimentConfig, tokenizer, init: str | None, last: Path | None):
+    """(encoder, CTC head): the run's own when resuming (`last`; the weights then come from last.ckpt),
+    PP-OCR's, a pretrained encoder's (its head if the vocabulary matches), or new."""
+    from bridgeocr.models.ctc import CTCHead
+
+    height = cfg.data.image.height
+    if last is not None:
+        return load_encoder(last, height)
+    head = None
+    if cfg.model.encoder.kind == "ppocr" and not cfg.model.encoder.pretrained:
+        encoder, head, info = import_ppocr(cfg.model.encoder.onnx, tokenizer, cfg.model.encoder)
+        print(f"PP-OCR encoder from {info['onnx']}: CTC head {info['kept']} characters kept, "
+              f"{len(info['new'])} new", flush=True)
+    elif cfg.model.encoder.pretrained:
+        encoder, head = load_encoder(cfg.model.encoder.pretrained, height)
     else:
-        if resume:
-            print(f"--resume: nothing to resume in {last}; starting fresh", flush=True)
-        head = None
-        if cfg.model.encoder.kind == "ppocr" and not cfg.model.encoder.pretrained:
-            encoder, head, info = import_ppocr(cfg.model.encoder.onnx, tokenizer, cfg.model.encoder)
-            print(f"PP-OCR encoder from {info['onnx']}: CTC head {info['kept']} characters kept, "
-                  f"{len(info['new'])} new", flush=True)
-        elif cfg.model.encoder.pretrained:  # continue a pretrained encoder (its head if the vocab matches)
-            encoder, head = load_encoder(cfg.model.encoder.pretrained, image_cfg.height)
-        else:
-            encoder = build_encoder(cfg.model.encoder, image_cfg.height)
-        if head is not None and init:
-            cfg.model.ctc_upsample = head.upsample  # an --init head keeps its frames per token
-        if head is None or head.vocab_size != tokenizer.vocab_size or head.upsample != cfg.model.ctc_upsample:
-            head = CTCHead(encoder.d_out, tokenizer.vocab_size, cfg.model.ctc_upsample)
-    encoder.to(device).train()
-    head.to(device).train()
-    params = list(encoder.parameters()) + list(head.parameters())
-    n_params = sum(p.numel() for p in params)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    step, elapsed_before, best_cer, history = 0, 0.0, math.inf, []
-    if state is not None:
-        load_optimizer(optimizer, last / "optimizer.safetensors")
-        step, elapsed_before = int(state["step"]), float(state["elapsed_s"])
-        best_cer, history = float(state.get("best_cer", math.inf)), list(state.get("history", []))
+        encoder = build_encoder(cfg.model.encoder, height)
+    if head is not None and init:
+        cfg.model.ctc_upsample = head.upsample  # an --init head keeps its frames per token
+    if head is None or head.vocab_size != tokenizer.vocab_size or head.upsample != cfg.model.ctc_upsample:
+        head = CTCHead(encoder.d_out, tokenizer.vocab_size, cfg.model.ctc_upsample)
+    return encoder, head
 
-    augmenter = None if augment in (None, "none") else Augmenter(augment, seed)
-    train_loader = make_loader(train, image_cfg, tokenizer, batch_size, shuffle=True, seed=seed + step,
-                               max_text_tokens=cfg.model.max_text_tokens, drop_last=True, augment=augmenter)
-    val_loader = make_loader(val, image_cfg, tokenizer, batch_size, shuffle=False)
-    print(f"encoder: {len(train):,} train / {len(val):,} val lines, vocab {tokenizer.vocab_size}, "
-          f"{n_params / 1e6:.2f}M params, device {device}", flush=True)
-    drop = [tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id]
-    warmup = min(300, max(1, steps // 10))
-    eval_every = eval_every or max(100, steps // 10)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
 
-    def save_last(elapsed: float) -> None:
-        def write(tmp: Path) -> None:
-            save_encoder(tmp, encoder, head)
-            tokenizer.save(tmp / "tokenizer.json")
-            save_optimizer(optimizer, tmp / "optimizer.safetensors")
-            write_json(tmp / "train_state.json", {"step": step, "elapsed_s": elapsed, "best_cer": best_cer,
-                                                  "history": history, "seed": seed})
-        atomic_dir(last, write)
+class _CTCModule(pl.LightningModule):
+    """CTC loss of encoder + head on this process's share of the lines (width-bucketed batches, the place
+    in the epoch kept by the resume state); AdamW, warm-up then cosine decay per step."""
 
-    def evaluate_and_keep(elapsed: float) -> dict:
-        nonlocal best_cer
-        result = ctc_evaluate(encoder, head, val_loader, tokenizer, device, eval_batches)
-        history.append({"step": step, "val_cer": result["cer"], "val_wer": result["wer"],
-                        "elapsed_s": round(elapsed, 1)})
-        tqdm.write(f"step {step}: val CER {result['cer']:.4f}, WER {result['wer']:.4f} "
+    def __init__(self, encoder, head, tokenizer, lr: float, steps: int, make_loader):
+        super().__init__()
+        self.encoder, self.head, self.lr, self.steps, self.make_loader = encoder, head, lr, steps, make_loader
+        self.drop = [tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id]
+        self.loader, self.lines, self.skipped_before = None, 0, 0
+
+    def train_dataloader(self):
+        self.loader = self.make_loader(self.trainer.global_rank, self.trainer.world_size)
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress  # a checkpoint in on_train_batch_end
+        self.loader.progress = lambda: progress.current.processed  # has processed this batch
+        return self.loader
+
+    def on_train_epoch_start(self) -> None:
+        self.loader.batch_sampler.set_epoch(self.current_epoch)
+        self.loader.dataset.epoch = self.current_epoch  # part of the augmentation's key
+
+    def training_step(self, batch, batch_idx):
+        if batch is None:  # every sample of this batch was bad: a zero loss keeps DDP ranks in step
+            return sum(p.sum() * 0.0 for p in self.parameters())
+        targets, lengths = ctc_targets(batch.input_ids, batch.attention_mask, self.drop)
+        tokens, mask = self.encoder(batch.images, batch.image_mask)
+        loss = ctc_loss(self.head(tokens), self.head.frame_mask(mask), targets, lengths)
+        self.lines += len(batch)
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        dataset = self.loader.dataset
+        if dataset.skipped > self.skipped_before:
+            tqdm.write(f"skipped {dataset.skipped - self.skipped_before} bad sample(s): {dataset.skip_messages[-1]}")
+            self.skipped_before = dataset.skipped
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=0.01, betas=(0.9, 0.98))
+        warmup, steps = min(300, max(1, self.steps // 10)), self.steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _saver(out: Path, tokenizer, val_loader, eval_batches: int, every: int, seed: int, budget) -> Checkpoints:
+    """Val CER every `every` steps and at the end (into the history); a new best is saved in `out`
+    itself, the latest in `out/last` (an encoder directory too, with `train_state.json`)."""
+
+    def evaluate(module, state, final):
+        result = ctc_evaluate(module.encoder, module.head, val_loader, tokenizer, module.device, eval_batches)
+        state["history"].append({"step": int(module.global_step), "val_cer": result["cer"],
+                                 "val_wer": result["wer"], "elapsed_s": round(budget.elapsed(), 1)})
+        tqdm.write(f"step {module.global_step}: val CER {result['cer']:.4f}, WER {result['wer']:.4f} "
                    f"({result['lines']} lines) e.g. {result.get('examples', [])[:1]}")
-        if result["cer"] < best_cer:
-            best_cer = result["cer"]
+        if result["cer"] < state["best_cer"]:
+            state["best_cer"] = result["cer"]
             out.mkdir(parents=True, exist_ok=True)
-            save_encoder(out, encoder, head)
+            save_encoder(out, module.encoder, module.head)
             tokenizer.save(out / "tokenizer.json")
-        return result
+        if final:
+            state["final"] = {k: v for k, v in result.items() if k != "examples"}
 
-    t0 = time.time()
-    deadline = None if minutes is None else t0 + minutes * 60 - elapsed_before
-    bar = tqdm(total=steps, initial=step, desc="encoder", disable=not progress, dynamic_ncols=True)
-    skipped_before = 0
-    stopped, lines_seen = "steps", 0
-    epoch = 0
-    try:  # Ctrl-C ends the run like a budget does: final evaluation, last/ and the card are still written
-        while step < steps and stopped == "steps":
-            train_loader.batch_sampler.set_epoch(epoch)
-            train_loader.dataset.epoch = epoch
-            for batch in train_loader:
-                if step >= steps:
-                    break
-                if deadline is not None and time.time() >= deadline:
-                    stopped = "minutes"
-                    break
-                if batch is None:
-                    continue
-                batch = batch.to(device)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr * lr_factor(step, warmup, steps)
-                targets, lengths = ctc_targets(batch.input_ids, batch.attention_mask, drop)
-                if amp is not None:
-                    with amp:
-                        tokens, mask = encoder(batch.images, batch.image_mask)
-                        logits = head(tokens)
-                else:
-                    tokens, mask = encoder(batch.images, batch.image_mask)
-                    logits = head(tokens)
-                loss = ctc_loss(logits, head.frame_mask(mask), targets, lengths)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                step += 1
-                lines_seen += len(batch)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-                skipped = train_loader.dataset.skipped
-                if skipped > skipped_before:
-                    tqdm.write(f"skipped {skipped - skipped_before} bad sample(s): "
-                               f"{train_loader.dataset.skip_messages[-1]}")
-                    skipped_before = skipped
-                if step % eval_every == 0:
-                    elapsed = elapsed_before + time.time() - t0
-                    evaluate_and_keep(elapsed)
-                    save_last(elapsed)
-            epoch += 1
-    except KeyboardInterrupt:
-        stopped = "interrupted"
-        tqdm.write(f"interrupted at step {step}: evaluating and saving")
-    bar.close()
-    elapsed = elapsed_before + time.time() - t0
-    final = evaluate_and_keep(elapsed)
-    save_last(elapsed)
-    full = ctc_evaluate(*load_encoder(out, image_cfg.height), val_loader, tokenizer, device) \
-        if (out / "model.safetensors").is_file() else final
-    card = {
-        "command": command, "data": list(map(str, data)), "val_data": str(val_data or data[0]),
-        "train_lines": len(train), "val_lines": len(val), "vocab_size": tokenizer.vocab_size,
+    def write_last(module, state):
+        def write(tmp: Path) -> None:
+            save_encoder(tmp, module.encoder, module.head)
+            tokenizer.save(tmp / "tokenizer.json")
+            write_json(tmp / "train_state.json", {"step": int(module.global_step), "elapsed_s": budget.elapsed(),
+                                                  "best_cer": state["best_cer"], "history": state["history"],
+                                                  "seed": seed})
+
+        atomic_dir(out / "last", write)
+
+    return Checkpoints(out, every, evaluate, write_last, {"history": [], "best_cer": math.inf, "final": None})
+
+
+def _card(cfg, module, trainer, budget, full: dict, state: dict, *, data, val_data, train, val, **run) -> dict:
+    """encoder_card.json: the command, data, sizes, what stopped the run and the best encoder's numbers."""
+    params = sum(p.numel() for p in module.parameters())
+    return {
+        "command": run.pop("command"), "data": list(map(str, data)), "val_data": str(val_data or data[0]),
+        "train_lines": len(train), "val_lines": len(val), "vocab_size": module.head.vocab_size,
         "encoder": {k: getattr(cfg.model.encoder, k) for k in ("dim", "depth", "heads", "patch_width",
                                                                 "patch_height", "conv_stem", "pos_embedding")},
-        "image": {"height": image_cfg.height, "max_width": image_cfg.max_width},
-        "init": init, "augment": augment, "encoder_kind": cfg.model.encoder.kind,
-        "params": n_params, "steps": step, "stopped_by": stopped, "batch_size": batch_size, "lr": lr,
-        "seed": seed, "time_s": round(elapsed, 1), "device": str(device),
-        "threads": torch.get_num_threads(), "lines_seen_this_run": lines_seen,
+        "image": {"height": cfg.data.image.height, "max_width": cfg.data.image.max_width},
+        "init": run.pop("init"), "augment": run.pop("augment"), "encoder_kind": cfg.model.encoder.kind,
+        "params": params, "steps": int(trainer.global_step), **run, "time_s": round(budget.elapsed(), 1),
+        "device": str(trainer.strategy.root_device), "devices": trainer.world_size,
+        "precision": str(trainer.precision), "threads": torch.get_num_threads(),
+        "lines_seen_this_run": module.lines * trainer.world_size,
         "val_cer_ctc_greedy": full["cer"], "val_wer_ctc_greedy": full["wer"], "val_lines_evaluated": full["lines"],
-        "history": history, "skipped_samples": train_loader.dataset.skipped,
+        "history": state["history"],
+        "skipped_samples": module.loader.dataset.skipped if module.loader is not None else 0,
     }
-    write_json(out / "encoder_card.json", card)
-    print(f"encoder: step {step}, best val CER {full['cer']:.4f} WER {full['wer']:.4f} on {full['lines']} lines, "
-          f"{elapsed / 60:.1f} min (stopped by {stopped}); saved {out}", flush=True)
-    return card
 
 
 def train_encoder_cli(data, val_data, out, config, overrides, steps, minutes, batch_size, lr, seed, resume,
-                      init=None, augment="none", overwrite=False) -> int:
+                      init=None, augment="none", overwrite=False, devices=None, num_nodes=None, strategy=None,
+                      precision=None, accelerator=None) -> int:
     cfg = load_config(config, overrides)
     train_encoder(cfg, data, val_data, out, steps, minutes, batch_size, lr, seed, resume,
                   command="bridgeocr " + shlex.join(sys.argv[1:]), init=init, augment=augment,
-                  overwrite=bool(overwrite))
+                  overwrite=bool(overwrite), devices=devices, num_nodes=num_nodes, strategy=strategy,
+                  precision=precision, accelerator=accelerator)
     return 0
 
 

@@ -1,34 +1,38 @@
 """`bridgeocr lm train`: a tokenizer and a small GPT pretrained as a causal LM on plain text.
 
-Output: an HF GPT-2 directory (`GPT.save_hf`) + `tokenizer.json` + `lm_card.json`; the state needed to
-continue (`OUT/last`: weights, optimizer tensors as safetensors, step as JSON) is kept beside it.
+Output: an HF GPT-2 directory (`GPT.save_hf`) + `tokenizer.json` + `lm_card.json`; beside it `OUT/last/`
+(the LM at the last evaluation, an LM directory too, with `train_state.json`), the trainer's resume state
+`OUT/last.ckpt/` (safetensors + JSON, train/engine.py), `metrics.csv` and `tb/`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import shlex
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
 from tqdm.auto import tqdm
 
 from bridgeocr.errors import BridgeOCRError, ConfigError
 from bridgeocr.preflight import TRAIN_NEED, ensure_writable
-from bridgeocr.train.checkpoint import (
-    atomic_dir,
-    guard_run_dir,
-    load_optimizer,
-    read_json,
-    save_optimizer,
-    write_json,
+from bridgeocr.train.checkpoint import atomic_dir, guard_run_dir, write_json
+from bridgeocr.train.engine import (
+    CKPT,
+    Budget,
+    Checkpoints,
+    build_trainer,
+    finish_interrupted,
+    fit,
+    resume_checkpoint,
+    step_seed,
 )
 from bridgeocr.train.losses import ce_loss
+from bridgeocr.train.run import merge_csv_logs
 from bridgeocr.train.schedule import lr_factor
 
 __all__ = ["train_lm_cli", "train_lm", "build_gpt", "token_stream", "lm_eval"]
@@ -86,32 +90,100 @@ def lm_eval(model, stream: torch.Tensor, context: int, batch_size: int, device, 
     return total / max(1, count)
 
 
-def _save_state(model, tokenizer, optimizer, out: Path, step: int, elapsed: float, extra: dict) -> None:
-    def write(tmp: Path) -> None:
-        model.save_hf(tmp, tokenizer=tokenizer)  # tokenizer.json (+ transformers' files) beside the weights
-        save_optimizer(optimizer, tmp / "optimizer.safetensors")
-        write_json(tmp / "train_state.json", {"step": step, "elapsed_s": elapsed, **extra})
-
-    atomic_dir(out / "last", write)
-
-
 def train_lm(*, docs: list[str], val_docs: list[str] | None, out: str | Path, tokenizer_kind: str = "char",
              vocab_size: int = 4000, n_layer: int = 3, n_embd: int = 192, n_head: int = 3,
              context: int = 128, steps: int = 2000, minutes: float | None = None, batch_size: int = 32,
              lr: float = 1e-3, seed: int = 0, resume: bool = False, eval_every: int | None = None,
              data_desc: str = "", command: str = "", progress: bool = True, prefix_read: float = 0.0,
-             init: str | Path | None = None, overwrite: bool = False) -> dict:
-    """Train and save; returns the LM card (dict).
+             init: str | Path | None = None, overwrite: bool = False, devices=None, num_nodes: int | None = None,
+             strategy: str | None = None, precision: str | None = None, accelerator: str | None = None) -> dict:
+    """Train and save; returns the LM card (dict; {} on the processes of a multi-process run but the first).
 
     prefix_read: the fraction of steps that are prefix-reading batches (train/prefix_reading.py): the GPT
     writes a line while reading a noisy copy of it in its prefix (stretched or collapsed, as connectors
     give it), the skill an OCR decoder needs.
     init: start from this LM directory (its tokenizer and weights) instead of a fresh model.
+    devices / num_nodes / strategy / precision / accelerator: the Lightning trainer's (train/engine.py);
+    with several processes each trains on its own batches (batch_size per process).
     """
-    from bridgeocr.data.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
-    from bridgeocr.models.decoder import GPT
-
     out = Path(out)
+    _checked(steps, n_embd, n_head, prefix_read, docs)
+    ckpt = resume_checkpoint(out, resume)
+    guard_run_dir(out, ckpt is not None, overwrite, resume_asked=resume)
+    ensure_writable(out, TRAIN_NEED)
+    if resume and ckpt is None:
+        print(f"--resume: nothing to resume in {out / CKPT}; starting fresh", flush=True)
+    pl.seed_everything(seed, verbose=False)
+    docs, val_docs = _split(docs, val_docs)
+    tokenizer, model = _model(out, ckpt is not None, init, docs, val_docs, tokenizer_kind, vocab_size,
+                              (n_layer, n_embd, n_head, max(context + 1, 512)))
+    if ckpt is not None:
+        print(f"resuming from {ckpt}", flush=True)
+    if prefix_read > 0:
+        model.cfg = replace(model.cfg, prefix_positions=True)
+    train_stream, val_stream = token_stream(docs, tokenizer), token_stream(val_docs, tokenizer)
+    if len(train_stream) < 2:
+        raise BridgeOCRError("lm train: the corpus gives fewer than 2 tokens")
+    context = min(context, len(train_stream) - 1)
+    reading = _PrefixReading(docs, val_docs, tokenizer, seed) if prefix_read > 0 else None
+    module = _LMModule(model, _StepBatches(train_stream, batch_size, context, seed, prefix_read, reading),
+                       lr, steps, seed)
+    budget = Budget(minutes)
+    saver = _saver(out, tokenizer, val_stream, context, batch_size, reading, eval_every or max(50, steps // 10),
+                   seed, budget)
+    trainer = build_trainer(out, max_steps=steps, budget=budget, callbacks=[saver], devices=devices,
+                            num_nodes=num_nodes, strategy=strategy, precision=precision, accelerator=accelerator,
+                            progress=progress, resuming=ckpt is not None)
+    if trainer.is_global_zero:
+        print(f"lm: {len(train_stream):,} train / {len(val_stream):,} val tokens, vocab {tokenizer.vocab_size}, "
+              f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {trainer.world_size} "
+              f"process(es) on {trainer.strategy.root_device}", flush=True)
+    stopped = fit(trainer, module, budget, ckpt, out)
+    if stopped == "interrupted":
+        finish_interrupted(trainer, module, saver)
+    if not trainer.is_global_zero:
+        return {}
+    merge_csv_logs(out)
+    final = saver.state["final"]
+    print(f"lm: step {trainer.global_step}, val loss {final['val_loss']:.4f}, perplexity {final['val_ppl']:.2f}"
+          + (f", prefix-reading val loss {final['prefix_read_val_loss']:.4f}" if reading is not None else "")
+          + f", {budget.elapsed() / 60:.1f} min (stopped by {stopped})", flush=True)
+    card = _card(model, tokenizer, trainer, budget, saver.state, command=command, data=data_desc,
+                 tokenizer_kind=tokenizer_kind, context=context, train_tokens=len(train_stream),
+                 val_tokens=len(val_stream), max_steps=steps, stopped_by=stopped, batch_size=batch_size, lr=lr,
+                 seed=seed, prefix_read=prefix_read, init=init)
+    model.save_hf(out, tokenizer=tokenizer)  # a complete HF model: AutoModelForCausalLM + AutoTokenizer
+    write_json(out / "lm_card.json", card)
+    print(f"saved LM to {out}", flush=True)
+    return card
+
+
+def _card(model, tokenizer, trainer, budget, state: dict, *, tokenizer_kind, init, **run) -> dict:
+    """lm_card.json: the command, data, sizes, what stopped the run and its numbers."""
+    loss = trainer.callback_metrics.get("train/loss")
+    final = state["final"]
+    return {
+        "command": run.pop("command"), "data": run.pop("data"),
+        "tokenizer": tokenizer.kind if hasattr(tokenizer, "kind") else tokenizer_kind,
+        "vocab_size": tokenizer.vocab_size,
+        "n_layer": model.cfg.n_layer, "n_embd": model.cfg.n_embd, "n_head": model.cfg.n_head,
+        "context": run.pop("context"), "n_positions": model.cfg.n_positions,
+        "params": sum(p.numel() for p in model.parameters()),
+        "train_tokens": run.pop("train_tokens"), "val_tokens": run.pop("val_tokens"),
+        "steps": int(trainer.global_step), **{k: run.pop(k) for k in ("max_steps", "stopped_by", "batch_size",
+                                                                       "lr", "seed")},
+        "time_s": round(budget.elapsed(), 1),
+        "final_train_loss": float(loss) if loss is not None else float("nan"),
+        "val_loss": final["val_loss"], "val_ppl": final["val_ppl"], "history": state["history"],
+        "device": str(trainer.strategy.root_device), "devices": trainer.world_size,
+        "precision": str(trainer.precision),
+        "prefix_read": run.pop("prefix_read"), "prefix_positions": bool(model.cfg.prefix_positions),
+        "prefix_read_val_loss": final.get("prefix_read_val_loss"),
+        "init": None if init is None else str(init),
+    }
+
+
+def _checked(steps: int, n_embd: int, n_head: int, prefix_read: float, docs: list[str]) -> None:
     if steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {steps}")
     if n_embd % n_head:
@@ -120,148 +192,130 @@ def train_lm(*, docs: list[str], val_docs: list[str] | None, out: str | Path, to
         raise ConfigError(f"--prefix-read must be in [0, 1), got {prefix_read}")
     if not docs or not any(d.strip() for d in docs):
         raise BridgeOCRError("lm train: the corpus is empty")
-    guard_run_dir(out, resume and (out / "last" / "train_state.json").is_file(), overwrite, resume_asked=resume)
-    ensure_writable(out, TRAIN_NEED)
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    # validation split: the last 5% of the documents (or of the text, for a single document)
-    if val_docs is None:
-        if len(docs) >= 20:
-            k = max(1, len(docs) // 20)
-            docs, val_docs = docs[:-k], docs[-k:]
-        else:
-            text = "\n".join(docs)
-            cut = int(len(text) * 0.95)
-            docs, val_docs = [text[:cut]], [text[cut:]]
 
-    last = out / "last"
-    state = None
-    if resume and (last / "train_state.json").is_file():
-        state = read_json(last / "train_state.json")
-        tokenizer = load_tokenizer(last / "tokenizer.json")
-        model = GPT.from_hf(last)
-        print(f"resuming from {last} at step {state['step']}", flush=True)
-    elif init is not None:
+def _split(docs: list[str], val_docs: list[str] | None) -> tuple[list[str], list[str]]:
+    """Validation: `val_docs`, else the last 5% of the documents (of the text, for fewer than 20)."""
+    if val_docs is not None:
+        return docs, val_docs
+    if len(docs) >= 20:
+        k = max(1, len(docs) // 20)
+        return docs[:-k], docs[-k:]
+    text = "\n".join(docs)
+    cut = int(len(text) * 0.95)
+    return [text[:cut]], [text[cut:]]
+
+
+def _model(out: Path, resuming: bool, init, docs, val_docs, tokenizer_kind, vocab_size, shape):
+    """(tokenizer, GPT): the run's own when resuming (its weights come from last.ckpt), --init's, or new."""
+    from bridgeocr.data.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
+    from bridgeocr.models.decoder import GPT
+
+    if resuming:
+        return load_tokenizer(out / "last" / "tokenizer.json"), GPT.from_hf(out / "last")
+    if init is not None:
         from bridgeocr.shipped import resolve_pretrained
 
         init = resolve_pretrained(str(init))
         if not (Path(init) / "tokenizer.json").is_file():
             raise ConfigError(f"--init {init}: no tokenizer.json (not an LM made by `bridgeocr lm train`)")
-        tokenizer = load_tokenizer(Path(init) / "tokenizer.json")
-        model = GPT.from_hf(init)
         print(f"starting from the LM in {init}", flush=True)
+        return load_tokenizer(Path(init) / "tokenizer.json"), GPT.from_hf(init)
+    if tokenizer_kind == "char":
+        tokenizer = CharTokenizer.build(docs + val_docs)
+    elif tokenizer_kind == "bpe":
+        tokenizer = BPETokenizer.train(docs, vocab_size=vocab_size)
     else:
-        if resume:
-            print(f"--resume: nothing to resume in {last}; starting fresh", flush=True)
-        if tokenizer_kind == "char":
-            tokenizer = CharTokenizer.build(docs + val_docs)
-        elif tokenizer_kind == "bpe":
-            tokenizer = BPETokenizer.train(docs, vocab_size=vocab_size)
+        raise ConfigError(f"--tokenizer: expected char or bpe, got {tokenizer_kind!r}")
+    return tokenizer, build_gpt(tokenizer.vocab_size, *shape)
+
+
+class _StepBatches(torch.utils.data.IterableDataset):
+    """The batches from step `start()` on: step s on rank r is drawn from (seed, r, s) alone, so a resumed
+    run trains on exactly the batches the stopped one would have. A prefix-reading step (train/prefix_reading.py)
+    gives token lines and the seed of their noise instead of a window of the stream."""
+
+    def __init__(self, stream: torch.Tensor, batch_size: int, context: int, seed: int, prefix_read: float,
+                 reading):
+        super().__init__()
+        self.stream, self.batch_size, self.context, self.seed = stream, batch_size, context, seed
+        self.prefix_read, self.reading = prefix_read, reading
+        self.rank, self.start = 0, lambda: 0
+
+    def batch(self, step: int) -> dict:
+        rng = random.Random(step_seed("lm", self.seed, self.rank, step))
+        if self.reading is not None and rng.random() < self.prefix_read:
+            return {"lines": self.reading.sample(self.batch_size, rng), "noise_seed": rng.getrandbits(63)}
+        return {"ids": _batch(self.stream, self.batch_size, self.context, rng)}
+
+    def __iter__(self):
+        step = int(self.start())
+        while True:
+            yield self.batch(step)
+            step += 1
+
+
+class _LMModule(pl.LightningModule):
+    """Next-token CE (or prefix-reading CE) of the GPT; AdamW, warm-up then cosine decay per step."""
+
+    def __init__(self, model, data: _StepBatches, lr: float, steps: int, seed: int):
+        super().__init__()
+        self.model, self.data, self.lr, self.steps, self.seed = model, data, lr, steps, seed
+
+    def train_dataloader(self):
+        self.data.rank = self.trainer.global_rank
+        self.data.start = lambda: self.trainer.global_step  # restored from last.ckpt by then
+        return torch.utils.data.DataLoader(self.data, batch_size=None)
+
+    def on_train_batch_start(self, batch, batch_idx):  # dropout and prefix noise: from (seed, rank, step)
+        torch.manual_seed(step_seed("torch", self.seed, self.global_rank, self.global_step))
+
+    def training_step(self, batch, batch_idx):
+        if "lines" in batch:
+            loss = self.data.reading.loss(self.model, batch["lines"], random.Random(batch["noise_seed"]))
+            n = len(batch["lines"])
         else:
-            raise ConfigError(f"--tokenizer: expected char or bpe, got {tokenizer_kind!r}")
-        model = build_gpt(tokenizer.vocab_size, n_layer, n_embd, n_head, max(context + 1, 512))
-    if prefix_read > 0:
-        model.cfg = replace(model.cfg, prefix_positions=True)
-    model.to(device).train()
+            ids = batch["ids"]
+            loss, n = ce_loss(_logits(self.model, ids), ids, torch.ones_like(ids, dtype=torch.bool)), len(ids)
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
+        return loss
 
-    train_stream = token_stream(docs, tokenizer)
-    val_stream = token_stream(val_docs, tokenizer)
-    if len(train_stream) < 2:
-        raise BridgeOCRError("lm train: the corpus gives fewer than 2 tokens")
-    if len(train_stream) <= context + 1:
-        context = len(train_stream) - 1
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"lm: {len(train_stream):,} train / {len(val_stream):,} val tokens, vocab {tokenizer.vocab_size}, "
-          f"{n_params / 1e6:.2f}M params, device {device}", flush=True)
+    def configure_optimizers(self):
+        decay = [p for p in self.model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.lr, betas=(0.9, 0.95))
+        warmup, steps = min(100, max(1, self.steps // 10)), self.steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
-    step, elapsed_before = 0, 0.0
-    history: list[dict] = []
-    if state is not None:
-        load_optimizer(optimizer, last / "optimizer.safetensors")
-        step, elapsed_before = int(state["step"]), float(state.get("elapsed_s", 0.0))
-        history = list(state.get("history", []))
-        rng = random.Random(seed * 1_000_003 + step)
-    warmup = min(100, max(1, steps // 10))
-    eval_every = eval_every or max(50, steps // 10)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
-    reading = _PrefixReading(docs, val_docs, tokenizer, seed) if prefix_read > 0 else None
 
-    t0 = time.time()
-    deadline = None if minutes is None else t0 + minutes * 60 - elapsed_before
-    bar = tqdm(total=steps, initial=step, desc="lm", disable=not progress, dynamic_ncols=True)
-    stopped = "steps"
-    last_loss = float("nan")
-    while step < steps:
-        if deadline is not None and time.time() >= deadline:
-            stopped = "minutes"
-            break
-        for g in optimizer.param_groups:
-            g["lr"] = lr * lr_factor(step, warmup, steps)
-        with amp if amp is not None else contextlib.nullcontext():
-            if reading is not None and rng.random() < prefix_read:
-                loss = reading.train_loss(model, batch_size, rng)
-            else:
-                ids = _batch(train_stream, batch_size, context, rng).to(device)
-                loss = ce_loss(_logits(model, ids), ids, torch.ones_like(ids, dtype=torch.bool))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        step += 1
-        last_loss = loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{last_loss:.3f}")
-        if step % eval_every == 0 and step < steps:
-            vl = lm_eval(model, val_stream, context, batch_size, device)
-            history.append({"step": step, "val_loss": vl, "val_ppl": math.exp(min(vl, 50))})
-            msg = f"step {step}: val loss {vl:.4f}, ppl {math.exp(min(vl, 50)):.2f}"
-            if reading is not None:
-                history[-1]["prefix_read_val_loss"] = reading.val_loss(model, batch_size)
-                msg += f", prefix-reading val loss {history[-1]['prefix_read_val_loss']:.4f}"
+def _saver(out: Path, tokenizer, val_stream, context, batch_size, reading, every, seed, budget) -> Checkpoints:
+    """Val loss every `every` steps (into the history) and at the end (`final`); last/ as an LM directory."""
+
+    def evaluate(module, state, final):
+        device = next(module.model.parameters()).device
+        vl = lm_eval(module.model, val_stream, context, batch_size, device)
+        rec = {"step": int(module.global_step), "val_loss": vl, "val_ppl": math.exp(min(vl, 50))}
+        msg = f"step {rec['step']}: val loss {vl:.4f}, ppl {rec['val_ppl']:.2f}"
+        if reading is not None:
+            rec["prefix_read_val_loss"] = reading.val_loss(module.model, batch_size)
+            msg += f", prefix-reading val loss {rec['prefix_read_val_loss']:.4f}"
+        if final:
+            state["final"] = rec
+        else:
+            state["history"].append(rec)
             tqdm.write(msg)
-            _save_state(model, tokenizer, optimizer, out, step, elapsed_before + time.time() - t0,
-                        {"seed": seed, "history": history})
-    bar.close()
-    elapsed = elapsed_before + time.time() - t0
-    val_loss = lm_eval(model, val_stream, context, batch_size, device)
-    ppl = math.exp(min(val_loss, 50))
-    read_loss = reading.val_loss(model, batch_size) if reading is not None else None
-    print(f"lm: step {step}, val loss {val_loss:.4f}, perplexity {ppl:.2f}"
-          + (f", prefix-reading val loss {read_loss:.4f}" if read_loss is not None else "")
-          + f", {elapsed / 60:.1f} min (stopped by {stopped})", flush=True)
-    _save_state(model, tokenizer, optimizer, out, step, elapsed, {"seed": seed, "history": history})
 
-    card = {
-        "command": command,
-        "data": data_desc,
-        "tokenizer": tokenizer.kind if hasattr(tokenizer, "kind") else tokenizer_kind,
-        "vocab_size": tokenizer.vocab_size,
-        "n_layer": model.cfg.n_layer, "n_embd": model.cfg.n_embd, "n_head": model.cfg.n_head,
-        "context": context, "n_positions": model.cfg.n_positions,
-        "params": n_params,
-        "train_tokens": len(train_stream), "val_tokens": len(val_stream),
-        "steps": step, "max_steps": steps, "stopped_by": stopped,
-        "batch_size": batch_size, "lr": lr, "seed": seed,
-        "time_s": round(elapsed, 1),
-        "final_train_loss": last_loss,
-        "val_loss": val_loss, "val_ppl": ppl,
-        "history": history,
-        "device": str(device),
-        "prefix_read": prefix_read, "prefix_positions": bool(model.cfg.prefix_positions),
-        "prefix_read_val_loss": read_loss,
-        "init": None if init is None else str(init),
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_hf(out, tokenizer=tokenizer)  # a complete HF model: AutoModelForCausalLM + AutoTokenizer
-    write_json(out / "lm_card.json", card)
-    print(f"saved LM to {out}", flush=True)
-    return card
+    def write_last(module, state):
+        def write(tmp: Path) -> None:
+            module.model.save_hf(tmp, tokenizer=tokenizer)  # tokenizer.json (+ transformers' files) beside it
+            write_json(tmp / "train_state.json", {"step": int(module.global_step), "elapsed_s": budget.elapsed(),
+                                                  "seed": seed, "history": state["history"]})
+
+        atomic_dir(out / "last", write)
+
+    return Checkpoints(out, every, evaluate, write_last, {"history": [], "final": None})
 
 
 class _PrefixReading:
@@ -282,10 +336,12 @@ class _PrefixReading:
         if not self.lines or not self.val_lines:
             raise BridgeOCRError("lm train --prefix-read: the corpus gives no 15-80 character lines")
 
-    def train_loss(self, model, batch_size: int, rng: random.Random):
+    def sample(self, batch_size: int, rng: random.Random) -> list[list[int]]:
+        return [self.tokenizer.encode(rng.choice(self.lines)) for _ in range(batch_size)]
+
+    def loss(self, model, lines: list[list[int]], rng: random.Random):
         from bridgeocr.train.prefix_reading import prefix_reading_loss
 
-        lines = [self.tokenizer.encode(rng.choice(self.lines)) for _ in range(batch_size)]
         return prefix_reading_loss(model, lines, self.tokenizer, self.char_ids, rng)[0]
 
     @torch.no_grad()
@@ -305,7 +361,8 @@ class _PrefixReading:
 
 def train_lm_cli(corpus, val_corpus, out, tokenizer, vocab_size, n_layer, n_embd, n_head, context, steps,
                  minutes, batch_size, lr, seed, resume, line_mode=False, prefix_read=0.0, init=None,
-                 overwrite=False) -> int:
+                 overwrite=False, devices=None, num_nodes=None, strategy=None, precision=None,
+                 accelerator=None) -> int:
     from bridgeocr.data.corpus import cut_lines, read_corpus
 
     docs = read_corpus(corpus)
@@ -321,5 +378,6 @@ def train_lm_cli(corpus, val_corpus, out, tokenizer, vocab_size, n_layer, n_embd
              tokenizer_kind=tokenizer, vocab_size=vocab_size, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
              context=context, steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, seed=seed,
              resume=resume, data_desc=desc, command="bridgeocr " + shlex.join(sys.argv[1:]),
-             prefix_read=prefix_read, init=init, overwrite=bool(overwrite))
+             prefix_read=prefix_read, init=init, overwrite=bool(overwrite), devices=devices, num_nodes=num_nodes,
+             strategy=strategy, precision=precision, accelerator=accelerator)
     return 0

@@ -1,0 +1,186 @@
+"""The Lightning plumbing the training commands share (`lm train`, `encoder train`).
+
+`build_trainer` makes the `pl.Trainer`: devices / nodes / strategy / precision, CSV (`OUT/csv/partN`, one
+part per start or resume, merged into `OUT/metrics.csv`) and TensorBoard (`OUT/tb`) logs, the progress bar,
+the resume state as safetensors + JSON (`OUT/last.ckpt/`, train/resume.py `SafeCheckpointIO`) and the
+`--minutes` budget (`Budget`: training time, kept across resumes). `Checkpoints` evaluates every N steps
+and at the end, writes the command's own model directory (`OUT/last/`) and then `last.ckpt`. `fit` runs
+the trainer and says what stopped it; Ctrl-C ends a run like a budget does.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from bridgeocr.errors import BridgeOCRError
+from bridgeocr.train.checkpoint import disk_full
+from bridgeocr.train.resume import SafeCheckpointIO, resume_point
+from bridgeocr.train.run import _devices, _progress_bar, merge_csv_logs
+
+__all__ = ["CKPT", "Budget", "Checkpoints", "build_trainer", "fit", "finish_interrupted", "precision_for",
+           "resume_checkpoint", "step_seed"]
+
+CKPT = "last.ckpt"  # the trainer's resume state in the output directory
+
+
+def precision_for(value: str | None, accelerator: str = "auto") -> str:
+    """`auto`: bf16-mixed on a GPU that has it, else 16-mixed on a GPU, 32-true on the CPU."""
+    p = str(value or "auto")
+    if p != "auto":
+        return p
+    gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    if gpu and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "16-mixed" if gpu else "32-true"
+
+
+def resume_checkpoint(out: Path, resume: bool) -> Path | None:
+    """The resume state a `--resume` continues from (last.ckpt, else the one kept before it), or None."""
+    return resume_point(Path(out) / CKPT) if resume else None
+
+
+def step_seed(*parts) -> int:
+    """A 63-bit seed from (seed, rank, step, ...) alone: what a step draws does not depend on the steps
+    before it, so a resumed run draws exactly what the stopped one would have."""
+    return random.Random("/".join(map(str, parts))).getrandbits(63)
+
+
+def _csv_part(out: Path, resuming: bool) -> int:
+    if not resuming:
+        return 0
+    return 1 + max([int(p.name[4:]) for p in (out / "csv").glob("part*") if p.name[4:].isdigit()], default=-1)
+
+
+class Budget(pl.Callback):
+    """`--minutes`: stop once the training time (kept in the resume state) reaches the budget; checked
+    before the first step and after each one, rank 0 deciding for all. `stopped_by`: minutes | interrupted."""
+
+    def __init__(self, minutes: float | None):
+        self.budget_s = None if minutes is None else float(minutes) * 60
+        self.before, self.t0, self.stopped_by = 0.0, None, None
+
+    def elapsed(self) -> float:
+        return self.before + (time.time() - self.t0 if self.t0 is not None else 0.0)
+
+    def state_dict(self) -> dict:
+        return {"elapsed_s": self.elapsed()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.before = float(state.get("elapsed_s", 0.0))
+
+    def on_train_start(self, trainer, module) -> None:
+        self.t0 = time.time()
+        self._check(trainer)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self._check(trainer)
+
+    def on_exception(self, trainer, module, exception) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.stopped_by = "interrupted"
+
+    def _check(self, trainer) -> None:
+        if self.budget_s is None:
+            return
+        if trainer.strategy.broadcast(self.elapsed() >= self.budget_s):
+            trainer.should_stop = True
+            self.stopped_by = "minutes"
+
+
+class Checkpoints(pl.Callback):
+    """Every `every` steps before the last, and at the end: `evaluate(module, state, final)` on rank 0 (it
+    may record into `state`, which the resume state keeps), `write_last(module, state)` on rank 0 (the
+    command's model directory), then `last.ckpt` (every rank takes part) and the merged CSV log."""
+
+    def __init__(self, out: Path, every: int, evaluate: Callable, write_last: Callable, state: dict):
+        self.out, self.every = Path(out), max(1, int(every))
+        self.evaluate, self.write_last, self.state = evaluate, write_last, state
+        self.saved_step = None
+
+    def state_dict(self) -> dict:
+        return dict(self.state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state.update(state)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every == 0 and step < trainer.max_steps:
+            self.save(trainer, module, final=False)
+
+    def on_train_end(self, trainer, module) -> None:
+        self.save(trainer, module, final=True)
+
+    def save(self, trainer, module, final: bool, checkpoint: bool = True) -> None:
+        if trainer.is_global_zero:
+            self.evaluate(module, self.state, final)
+            self.write_last(module, self.state)
+        if checkpoint and self.saved_step != trainer.global_step:
+            trainer.save_checkpoint(self.out / CKPT)
+            self.saved_step = trainer.global_step
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.save()
+            merge_csv_logs(self.out)
+
+
+def build_trainer(out: Path, *, max_steps: int, budget: Budget, callbacks: list, devices=None,
+                  num_nodes: int | None = None, strategy: str | None = None, precision: str | None = None,
+                  accelerator: str | None = None, progress: bool = True, resuming: bool = False,
+                  grad_clip: float = 1.0) -> pl.Trainer:
+    """The trainer for a run in `out` (module docstring)."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    out = Path(out)
+    accelerator = accelerator or "auto"
+    loggers = [CSVLogger(save_dir=str(out), name="csv", version=f"part{_csv_part(out, resuming)}"),
+               TensorBoardLogger(save_dir=str(out), name="tb", version="", default_hp_metric=False)]
+    trainer = pl.Trainer(
+        accelerator=accelerator, devices=_devices(devices) if devices is not None else 1,
+        num_nodes=num_nodes or 1, strategy=strategy or "auto", precision=precision_for(precision, accelerator),
+        max_steps=max_steps, max_epochs=-1, gradient_clip_val=grad_clip or None, logger=loggers,
+        callbacks=[budget, *callbacks, *([_progress_bar()] if progress else [])],
+        plugins=[SafeCheckpointIO()], enable_checkpointing=False, enable_progress_bar=progress,
+        use_distributed_sampler=False, log_every_n_steps=max(1, min(50, max_steps // 200)),
+        num_sanity_val_steps=0, limit_val_batches=0, enable_model_summary=False, deterministic=False)
+    return trainer
+
+
+def fit(trainer: pl.Trainer, module, budget: Budget, ckpt: Path | None, out: Path, **loaders) -> str:
+    """`trainer.fit` (from `ckpt` when resuming); returns what stopped it: steps | minutes | interrupted.
+    A full disk is one line (the checkpoints written before are intact)."""
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None, **loaders)
+    except SystemExit:  # Lightning's answer to Ctrl-C: the caller finishes the run instead
+        if budget.stopped_by != "interrupted":
+            raise
+    except Exception as exc:
+        if disk_full(exc):
+            raise BridgeOCRError(f"{out}: no space left on the device; the checkpoints written before are "
+                                 "intact: free space, then --resume") from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores Ctrl-C once it has caught one
+    if budget.stopped_by == "interrupted":
+        return "interrupted"
+    return "steps" if trainer.global_step >= trainer.max_steps else (budget.stopped_by or "steps")
+
+
+def finish_interrupted(trainer: pl.Trainer, module, saver: Checkpoints) -> None:
+    """After Ctrl-C (the trainer torn down, the module on the CPU): the final evaluation and `last/` as at
+    the end of a run, and `last.ckpt` where one process trained."""
+    module.to(trainer.strategy.root_device)
+    saver.save(trainer, module, final=True, checkpoint=False)
+    if trainer.world_size == 1:
+        try:
+            trainer.save_checkpoint(saver.out / CKPT)
+        except Exception as exc:  # the state written at the last evaluation is still there
+            print(f"could not write {saver.out / CKPT} after the interruption: {exc}", flush=True)
