@@ -171,3 +171,48 @@ def test_ctc_collapse_gives_one_token_per_character_read():
     blank[..., 0] = 30.0
     out, out_mask = conn(blank.view(1, 3, U * V), torch.ones(1, 3, dtype=torch.bool))
     assert out_mask.tolist() == [[True]] and torch.allclose(out[0, 0], wte.weight[0], atol=1e-5)
+
+
+def test_a_connector_declares_what_it_needs_and_the_model_hands_it_over():
+    """A new kind is one registered class: what it reads from the model (`needs`) arrives in `bind`; a need
+    the model cannot meet is a one-line ConfigError, and a builder must return a ConnectorBody."""
+    import torch.nn as nn
+
+    from bridgeocr.config import ModelConfig
+    from bridgeocr.errors import ConfigError
+    from bridgeocr.models import connectors
+    from bridgeocr.models.ocr import OCRModel
+
+    class TiedReadout(connectors.ConnectorBody):
+        needs = ("wte",)
+
+        def __init__(self, cfg, d_in, d_model):
+            super().__init__()
+            self.proj, self.wte = nn.Linear(d_in, d_model), None
+
+        def bind(self, wte):
+            self.wte = wte
+
+        def forward(self, x, mask):
+            return self.proj(x), mask
+
+    class Greedy(TiedReadout):
+        needs = ("a_language_model",)
+
+    connectors.CONNECTORS["_tied_test"], connectors.CONNECTORS["_greedy_test"] = TiedReadout, Greedy
+    connectors.CONNECTORS["_plain_module_test"] = lambda cfg, d_in, d_model: nn.Linear(d_in, d_model)
+    try:
+        cfg = ModelConfig()
+        cfg.encoder.dim, cfg.encoder.depth, cfg.encoder.heads, cfg.decoder.n_layer = 32, 1, 2, 1
+        cfg.decoder.n_embd, cfg.decoder.n_head, cfg.connector.kind = 32, 2, "_tied_test"
+        model = OCRModel(cfg, 12, 32)
+        assert model.connector.needs == ("wte",) and model.connector.body.wte is model.decoder.wte
+        cfg.connector.kind = "_greedy_test"
+        with pytest.raises(ConfigError, match="needs a_language_model"):
+            OCRModel(cfg, 12, 32)
+        cfg.connector.kind = "_plain_module_test"
+        with pytest.raises(TypeError, match="ConnectorBody"):
+            OCRModel(cfg, 12, 32)
+    finally:
+        for name in ("_tied_test", "_greedy_test", "_plain_module_test"):
+            connectors.CONNECTORS.pop(name, None)

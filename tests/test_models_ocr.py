@@ -174,7 +174,6 @@ def test_a_model_directory_carries_its_image_settings(tmp_path):
 
     from bridgeocr.config import ImageConfig
     from bridgeocr.models.load import load_checkpoint
-
     from conftest import tiny_ocr_model
 
     model = tiny_ocr_model()

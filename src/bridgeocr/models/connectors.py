@@ -10,7 +10,10 @@ Kinds: `linear`, `linear_ln` (the seed's "without GELU"), `linear_gelu_ln` (the 
 FFN), `cabstractor` (Honeybee: conv res-blocks along the width + mask-aware adaptive pooling to M tokens),
 `ctc_embed` (the encoder's CTC posteriors in the GPT's embedding space, + a residual that starts at zero),
 `ctc_collapse` (the same, one token per character the CTC head reads).
-New kinds: `@register_connector("name")` on a class taking `(cfg, d_in, d_model)`.
+New kinds: `@register_connector("name")` on a `ConnectorBody` subclass (or a factory returning one) taking
+`(cfg, d_in, d_model)`. A kind that reads parts of the model when it is built (the CTC ones: the encoder's
+CTC head and the GPT's embedding table) names them in `needs` and receives them in `bind`: the model hands
+over what is asked for and never looks inside a connector.
 """
 
 from __future__ import annotations
@@ -36,6 +39,17 @@ def register_connector(name: str):
 
 def connector_names() -> list[str]:
     return sorted(CONNECTORS)
+
+
+class ConnectorBody(nn.Module):
+    """What every connector kind is: `forward(tokens [B, N, d_in], mask [B, N]) -> (out [B, M, d_model],
+    mask [B, M])`. `needs`: the parts of the model it is built from (names OCRModel provides: `ctc_head`,
+    `wte`), handed to `bind` once the model has them."""
+
+    needs: tuple[str, ...] = ()
+
+    def bind(self, **parts: nn.Module) -> None:
+        """Receive the parts named in `needs` (nothing to do for a kind that needs none)."""
 
 
 # ---------------------------------------------------------------------------------- token reduction
@@ -74,7 +88,7 @@ class Reduce(nn.Module):
 # ------------------------------------------------------------------------------------- projectors
 
 
-class Projector(nn.Module):
+class Projector(ConnectorBody):
     """A token-wise projection; the output mask is the input mask."""
 
     def __init__(self, layers: list[nn.Module]):
@@ -164,7 +178,7 @@ def locality_bias(mask: torch.Tensor, m_out: int, width: float) -> torch.Tensor:
 
 
 @register_connector("qformer")
-class QFormer(nn.Module):
+class QFormer(ConnectorBody):
     """BLIP-2-style: `num_queries` learned queries through `layers` blocks; output mask all True.
     `locality` > 0 adds `locality_bias` to every cross-attention (0: the seed's plain Q-Former)."""
 
@@ -217,7 +231,7 @@ def masked_adaptive_pool(x: torch.Tensor, mask: torch.Tensor, m_out: int) -> tor
 
 
 @register_connector("cabstractor")
-class CAbstractor(nn.Module):
+class CAbstractor(ConnectorBody):
     """Honeybee C-Abstractor on a 1-D line: res-blocks -> masked adaptive pool to M -> res-blocks -> MLP."""
 
     def __init__(self, cfg: ConnectorConfig, d_in: int, d_model: int):
@@ -241,16 +255,18 @@ class CAbstractor(nn.Module):
 
 
 @register_connector("ctc_embed")
-class CTCEmbed(nn.Module):
+class CTCEmbed(ConnectorBody):
     """The encoder's CTC posteriors, written in the GPT's own embedding space, plus a learned residual.
 
     Visual token i becomes the mean embedding of the characters its CTC frames emit, weighted by their
     posteriors (blank mass -> the embedding of id 0, the CTC blank and PAD), + `residual(x_i)` (zero at
     start). This is exactly the prefix `lm train --prefix-read` teaches the GPT to read, so the bridge reads
     from its first step and training refines it; a middle ground between a learned projection and feeding
-    the CTC transcript as text. OCRModel fills it from its CTC head and decoder (`init_from`: copies the
-    connector owns and trains). Needs `model.ctc_head=true` and no token reduction.
+    the CTC transcript as text. It is built from the model's CTC head and GPT embeddings (`needs`, `bind`:
+    copies the connector owns and trains). Needs `model.ctc_head=true` and no token reduction.
     """
+
+    needs = ("ctc_head", "wte")
 
     def __init__(self, cfg: ConnectorConfig, d_in: int, d_model: int):
         super().__init__()
@@ -262,6 +278,9 @@ class CTCEmbed(nn.Module):
         self.residual = nn.Linear(d_in, d_model)
         nn.init.zeros_(self.residual.weight)
         nn.init.zeros_(self.residual.bias)
+
+    def bind(self, ctc_head: nn.Module, wte: nn.Embedding) -> None:
+        self.init_from(ctc_head, wte)
 
     def init_from(self, ctc_head: nn.Module, wte: nn.Embedding) -> None:
         """Copy the CTC head (`proj`, `upsample`, `vocab_size`) and the first vocab_size GPT embeddings."""
@@ -327,9 +346,19 @@ class CTCCollapse(CTCEmbed):
 class Connector(nn.Module):
     """Token reduction (maybe identity) then the named connector."""
 
-    def __init__(self, reduce: Reduce, body: nn.Module, kind: str):
+    def __init__(self, reduce: Reduce, body: ConnectorBody, kind: str):
         super().__init__()
+        if not isinstance(body, ConnectorBody):
+            raise TypeError(f"connector {kind!r}: its builder must return a ConnectorBody, got {type(body).__name__}")
         self.reduce, self.body, self.kind = reduce, body, kind
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The parts of the model this connector is built from (see ConnectorBody)."""
+        return tuple(self.body.needs)
+
+    def bind(self, **parts: nn.Module) -> None:
+        self.body.bind(**parts)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor):
         """tokens [B, N, d_enc], mask [B, N] -> (out [B, M, d_model], out_mask [B, M])."""
@@ -337,7 +366,7 @@ class Connector(nn.Module):
         return self.body(*self.reduce(tokens, mask))
 
 
-def build_connector(cfg: ConnectorConfig, d_enc: int, d_model: int) -> nn.Module:
+def build_connector(cfg: ConnectorConfig, d_enc: int, d_model: int) -> Connector:
     if cfg.kind not in CONNECTORS:
         raise ConfigError(f"connector.kind: {cfg.kind!r} is unknown (known: {', '.join(connector_names())})")
     reduce = Reduce(cfg.reduce, cfg.reduce_k, d_enc)

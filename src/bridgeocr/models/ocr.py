@@ -109,11 +109,16 @@ class OCRModel(nn.Module):
         self.connector = build_connector(cfg.connector, encoder.d_out, decoder.cfg.n_embd)
         self.decoder = decoder
         self.ctc_head = ctc_head if cfg.ctc_head else None
-        if hasattr(self.connector.body, "init_from"):  # ctc_embed / ctc_collapse: CTC head + GPT embeddings
-            if self.ctc_head is None:
+        parts = {"ctc_head": self.ctc_head, "wte": self.decoder.wte}  # what a connector may be built from
+        if self.connector.needs:  # e.g. ctc_embed / ctc_collapse: the CTC head and the GPT's embeddings
+            unknown = [name for name in self.connector.needs if name not in parts]
+            if unknown:
+                raise ConfigError(f"connector {cfg.connector.kind} needs {', '.join(unknown)}, which the model does "
+                                  f"not have (it offers {', '.join(parts)})")
+            if "ctc_head" in self.connector.needs and self.ctc_head is None:
                 raise ConfigError(f"connector {cfg.connector.kind} reads the encoder's CTC head: set "
                                   "model.ctc_head=true (the shipped encoder has one)")
-            self.connector.body.init_from(self.ctc_head, self.decoder.wte)
+            self.connector.bind(**{name: parts[name] for name in self.connector.needs})
         self.tokenizer = tokenizer
         self.image_config: ImageConfig | None = None  # the preprocessing it reads with (config.json "image")
         ids = {k: getattr(tokenizer, k) for k in DEFAULT_SPECIAL_IDS} if tokenizer is not None else DEFAULT_SPECIAL_IDS
