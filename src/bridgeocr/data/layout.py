@@ -623,78 +623,114 @@ def open_layout(spec, split: str | None = None, *, split_file=None, strict: bool
     if want is not None and split_path is not None:
         named = {re.sub(r"\.xml$", "", k, flags=re.IGNORECASE): v
                  for k, v in read_split_file(split_path, problems, strict).items()}
-
-    def page_split(stem: str) -> str | None:
-        if named is not None:
-            entry = named.get(stem) or named.get(document_of(stem))
-            return entry[0] if entry else None
-        return hash_split(document_of(stem) if split_by == "document" else stem)
-
-    def problem(msg: str) -> None:
-        if strict:
-            where, _, rest = msg.partition(": ")
-            raise DataError(where, rest)
-        problems.append(msg)
-
+    reader = _PageReader(root, problems, strict, allow_outside, pad)
     if strict and problems:
-        problem(problems.pop(0))
-    samples: list[LineSample] = []
-    counts: Counter = Counter()
-    missing, pages_read, seen_stems, splits_seen = 0, 0, set(), Counter()
-    for xml in files:
-        stem = page_stem(xml)
-        s = page_split(stem) if want is not None else None
-        if s is not None:
-            splits_seen[s] += 1
-        if want is not None and s != want:
-            continue
-        if stem in seen_stems:
-            problem(f"{xml}: a page named {stem!r} was already read; file skipped")
-            continue
-        seen_stems.add(stem)
-        try:
-            page = parse_layout(xml)
-        except LayoutError as exc:
-            counts["unreadable file"] += 1
-            problem(f"{xml}: {exc}; file skipped")
-            continue
-        pages_read += 1
-        page_where = f"{xml}:{page.page_sourceline} (Page)" if page.page_sourceline else f"{xml} (Page)"
-        if not page.lines:
-            problem(f"{page_where}: no TextLine; file skipped")
-            continue
-        image, why = resolve_image(page, root, allow_outside)
-        if image is None:
-            missing += len(page.lines)
-            counts["missing image"] += len(page.lines)
-            problem(f"{page_where}: {why}; {len(page.lines)} lines skipped")
-            continue
-        try:
-            size = page_image_size(image)
-        except ValueError as exc:
-            missing += len(page.lines)
-            counts["unreadable image"] += len(page.lines)
-            problem(f"{page_where}: {exc}; {len(page.lines)} lines skipped")
-            continue
-        pairs, page_problems = page_samples(page, image, size, pad, counts=counts)
-        for msg in page_problems:
-            problem(msg)
-        samples.extend(sample for _, sample in pairs)
+        reader.problem(problems.pop(0))
+    reader.read_all(files, want, lambda stem: _page_split(stem, named, split_by))
     if named is not None:
-        for stem, (s, lineno) in named.items():
-            if s == want and stem not in seen_stems and not any(document_of(x) == stem for x in seen_stems):
-                missing += 1
-                problems.append(f"{split_path}:{lineno}: {stem} is not a page of {spec}")
-    if want is not None and not splits_seen.get(want):
+        reader.missing += _report_unread_pages(named, want, reader.seen_stems, split_path, spec, problems)
+    if want is not None and not reader.splits_seen.get(want):
         how = f"split file {split_path}" if named is not None else f"{split_by} hash split (80/10/10)"
-        have = ", ".join(f"{k} {v}" for k, v in sorted(splits_seen.items())) or "none"
+        have = ", ".join(f"{k} {v}" for k, v in sorted(reader.splits_seen.items())) or "none"
         raise DataError(str(spec), f"no pages for split {split!r} ({how}; pages per split: {have}); "
                         "give a split file (page_stem<TAB>train|val|test) or use every line")
     name = (spec.name if spec.is_dir() else f"{spec.parent.name}/{spec.name}") + (f":{want}" if want else "")
-    src = LineSource(samples, name, missing=missing, problems=problems, root=root, split=want)
-    src.skipped = dict(counts)
-    src.pages = pages_read
+    src = LineSource(reader.samples, name, missing=reader.missing, problems=problems, root=root, split=want)
+    src.skipped = dict(reader.counts)
+    src.pages = reader.pages_read
     return src
+
+
+def _page_split(stem: str, named: dict[str, tuple[str, int]] | None, split_by: str) -> str | None:
+    """A page's split: the split file's row for the page or its document (None: not listed), else the
+    hash of its stem or of its document's name."""
+    if named is not None:
+        entry = named.get(stem) or named.get(document_of(stem))
+        return entry[0] if entry else None
+    return hash_split(document_of(stem) if split_by == "document" else stem)
+
+
+def _report_unread_pages(named: dict[str, tuple[str, int]], want: str, seen_stems: set[str], split_path: Path,
+                         spec: Path, problems: list[str]) -> int:
+    """A split-file row for the wanted split that names neither a page read nor their document is one
+    problem line (never raised, even when strict) -> how many there were."""
+    missing = 0
+    for stem, (s, lineno) in named.items():
+        if s == want and stem not in seen_stems and not any(document_of(x) == stem for x in seen_stems):
+            missing += 1
+            problems.append(f"{split_path}:{lineno}: {stem} is not a page of {spec}")
+    return missing
+
+
+class _PageReader:
+    """What `open_layout` gathers while it reads the pages of one split: the samples, the problems (raised at
+    once as a DataError when `strict`), the lines left out by reason (`counts`) and missing, the pages read,
+    their stems, and how many pages each split has."""
+
+    def __init__(self, root: Path, problems: list[str], strict: bool, allow_outside: bool, pad: int):
+        self.root, self.problems, self.strict = root, problems, strict
+        self.allow_outside, self.pad = allow_outside, pad
+        self.samples: list[LineSample] = []
+        self.counts: Counter = Counter()
+        self.missing, self.pages_read = 0, 0
+        self.seen_stems: set[str] = set()
+        self.splits_seen: Counter = Counter()
+
+    def problem(self, msg: str) -> None:
+        """Record `msg` ("where: what"), or raise it when strict."""
+        if self.strict:
+            where, _, rest = msg.partition(": ")
+            raise DataError(where, rest)
+        self.problems.append(msg)
+
+    def read_all(self, files: list[Path], want: str | None, page_split) -> None:
+        """Read each file of split `want` (None: every file), counting the pages per split on the way; a
+        second page of the same stem is skipped."""
+        for xml in files:
+            stem = page_stem(xml)
+            s = page_split(stem) if want is not None else None
+            if s is not None:
+                self.splits_seen[s] += 1
+            if want is not None and s != want:
+                continue
+            if stem in self.seen_stems:
+                self.problem(f"{xml}: a page named {stem!r} was already read; file skipped")
+                continue
+            self.seen_stems.add(stem)
+            self._read_page(xml)
+
+    def _read_page(self, xml: Path) -> None:
+        """One XML's usable lines as samples; a file, page image or line that cannot be used is a problem."""
+        try:
+            page = parse_layout(xml)
+        except LayoutError as exc:
+            self.counts["unreadable file"] += 1
+            self.problem(f"{xml}: {exc}; file skipped")
+            return
+        self.pages_read += 1
+        page_where = f"{xml}:{page.page_sourceline} (Page)" if page.page_sourceline else f"{xml} (Page)"
+        if not page.lines:
+            self.problem(f"{page_where}: no TextLine; file skipped")
+            return
+        image, why = resolve_image(page, self.root, self.allow_outside)
+        if image is None:
+            self._skip_lines(page, page_where, "missing image", why)
+            return
+        try:
+            size = page_image_size(image)
+        except ValueError as exc:
+            self._skip_lines(page, page_where, "unreadable image", str(exc))
+            return
+        pairs, page_problems = page_samples(page, image, size, self.pad, counts=self.counts)
+        for msg in page_problems:
+            self.problem(msg)
+        self.samples.extend(sample for _, sample in pairs)
+
+    def _skip_lines(self, page: LayoutPage, page_where: str, reason: str, why: str) -> None:
+        """All lines of a page whose image cannot be used are missing, counted under `reason`."""
+        self.missing += len(page.lines)
+        self.counts[reason] += len(page.lines)
+        self.problem(f"{page_where}: {why}; {len(page.lines)} lines skipped")
 
 
 # ------------------------------------------------------------------------------------------ writing
