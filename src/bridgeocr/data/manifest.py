@@ -133,6 +133,21 @@ def open_manifest(path, split: str | None = None, *, split_file=None, strict: bo
     if not path.is_file():
         raise DataError(str(path), "manifest not found")
     problems: list[str] = []
+    split_path, splits, want = _manifest_splits(path, split, split_file, problems, strict)
+    samples, seen, missing = _manifest_samples(path, splits, want, problems, strict, allow_outside)
+    if splits is not None:
+        for rel, (s, lineno) in splits.items():
+            if s == want and rel not in seen:
+                missing += 1
+                problems.append(f"{split_path}:{lineno}: {rel} is not in {path.name}")
+    name = f"{path.parent.name}/{path.name}" + (f":{want}" if want else "")
+    return LineSource(samples, name, missing=missing, problems=problems, root=path.parent, split=want)
+
+
+def _manifest_splits(path: Path, split: str | None, split_file, problems: list[str], strict: bool
+                     ) -> tuple[Path | None, dict[str, tuple[str, int]] | None, str | None]:
+    """-> (the split file, its rows when a split is asked for, the canonical split); asking for a split
+    without a split file, or for one it has no rows of, is an error."""
     split_path = Path(split_file) if split_file else find_split_file(path)
     splits = read_split_file(split_path, problems, strict) if (split_path and split is not None) else None
     if split is not None and splits is None:
@@ -142,18 +157,20 @@ def open_manifest(path, split: str | None = None, *, split_file=None, strict: bo
     if splits is not None and want not in {s for s, _ in splits.values()}:
         known = sorted({s for s, _ in splits.values()})
         raise DataError(str(split_path), f"no rows for split {split!r} (splits: {', '.join(known)})")
+    return split_path, splits, want
+
+
+def _manifest_samples(path: Path, splits: dict[str, tuple[str, int]] | None, want: str | None,
+                      problems: list[str], strict: bool, allow_outside: bool
+                      ) -> tuple[list[LineSample], set[str], int]:
+    """The rows of split `want` (every row without a split file) whose image may be read and exists ->
+    (samples, the image paths of the rows of that split, how many images are missing). A row leading
+    outside the folder or repeating an earlier image or id is refused."""
     root = path.parent
     samples: list[LineSample] = []
     seen: set[str] = set()
-    first_path: dict[str, int] = {}  # lexical image path -> line of the first row naming it
-    first_id: dict[str, int] = {}
+    first = _FirstRows()
     missing = 0
-
-    def refuse(origin: str, msg: str) -> None:
-        if strict:
-            raise DataError(origin, msg)
-        problems.append(f"{origin}: {msg}")
-
     for lineno, rel, text, sid in _parse_rows(path, problems, strict):
         if splits is not None:
             entry = splits.get(rel)
@@ -163,30 +180,44 @@ def open_manifest(path, split: str | None = None, *, split_file=None, strict: bo
         origin = f"{path}:{lineno}"
         full, inside = _lexical(root, rel)
         if not inside and not allow_outside:
-            refuse(origin, f"image path {rel!r} leads outside the manifest's folder {root} (refused; "
-                   "allow with data.allow_outside / --allow-outside)")
+            _refuse(problems, strict, origin, f"image path {rel!r} leads outside the manifest's folder "
+                    f"{root} (refused; allow with data.allow_outside / --allow-outside)")
             continue
         sample_id = sid or str(Path(rel).with_suffix("")).replace("\\", "/")
-        key = os.path.normcase(full)
-        if key in first_path:
-            refuse(origin, f"duplicate of line {first_path[key]} (the same image {rel}; only the first is kept)")
+        duplicate = first.duplicate(lineno, os.path.normcase(full), rel, sample_id)
+        if duplicate:
+            _refuse(problems, strict, origin, duplicate)
             continue
-        if sample_id in first_id:
-            refuse(origin, f"duplicate of line {first_id[sample_id]} (the same id {sample_id!r}; only the "
-                   "first is kept)")
-            continue
-        first_path[key] = lineno
-        first_id[sample_id] = lineno
         image_path = root / rel
         if not image_path.is_file():
             missing += 1
             problems.append(f"{image_path} (from {origin}): image file not found")
             continue
         samples.append(LineSample(id=sample_id, text=text, image_path=image_path, origin=origin))
-    if splits is not None:
-        for rel, (s, lineno) in splits.items():
-            if s == want and rel not in seen:
-                missing += 1
-                problems.append(f"{split_path}:{lineno}: {rel} is not in {path.name}")
-    name = f"{path.parent.name}/{path.name}" + (f":{want}" if want else "")
-    return LineSource(samples, name, missing=missing, problems=problems, root=root, split=want)
+    return samples, seen, missing
+
+
+def _refuse(problems: list[str], strict: bool, origin: str, msg: str) -> None:
+    """A refused row: raised when strict, else one `origin: msg` problem."""
+    if strict:
+        raise DataError(origin, msg)
+    problems.append(f"{origin}: {msg}")
+
+
+class _FirstRows:
+    """The first row naming each image (lexical, normcased path) and each id, so no line is read twice."""
+
+    def __init__(self):
+        self.by_path: dict[str, int] = {}  # lexical image path -> line of the first row naming it
+        self.by_id: dict[str, int] = {}
+
+    def duplicate(self, lineno: int, key: str, rel: str, sample_id: str) -> str | None:
+        """Why the row is a duplicate of an earlier one, else None (and the row is the first of both)."""
+        if key in self.by_path:
+            return f"duplicate of line {self.by_path[key]} (the same image {rel}; only the first is kept)"
+        if sample_id in self.by_id:
+            return (f"duplicate of line {self.by_id[sample_id]} (the same id {sample_id!r}; only the "
+                    "first is kept)")
+        self.by_path[key] = lineno
+        self.by_id[sample_id] = lineno
+        return None
