@@ -47,7 +47,10 @@ import torch
 import torch.nn.functional as F
 
 from bridgeocr.config import ConnectorConfig, DecoderConfig, EncoderConfig, ModelConfig
+from bridgeocr.data.sample import Batch
+from bridgeocr.models.decoding import greedy_search
 from bridgeocr.models.encdec import build_baseline  # the TrOCR-style baseline (encdec rows)
+from bridgeocr.models.ocr import OCRModel
 
 BASELINE = "encdec"
 
@@ -184,64 +187,22 @@ def _n_params(module) -> int:
 
 def measure_cell(settings: BenchSettings, size: str, connector: str, width: int) -> dict:
     """One row of the table (see the module docstring for what each number is)."""
-    from bridgeocr.data.sample import Batch
-    from bridgeocr.models.decoding import greedy_search
-    from bridgeocr.models.ocr import OCRModel
-
     device = torch.device(settings.device)
     torch.manual_seed(settings.seed)
     cfg = model_config(settings, size, connector)
-    H, V, Bt, Bd, T, N = (settings.height, settings.vocab_size, settings.train_batch, settings.decode_batch,
-                          settings.text_len, settings.new_tokens)
+    Bd, N = settings.decode_batch, settings.new_tokens
     baseline = connector == BASELINE
-    if baseline:
-        model = build_baseline(cfg, V, H).to(device)
-        connector_params = 0
-    else:
-        model = OCRModel(cfg, V, image_height=H).to(device)
-        connector_params = _n_params(model.connector)
-        model.eos_id = -1  # no token is -1: every line decodes exactly `new_tokens` tokens
-    suppress = (0, 1)  # PAD, BOS (as OCRModel.generate does)
-
-    g = torch.Generator().manual_seed(settings.seed)
-    images_d = torch.rand(Bd, 1, H, width, generator=g).to(device)
-    mask_d = torch.ones(Bd, width, dtype=torch.bool, device=device)
-    images_t, mask_t = images_d[:Bt].contiguous(), mask_d[:Bt].contiguous()
-    ids = torch.randint(3, V, (Bt, T), generator=g).to(device)
-    ids[:, 0] = 1
-    batch = Batch(images_t, mask_t, ids, torch.ones_like(ids, dtype=torch.bool))
-
-    with torch.no_grad():
-        if baseline:
-            enc_out = model.encoder(pixel_values=images_d)
-            visual_tokens = enc_out.last_hidden_state.shape[1]
-        else:
-            enc_tokens, enc_mask = model.encoder(images_d, mask_d)
-            visual_tokens = model.connector(enc_tokens, enc_mask)[0].shape[1]
+    model, connector_params = _bench_model(settings, cfg, baseline, device)
+    x = _random_inputs(settings, width, device)
+    visual_tokens, encoded = _encode_once(model, baseline, x)
 
     clock = _Clock(device)
     mem = _PeakMemory(device)
-    gen_kw = dict(max_new_tokens=N, min_new_tokens=N, do_sample=False, num_beams=1)
 
     # ---- decoding (eval, no grad)
     model.eval()
-    if baseline:
-        def decode_e2e():
-            out = model.generate(pixel_values=images_d, **gen_kw)
-            assert out.shape[1] == N + 1, out.shape
-
-        def decode_dec():
-            model.generate(encoder_outputs=enc_out, **gen_kw)
-    else:
-        def decode_e2e():
-            hyps = model.generate(images_d, mask_d, max_new_tokens=N)
-            assert len(hyps[0].ids) == N, len(hyps[0].ids)
-
-        @torch.no_grad()
-        def decode_dec():
-            visual, vmask = model.connector(enc_tokens, enc_mask)
-            greedy_search(model.decoder, visual, vmask, cfg.attach_layer, model.bos_id, -1, N, suppress=suppress)
-
+    decoders = _baseline_decoders if baseline else _decoder_only_decoders
+    decode_e2e, decode_dec = decoders(model, cfg, x, encoded, N)
     mem.reset()
     with torch.no_grad():
         decode_e2e_s = clock(decode_e2e, settings.warmup, settings.repeats)
@@ -250,27 +211,114 @@ def measure_cell(settings: BenchSettings, size: str, connector: str, width: int)
 
     # ---- training step
     model.train()
+    train_step = _train_step(model, baseline, x)
+    mem.reset()
+    train_step_s = clock(train_step, settings.warmup, settings.repeats)
+    peak_train = mem.peak_mb()
+
+    return {"size": size, "connector": connector, "width": width, "height": settings.height,
+            "params": _n_params(model), "connector_params": connector_params,
+            "visual_tokens": int(visual_tokens),
+            "train_step_s": train_step_s, "decode_e2e_s": decode_e2e_s, "lines_per_s": Bd / decode_e2e_s,
+            "decode_dec_s": decode_dec_s, "dec_lines_per_s": Bd / decode_dec_s,
+            "peak_train_mb": round(peak_train, 1), "peak_decode_mb": round(peak_decode, 1)}
+
+
+def _bench_model(settings: BenchSettings, cfg: ModelConfig, baseline: bool, device: torch.device):
+    """The cell's model on random weights -> (model, connector parameters); a decoder-only model never
+    stops early (EOS disabled)."""
+    V, H = settings.vocab_size, settings.height
+    if baseline:
+        return build_baseline(cfg, V, H).to(device), 0
+    model = OCRModel(cfg, V, image_height=H).to(device)
+    model.eos_id = -1  # no token is -1: every line decodes exactly `new_tokens` tokens
+    return model, _n_params(model.connector)
+
+
+@dataclass
+class _Inputs:
+    """Random full-width lines: `decode_batch` of them to decode, the first `train_batch` with text to
+    train on."""
+    images_d: torch.Tensor
+    mask_d: torch.Tensor
+    images_t: torch.Tensor
+    ids: torch.Tensor
+    batch: Batch
+
+
+def _random_inputs(settings: BenchSettings, width: int, device: torch.device) -> _Inputs:
+    """The cell's inputs from its own seeded generator (every column real, text starting with BOS)."""
+    H, V, Bt, Bd, T = (settings.height, settings.vocab_size, settings.train_batch, settings.decode_batch,
+                       settings.text_len)
+    g = torch.Generator().manual_seed(settings.seed)
+    images_d = torch.rand(Bd, 1, H, width, generator=g).to(device)
+    mask_d = torch.ones(Bd, width, dtype=torch.bool, device=device)
+    images_t, mask_t = images_d[:Bt].contiguous(), mask_d[:Bt].contiguous()
+    ids = torch.randint(3, V, (Bt, T), generator=g).to(device)
+    ids[:, 0] = 1
+    batch = Batch(images_t, mask_t, ids, torch.ones_like(ids, dtype=torch.bool))
+    return _Inputs(images_d, mask_d, images_t, ids, batch)
+
+
+def _encode_once(model, baseline: bool, x: _Inputs):
+    """The encoder output the decoder-side timing shares -> (visual tokens the decoder reads, encoded):
+    the encoder's outputs for the encoder-decoder, (tokens, mask) before the connector otherwise."""
+    with torch.no_grad():
+        if baseline:
+            enc_out = model.encoder(pixel_values=x.images_d)
+            return enc_out.last_hidden_state.shape[1], enc_out
+        enc_tokens, enc_mask = model.encoder(x.images_d, x.mask_d)
+        return model.connector(enc_tokens, enc_mask)[0].shape[1], (enc_tokens, enc_mask)
+
+
+def _baseline_decoders(model, cfg: ModelConfig, x: _Inputs, enc_out, N: int):
+    """(end-to-end, decoder-side) greedy decoding of exactly N tokens per line through HF `generate`."""
+    gen_kw = dict(max_new_tokens=N, min_new_tokens=N, do_sample=False, num_beams=1)
+
+    def decode_e2e():
+        out = model.generate(pixel_values=x.images_d, **gen_kw)
+        assert out.shape[1] == N + 1, out.shape
+
+    def decode_dec():
+        model.generate(encoder_outputs=enc_out, **gen_kw)
+
+    return decode_e2e, decode_dec
+
+
+def _decoder_only_decoders(model, cfg: ModelConfig, x: _Inputs, encoded, N: int):
+    """(end-to-end, decoder-side) greedy decoding of exactly N tokens per line: `OCRModel.generate`, and
+    connector + `greedy_search` from the shared encoder tokens."""
+    enc_tokens, enc_mask = encoded
+    suppress = (0, 1)  # PAD, BOS (as OCRModel.generate does)
+
+    def decode_e2e():
+        hyps = model.generate(x.images_d, x.mask_d, max_new_tokens=N)
+        assert len(hyps[0].ids) == N, len(hyps[0].ids)
+
+    @torch.no_grad()
+    def decode_dec():
+        visual, vmask = model.connector(enc_tokens, enc_mask)
+        greedy_search(model.decoder, visual, vmask, cfg.attach_layer, model.bos_id, -1, N, suppress=suppress)
+
+    return decode_e2e, decode_dec
+
+
+def _train_step(model, baseline: bool, x: _Inputs):
+    """One training step as a function: forward + CE loss + backward + AdamW step (+ zero_grad)."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    ids = x.ids
 
     def train_step():
         if baseline:
-            logits = model(pixel_values=images_t, decoder_input_ids=ids[:, :-1]).logits
+            logits = model(pixel_values=x.images_t, decoder_input_ids=ids[:, :-1]).logits
         else:
-            logits = model(batch).logits[:, :-1]
+            logits = model(x.batch).logits[:, :-1]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    mem.reset()
-    train_step_s = clock(train_step, settings.warmup, settings.repeats)
-    peak_train = mem.peak_mb()
-
-    return {"size": size, "connector": connector, "width": width, "height": H, "params": _n_params(model),
-            "connector_params": connector_params, "visual_tokens": int(visual_tokens),
-            "train_step_s": train_step_s, "decode_e2e_s": decode_e2e_s, "lines_per_s": Bd / decode_e2e_s,
-            "decode_dec_s": decode_dec_s, "dec_lines_per_s": Bd / decode_dec_s,
-            "peak_train_mb": round(peak_train, 1), "peak_decode_mb": round(peak_decode, 1)}
+    return train_step
 
 
 def _measure_isolated(settings: BenchSettings, size: str, connector: str, width: int) -> dict:
