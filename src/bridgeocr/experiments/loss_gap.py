@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bridgeocr.config import ImageConfig
+from bridgeocr.data.preprocess import Collator, LineDataset, WidthBucketSampler, image_sizes, target_width
 from bridgeocr.data.sample import LineSample
 from bridgeocr.errors import BridgeOCRError
 from bridgeocr.train.losses import ce_loss, kd_loss, target_mask
@@ -107,8 +108,6 @@ class _Items:
     """One image read, two preprocessings (pad / resize), both validated exactly as LineDataset does."""
 
     def __init__(self, image_cfg: ImageConfig, tokenizer, max_text_tokens: int | None):
-        from bridgeocr.data.preprocess import LineDataset
-
         self.slot: list[LineSample] = [LineSample("", "")]
         self.pad = LineDataset(self.slot, image_cfg, tokenizer, policy="pad", max_text_tokens=max_text_tokens)
         self.resize = LineDataset(self.slot, image_cfg, tokenizer, policy="resize",
@@ -146,12 +145,10 @@ def compute_loss_gaps(model, source, image_cfg: ImageConfig, batch_size: int = 3
     (prefix), gaps{...}, visual_tokens{pad, resize}, skipped, skip_messages, samples (per line: id,
     n_tokens and `value_columns(readings)`).
     """
-    from bridgeocr.data.preprocess import Collator, WidthBucketSampler, image_sizes, target_width
-
     if batch_size < 1:
         raise BridgeOCRError(f"batch_size must be >= 1, got {batch_size}")
     readings = _readings(reference)
-    cols = value_columns(readings)
+    totals = _Totals(value_columns(readings))
     samples = list(source)
     if max_samples is not None:
         samples = samples[: max(0, int(max_samples))]
@@ -166,10 +163,6 @@ def compute_loss_gaps(model, source, image_cfg: ImageConfig, batch_size: int = 3
     device = _device(model)
     was_training = model.training
     model.eval()
-    tot = dict.fromkeys(cols, 0.0)
-    n_tok = 0
-    vis = {"pad": 0.0, "resize": 0.0}
-    per_sample: list[dict] = []
     bar = tqdm(total=len(samples), desc="loss gap", disable=not progress, dynamic_ncols=True, leave=False)
     try:
         for idx in order:
@@ -179,49 +172,73 @@ def compute_loss_gaps(model, source, image_cfg: ImageConfig, batch_size: int = 3
                 continue
             pad_batch = collate([p[0] for p in pairs]).to(device)
             res_batch = collate([p[1] for p in pairs]).to(device)
-            ids, mask = pad_batch.input_ids, pad_batch.attention_mask
-            con, con_vmask = image_logits(model, pad_batch)
-            down, down_vmask = image_logits(model, res_batch)
-            tmask = target_mask(mask)
-            counts = tmask.sum(1)  # target tokens per line
-            sums = {"connector": _line_ce(con, ids, mask), "downsampled": _line_ce(down, ids, mask)}
-            for reading in readings:
-                ref = reference_logits(model, ids, mask, reading)
-                sums["reference" + _SUFFIX[reading]] = _line_ce(ref, ids, mask)
-                sums["kl" + _SUFFIX[reading]] = _line_kl(con, ref, tmask, counts)
-            for b, item in enumerate(p[0] for p in pairs):
-                n = int(counts[b])
-                per_sample.append({"id": item["id"], "n_tokens": n,
-                                   **{k: float(sums[k][b]) / max(n, 1) for k in cols}})
-            for k, v in sums.items():
-                tot[k] += float(v.sum())
-            n_tok += int(counts.sum())
-            for name, vm in (("pad", con_vmask), ("resize", down_vmask)):
-                if vm is not None:
-                    vis[name] += float(vm.sum())
+            totals.add([p[0] for p in pairs], *_batch_sums(model, pad_batch, res_batch, readings))
     finally:
         bar.close()
         if was_training:
             model.train()
+    return totals.result(readings, image_cfg, make_items.skip_messages)
 
-    n = len(per_sample)
-    if n == 0:
-        raise BridgeOCRError("loss gap: no usable lines"
-                             + (f" ({make_items.skip_messages[0]})" if make_items.skip_messages else ""))
-    means = {k: v / n_tok for k, v in tot.items()}
-    return {
-        "readings": list(readings),
-        "total_samples": n,
-        "tokens": n_tok,
-        **means,
-        "gaps": _gaps(means, readings),
-        "visual_tokens": {k: (v / n if v else None) for k, v in vis.items()},
-        "image": {"height": image_cfg.height, "max_width": image_cfg.max_width,
-                  "resize_width": image_cfg.resize_width, "width_multiple": image_cfg.width_multiple},
-        "skipped": len(make_items.skip_messages),
-        "skip_messages": make_items.skip_messages[:20],
-        "samples": per_sample,
-    }
+
+def _batch_sums(model, pad_batch, res_batch, readings):
+    """One batch read from its image both ways and from its text -> (each value column's per-line sum over
+    the target tokens, target tokens per line, the pad and the resize visual masks)."""
+    ids, mask = pad_batch.input_ids, pad_batch.attention_mask
+    con, con_vmask = image_logits(model, pad_batch)
+    down, down_vmask = image_logits(model, res_batch)
+    tmask = target_mask(mask)
+    counts = tmask.sum(1)  # target tokens per line
+    sums = {"connector": _line_ce(con, ids, mask), "downsampled": _line_ce(down, ids, mask)}
+    for reading in readings:
+        ref = reference_logits(model, ids, mask, reading)
+        sums["reference" + _SUFFIX[reading]] = _line_ce(ref, ids, mask)
+        sums["kl" + _SUFFIX[reading]] = _line_kl(con, ref, tmask, counts)
+    return sums, counts, con_vmask, down_vmask
+
+
+class _Totals:
+    """The token-weighted totals of every value column, the visual tokens read, and the per-line rows."""
+
+    def __init__(self, cols: list[str]):
+        self.cols = cols
+        self.tot = dict.fromkeys(cols, 0.0)
+        self.n_tok = 0
+        self.vis = {"pad": 0.0, "resize": 0.0}
+        self.per_sample: list[dict] = []
+
+    def add(self, items: list[dict], sums: dict, counts: torch.Tensor, con_vmask, down_vmask) -> None:
+        """One batch's lines (`items`: their pad-policy dataset items) and `_batch_sums`."""
+        for b, item in enumerate(items):
+            n = int(counts[b])
+            self.per_sample.append({"id": item["id"], "n_tokens": n,
+                                    **{k: float(sums[k][b]) / max(n, 1) for k in self.cols}})
+        for k, v in sums.items():
+            self.tot[k] += float(v.sum())
+        self.n_tok += int(counts.sum())
+        for name, vm in (("pad", con_vmask), ("resize", down_vmask)):
+            if vm is not None:
+                self.vis[name] += float(vm.sum())
+
+    def result(self, readings, image_cfg: ImageConfig, skip_messages: list[str]) -> dict:
+        """`compute_loss_gaps`'s dict; no usable line at all is an error (naming the first skipped one)."""
+        n = len(self.per_sample)
+        if n == 0:
+            raise BridgeOCRError("loss gap: no usable lines"
+                                 + (f" ({skip_messages[0]})" if skip_messages else ""))
+        means = {k: v / self.n_tok for k, v in self.tot.items()}
+        return {
+            "readings": list(readings),
+            "total_samples": n,
+            "tokens": self.n_tok,
+            **means,
+            "gaps": _gaps(means, readings),
+            "visual_tokens": {k: (v / n if v else None) for k, v in self.vis.items()},
+            "image": {"height": image_cfg.height, "max_width": image_cfg.max_width,
+                      "resize_width": image_cfg.resize_width, "width_multiple": image_cfg.width_multiple},
+            "skipped": len(skip_messages),
+            "skip_messages": skip_messages[:20],
+            "samples": self.per_sample,
+        }
 
 
 def _gaps(means: dict, readings) -> dict:
