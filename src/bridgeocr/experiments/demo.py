@@ -143,31 +143,53 @@ def run_demo(minutes: float = 20.0, out: str | Path = "runs/demo", corpus: list[
              extra_overrides: list[str] | None = None, settings: list[str] | None = None) -> dict:
     """The whole study; returns {setting: metrics}. `encoder`/`lm`: "shipped", a directory, or None.
     `settings`: names from ALL_SETTINGS (default DEFAULT_SETTINGS)."""
-    from bridgeocr.config import load_config
-    from bridgeocr.experiments.loss_gap import loss_gap_cli
-    from bridgeocr.experiments.sweep import run_status
-    from bridgeocr.train.resume import resume_point
-    from bridgeocr.train.run import read_metrics, train
-
     t_start = time.time()
-    if minutes <= 0:
-        raise BridgeOCRError(f"--minutes must be positive, got {minutes}")
-    unknown = [name for name in settings or [] if name not in ALL_SETTINGS]
-    if unknown:
-        raise BridgeOCRError(f"--settings: unknown {', '.join(unknown)} (known: {', '.join(ALL_SETTINGS)})")
+    _check_request(minutes, settings)
     plan = DemoPlan(out=Path(out), minutes=minutes, n=n or default_lines(minutes), corpus=corpus)
     if settings:
         plan.settings = list(dict.fromkeys(settings))
     plan.out.mkdir(parents=True, exist_ok=True)
     deadline = t_start + minutes * 60
     data = make_data(plan)
+    _choose_models(plan, encoder, lm, deadline)
 
+    results, todo = _finished_settings(plan)
+    if todo:
+        cache_encoder_tokens(plan, data, run_overrides(plan, todo[0], 1.0, data, extra_overrides))
+    _train_settings(plan, todo, data, deadline, extra_overrides, results)
+    for name in results:  # settings finished before (kept) that have no diagnostic yet
+        _loss_gap(plan, data, name)
+
+    reference = ctc_reference(plan, data) if plan.encoder else None
+    report = write_report(plan, results, time.time() - t_start, reference)
+    _say(plan, f"report: {report}")
+    return results
+
+
+def _check_request(minutes: float, settings: list[str] | None) -> None:
+    """A budget and setting names the demo can run, before anything is written."""
+    if minutes <= 0:
+        raise BridgeOCRError(f"--minutes must be positive, got {minutes}")
+    unknown = [name for name in settings or [] if name not in ALL_SETTINGS]
+    if unknown:
+        raise BridgeOCRError(f"--settings: unknown {', '.join(unknown)} (known: {', '.join(ALL_SETTINGS)})")
+
+
+def _choose_models(plan: DemoPlan, encoder: str | None, lm: str | None, deadline: float) -> None:
+    """The encoder and LM every setting starts from ("shipped": the package's, when it has them); without
+    an LM one is pretrained here on a slice of the budget."""
     plan.encoder = _shipped("encoder_ctc") if encoder == "shipped" else encoder
     plan.lm = _shipped("gpt_lm") if lm == "shipped" else lm
     _say(plan, f"encoder: {plan.encoder or 'trained from scratch here (with a CTC loss)'}; "
                f"decoder: {plan.lm or 'an LM pretrained here'}")
     if not plan.lm:
         plan.lm = pretrain_lm_here(plan, minutes=max(0.5, 0.15 * (deadline - time.time()) / 60))
+
+
+def _finished_settings(plan: DemoPlan) -> tuple[dict[str, dict], list[str]]:
+    """A rerun keeps what is done -> (metrics of the settings already finished, those still to train)."""
+    from bridgeocr.experiments.sweep import run_status
+    from bridgeocr.train.run import read_metrics
 
     results: dict[str, dict] = {}
     todo = []
@@ -178,13 +200,16 @@ def run_demo(minutes: float = 20.0, out: str | Path = "runs/demo", corpus: list[
             _say(plan, f"{name}: already finished (test CER {_fmt(results[name].get('test_cer'))}); kept")
         else:
             todo.append(name)
-    if todo:
-        cache_encoder_tokens(plan, data, run_overrides(plan, todo[0], 1.0, data, extra_overrides))
-    def loss_gap(name: str) -> None:  # the seed's loss diagnostic on the test lines
-        run_dir = plan.out / "runs" / name
-        if not (run_dir / "loss_gap.json").is_file():
-            loss_gap_cli(checkpoint=run_dir / "best", data=str(data), split="test", out=str(run_dir),
-                         max_samples=LOSS_GAP_LINES)
+    return results, todo
+
+
+def _train_settings(plan: DemoPlan, todo: list[str], data: Path, deadline: float,
+                    extra_overrides: list[str] | None, results: dict[str, dict]) -> None:
+    """Train each setting of `todo` (resuming a cut run) in an equal share of the time left, then its loss
+    diagnostic; its test metrics go into `results`."""
+    from bridgeocr.config import load_config
+    from bridgeocr.train.resume import resume_point
+    from bridgeocr.train.run import train
 
     for i, name in enumerate(todo):
         # equal shares of what is left; ~15% of each share goes to validation, test decoding, saving and the
@@ -195,14 +220,17 @@ def run_demo(minutes: float = 20.0, out: str | Path = "runs/demo", corpus: list[
         cfg = load_config(None, run_overrides(plan, name, train_minutes, data, extra_overrides))
         run_dir = plan.out / "runs" / name
         results[name] = train(cfg, resume=resume_point(run_dir / "last.ckpt") is not None)
-        loss_gap(name)
-    for name in results:  # settings finished before (kept) that have no diagnostic yet
-        loss_gap(name)
+        _loss_gap(plan, data, name)
 
-    reference = ctc_reference(plan, data) if plan.encoder else None
-    report = write_report(plan, results, time.time() - t_start, reference)
-    _say(plan, f"report: {report}")
-    return results
+
+def _loss_gap(plan: DemoPlan, data: Path, name: str) -> None:
+    """The seed's loss diagnostic of a setting on the test lines, unless its run already has one."""
+    from bridgeocr.experiments.loss_gap import loss_gap_cli
+
+    run_dir = plan.out / "runs" / name
+    if not (run_dir / "loss_gap.json").is_file():
+        loss_gap_cli(checkpoint=run_dir / "best", data=str(data), split="test", out=str(run_dir),
+                     max_samples=LOSS_GAP_LINES)
 
 
 def cache_encoder_tokens(plan: DemoPlan, data: Path, overrides: list[str]) -> None:
