@@ -18,7 +18,7 @@ from bridgeocr.errors import ConfigError
 from bridgeocr.models.joint_decoding import joint_greedy, joint_search
 from bridgeocr.models.stepping import Hypothesis, Stepper, log_probs
 
-__all__ = ["Hypothesis", "generate", "greedy_search", "beam_search", "repeat_tail"]
+__all__ = ["Hypothesis", "generate", "search", "greedy_search", "beam_search", "repeat_tail"]
 
 
 def _mean(xs: list[float]) -> float:
@@ -142,39 +142,41 @@ def beam_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_id
 def generate(model, images, image_mask, beam: int = 1, max_new_tokens: int | None = None,
              length_penalty: float = 1.0, use_cache: bool = True, ctc_weight: float = 0.0,
              pre_beam: int | None = None) -> list[Hypothesis]:
-    """OCRModel -> one Hypothesis per image (eval mode for the call; the caller's mode is restored).
+    """OCRModel -> one Hypothesis per image (eval mode for the call; the caller's mode is restored): the model
+    encodes the lines (`OCRModel.encode_lines`), a search writes them (`search`), the tokenizer spells them.
 
-    ctc_weight > 0: joint CTC / GPT beam search (`joint_decoding.py`) with the model's CTC head, scoring
+    ctc_weight > 0: joint CTC / GPT decoding (`joint_decoding.py`) with the model's CTC head, scoring
     `pre_beam` candidates per hypothesis (None: `model.cfg.joint_pre_beam`; 0: every id)."""
     was_training = model.training
     model.eval()
     try:
-        enc, enc_mask = model.encoder_tokens(images, image_mask)
-        visual, vmask = model.connector(enc, enc_mask)
-        gpt = model.decoder
-        limit = gpt.cfg.n_positions
-        n = min(max_new_tokens or model.cfg.max_text_tokens, limit)
-        args = (gpt, visual, vmask, model.cfg.attach_layer, model.bos_id, model.eos_id, n)
-        suppress = tuple(sorted({model.pad_id, model.bos_id} - {model.eos_id}))
-        stop = int(getattr(model.cfg, "stop_repeats", 0) or 0)
-        if ctc_weight > 0:
-            if model.ctc_head is None:
-                raise ConfigError("joint decoding needs the encoder's CTC head (train with model.ctc_head=true)")
-            ctc_lp = model.ctc_head(enc).float().log_softmax(-1)
-            frames = model.ctc_head.frame_mask(enc_mask).sum(1)
-            if beam <= 1:  # greedy joint: the CTC head's reading checked by the GPT in parallel
-                results = joint_greedy(*args, ctc_log_probs=ctc_lp, ctc_lengths=frames, ctc_weight=ctc_weight,
-                                       suppress=suppress, use_cache=use_cache)
-            else:
-                results = joint_search(*args, ctc_log_probs=ctc_lp, ctc_lengths=frames, ctc_weight=ctc_weight,
-                                       beam=beam, use_cache=use_cache, suppress=suppress,
-                                       pre_beam=model.cfg.joint_pre_beam if pre_beam is None else pre_beam)
-        elif beam <= 1:
-            results = greedy_search(*args, use_cache=use_cache, suppress=suppress, stop_repeats=stop)
-        else:
-            results = beam_search(*args, beam=beam, length_penalty=length_penalty, use_cache=use_cache,
-                                  suppress=suppress, stop_repeats=stop)
+        if ctc_weight > 0 and model.ctc_head is None:
+            raise ConfigError("joint decoding needs the encoder's CTC head (train with model.ctc_head=true)")
+        lines = model.encode_lines(images, image_mask, with_ctc=ctc_weight > 0)
+        results = search(model, lines, beam, max_new_tokens, length_penalty, use_cache, ctc_weight,
+                         model.cfg.joint_pre_beam if pre_beam is None else pre_beam)
     finally:
         model.train(was_training)
     tok = model.tokenizer
     return [Hypothesis(ids, tok.decode(ids) if tok is not None else "", _mean(lps)) for ids, lps in results]
+
+
+def search(model, lines, beam: int, max_new_tokens: int | None, length_penalty: float, use_cache: bool,
+           ctc_weight: float, pre_beam: int) -> list[tuple[list[int], list[float]]]:
+    """The decoder strategy for (beam, ctc_weight): greedy, beam search, joint greedy (draft and check) or
+    joint beam search, over the model's GPT reading `lines` (an EncodedLines)."""
+    gpt = model.decoder
+    n = min(max_new_tokens or model.cfg.max_text_tokens, gpt.cfg.n_positions)
+    args = (gpt, lines.visual, lines.visual_mask, model.cfg.attach_layer, model.bos_id, model.eos_id, n)
+    suppress = tuple(sorted({model.pad_id, model.bos_id} - {model.eos_id}))
+    if ctc_weight > 0:
+        ctc = dict(ctc_log_probs=lines.ctc_log_probs, ctc_lengths=lines.ctc_lengths, ctc_weight=ctc_weight,
+                   suppress=suppress, use_cache=use_cache)
+        if beam <= 1:  # greedy joint: the CTC head's reading checked by the GPT in parallel
+            return joint_greedy(*args, **ctc)
+        return joint_search(*args, beam=beam, pre_beam=pre_beam, **ctc)
+    stop = int(model.cfg.stop_repeats or 0)
+    if beam <= 1:
+        return greedy_search(*args, use_cache=use_cache, suppress=suppress, stop_repeats=stop)
+    return beam_search(*args, beam=beam, length_penalty=length_penalty, use_cache=use_cache, suppress=suppress,
+                       stop_repeats=stop)

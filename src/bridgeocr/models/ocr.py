@@ -43,6 +43,16 @@ __all__ = ["OCRModel", "OCROutput", "Hypothesis"]
 
 
 @dataclass
+class EncodedLines:
+    """A batch of lines as the decoder strategies read them (OCRModel.encode_lines)."""
+
+    visual: torch.Tensor  # [B, M, d_model] the connector's output, the GPT's prefix
+    visual_mask: torch.Tensor  # [B, M] True = real
+    ctc_log_probs: torch.Tensor | None = None  # [B, T, V] the CTC head's frame log-posteriors (joint decoding)
+    ctc_lengths: torch.Tensor | None = None  # [B] real frames per line
+
+
+@dataclass
 class OCROutput:
     logits: torch.Tensor  # [B, T, V]; logits[:, t] predicts input_ids[:, t+1]
     visual: torch.Tensor  # [B, M, d_model] connector output
@@ -146,6 +156,15 @@ class OCRModel(nn.Module):
     def encode(self, images: torch.Tensor, image_mask: torch.Tensor):
         """-> (visual [B, M, d_model], visual_mask [B, M]): the connector's output."""
         return self.connector(*self.encoder_tokens(images, image_mask))
+
+    def encode_lines(self, images: torch.Tensor, image_mask: torch.Tensor, with_ctc: bool = False) -> EncodedLines:
+        """What a search reads: the visual prefix, and with `with_ctc` the CTC head's frame log-posteriors."""
+        enc, enc_mask = self.encoder_tokens(images, image_mask)
+        visual, vmask = self.connector(enc, enc_mask)
+        if not with_ctc or self.ctc_head is None:
+            return EncodedLines(visual, vmask)
+        return EncodedLines(visual, vmask, self.ctc_head(enc).float().log_softmax(-1),
+                            self.ctc_head.frame_mask(enc_mask).sum(1))
 
     def forward(self, batch) -> OCROutput:
         enc, enc_mask = self.encoder_tokens(batch.images, batch.image_mask)
