@@ -109,3 +109,70 @@ def test_timed_runs_decay_by_the_clock():
     assert lr_factor(150, 100, 100000, time_fraction=0.9) < 0.2
     assert lr_factor(150, 100, 100000, time_fraction=1.5) == lr_factor(100000, 100, 100000)
     assert lr_factor(5, 100, 100000, time_fraction=0.9) == lr_factor(5, 100, 100000)  # warm-up untouched
+
+
+def _tensors(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_lm_resume_after_a_crash_is_exact(tmp_path, monkeypatch):
+    """Killed mid-run (after the step-3 checkpoint), then --resume: the same weights, history and val loss
+    as the run that never stopped (each step's batch, dropout and prefix noise come from (seed, step))."""
+    from bridgeocr.train import lm
+
+    lines = [f"the quick brown fox {i} jumps over the lazy dog." for i in range(40)]  # prefix reading: lines
+    kw = dict(docs=lines, val_docs=None, steps=6, eval_every=3, prefix_read=0.5, **TINY)
+    full = train_lm(out=tmp_path / "full", **kw)
+    original = lm._LMModule.training_step
+
+    def crash(self, batch, batch_idx):
+        if self.global_step == 4:
+            raise RuntimeError("killed")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(lm._LMModule, "training_step", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_lm(out=tmp_path / "cut", **kw)
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "cut" / "last" / "train_state.json").read_text())["step"] == 3
+    assert (tmp_path / "cut" / "last.ckpt" / "state.json").is_file()
+    again = train_lm(out=tmp_path / "cut", resume=True, **kw)
+    assert again["steps"] == 6 and again["history"] == full["history"]
+    assert again["val_loss"] == pytest.approx(full["val_loss"], abs=1e-6)
+    a, b = _tensors(tmp_path / "full"), _tensors(tmp_path / "cut")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = (tmp_path / "cut" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step") and len(rows) == 1 + 6  # steps 0-5 once each, the replayed ones merged
+
+
+def test_lm_minutes_budget_is_kept_across_a_resume(tmp_path):
+    out = tmp_path / "lm"
+    card = train_lm(docs=DOCS, val_docs=None, out=out, steps=3, **TINY)
+    assert card["precision"] == "32-true" and card["devices"] == 1 and card["stopped_by"] == "steps"
+    assert (out / "tb").is_dir() and (out / "metrics.csv").is_file()
+    spent = json.loads((out / "last" / "train_state.json").read_text())["elapsed_s"]
+    again = train_lm(docs=DOCS, val_docs=None, out=out, steps=50, minutes=spent / 2 / 60, resume=True, **TINY)
+    assert again["stopped_by"] == "minutes" and again["steps"] == 3  # the budget was spent by the first run
+
+
+@pytest.mark.slow
+def test_lm_train_ddp_two_cpu_processes(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(DOCS[0] + "\n<|endoftext|>\n" + DOCS[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bridgeocr.cli", "lm", "train", "--corpus", str(corpus), "--out", "lm",
+         "--steps", "4", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--context", "16",
+         "--batch-size", "4", "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu"],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("perplexity") == 1  # rank 0 evaluates and writes
+    card = json.loads((tmp_path / "lm" / "lm_card.json").read_text())
+    assert card["devices"] == 2 and card["steps"] == 4 and card["val_ppl"] > 1
+    assert (tmp_path / "lm" / "last.ckpt" / "tensors.safetensors").is_file()

@@ -42,6 +42,7 @@ from bridgeocr.train.engine import (
     finish_interrupted,
     fit,
     resume_checkpoint,
+    step_seed,
 )
 from bridgeocr.train.losses import ctc_loss, ctc_targets
 from bridgeocr.train.run import merge_csv_logs, shard
@@ -108,7 +109,7 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
     if ckpt is not None:
         print(f"resuming from {ckpt}", flush=True)
     augmenter = None if augment in (None, "none") else Augmenter(augment, seed)
-    module = _CTCModule(encoder, head, tokenizer, lr, steps,
+    module = _CTCModule(encoder, head, tokenizer, lr, steps, seed,
                         lambda rank, world: make_loader(
                             shard(train, rank, world, even=True), cfg.data.image, tokenizer, batch_size,
                             shuffle=True, seed=seed, max_text_tokens=cfg.model.max_text_tokens, drop_last=True,
@@ -208,9 +209,10 @@ class _CTCModule(pl.LightningModule):
     """CTC loss of encoder + head on this process's share of the lines (width-bucketed batches, the place
     in the epoch kept by the resume state); AdamW, warm-up then cosine decay per step."""
 
-    def __init__(self, encoder, head, tokenizer, lr: float, steps: int, make_loader):
+    def __init__(self, encoder, head, tokenizer, lr: float, steps: int, seed: int, make_loader):
         super().__init__()
         self.encoder, self.head, self.lr, self.steps, self.make_loader = encoder, head, lr, steps, make_loader
+        self.seed = seed
         self.drop = [tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id]
         self.loader, self.lines, self.skipped_before = None, 0, 0
 
@@ -223,6 +225,9 @@ class _CTCModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.loader.batch_sampler.set_epoch(self.current_epoch)
         self.loader.dataset.epoch = self.current_epoch  # part of the augmentation's key
+
+    def on_train_batch_start(self, batch, batch_idx):  # dropout: from (seed, rank, step), exact on resume
+        torch.manual_seed(step_seed("torch", self.seed, self.global_rank, self.global_step))
 
     def training_step(self, batch, batch_idx):
         if batch is None:  # every sample of this batch was bad: a zero loss keeps DDP ranks in step
