@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from bridgeocr.config import EncoderConfig, ImageConfig, ModelConfig
 from bridgeocr.errors import BridgeOCRError, ConfigError
+from bridgeocr.models.encoder import LineEncoder
 
 CARD = "baseline_card.json"
 CROSS_KEYS = ("crossattention.", "ln_cross_attn.", "enc_to_dec_proj.")
@@ -34,14 +35,26 @@ __all__ = ["build_baseline", "load_baseline", "decode_batch", "CARD", "CROSS_KEY
 @functools.cache
 def _ved_classes():
     """(LineEncoderHFConfig, LineEncoderHF, LineEncoderOutput, LineVisionEncoderDecoder), registered once
-    with AutoConfig/AutoModel so `from_pretrained` rebuilds the encoder from its config."""
-    from dataclasses import dataclass
+    with AutoConfig/AutoModel so `from_pretrained` rebuilds the encoder from its config. Built on the
+    first call: transformers is imported only when the baseline is used."""
+    from transformers import AutoConfig, AutoModel
 
-    from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
-    from transformers import VisionEncoderDecoderModel as _VED
-    from transformers.modeling_outputs import BaseModelOutput
+    config_cls = _encoder_config_class()
+    output_cls = _encoder_output_class()
+    encoder_cls = _encoder_class(config_cls, output_cls)
+    ved_cls = _masked_ved_class()
+    try:
+        AutoConfig.register(config_cls.model_type, config_cls)
+        AutoModel.register(config_cls, encoder_cls)
+    except ValueError:  # registered by an earlier import of this module under another name
+        pass
+    return config_cls, encoder_cls, output_cls, ved_cls
 
-    from bridgeocr.models.encoder import LineEncoder
+
+def _encoder_config_class():
+    """LineEncoderHFConfig: the LineEncoder's config (a dict of `EncoderConfig`) and image height, as a
+    transformers config."""
+    from transformers import PretrainedConfig
 
     class LineEncoderHFConfig(PretrainedConfig):
         model_type = "bridgeocr_line_encoder"
@@ -50,12 +63,27 @@ def _ved_classes():
             super().__init__(**kwargs)
             self.encoder, self.image_height, self.hidden_size = encoder or {}, image_height, hidden_size
 
+    return LineEncoderHFConfig
+
+
+def _encoder_output_class():
+    """LineEncoderOutput: the encoder's tokens with their mask (what the decoder's cross-attention may
+    read)."""
+    from transformers.modeling_outputs import BaseModelOutput
+
     @dataclass
     class LineEncoderOutput(BaseModelOutput):
         token_mask: torch.Tensor | None = None  # [B, N] True on real tokens
 
+    return LineEncoderOutput
+
+
+def _encoder_class(config_cls, output_cls):
+    """LineEncoderHF: our LineEncoder as a transformers `PreTrainedModel` (its own initialisation kept)."""
+    from transformers import PreTrainedModel
+
     class LineEncoderHF(PreTrainedModel):
-        config_class = LineEncoderHFConfig
+        config_class = config_cls
         main_input_name = "pixel_values"
 
         def __init__(self, config):
@@ -72,10 +100,17 @@ def _ved_classes():
                 image_mask = torch.ones(pixel_values.shape[0], pixel_values.shape[-1], dtype=torch.bool,
                                         device=pixel_values.device)
             tokens, mask = self.line(pixel_values, image_mask)
-            return LineEncoderOutput(last_hidden_state=tokens, token_mask=mask)
+            return output_cls(last_hidden_state=tokens, token_mask=mask)
 
         def get_output_embeddings(self):
             return None
+
+    return LineEncoderHF
+
+
+def _masked_ved_class():
+    """LineVisionEncoderDecoder: the stock model, but its decoder is handed the encoder's token mask."""
+    from transformers import VisionEncoderDecoderModel as _VED
 
     class LineVisionEncoderDecoder(_VED):
         """VisionEncoderDecoderModel whose decoder cross-attends to real encoder tokens only."""
@@ -97,12 +132,7 @@ def _ved_classes():
             finally:
                 handle.remove()
 
-    try:
-        AutoConfig.register(LineEncoderHFConfig.model_type, LineEncoderHFConfig)
-        AutoModel.register(LineEncoderHFConfig, LineEncoderHF)
-    except ValueError:  # registered by an earlier import of this module under another name
-        pass
-    return LineEncoderHFConfig, LineEncoderHF, LineEncoderOutput, LineVisionEncoderDecoder
+    return LineVisionEncoderDecoder
 
 
 def _quiet_transformers() -> None:
@@ -128,8 +158,6 @@ def build_baseline(cfg: ModelConfig, vocab_size: int, height: int, *, bos_id: in
     cross-attention of `cfg.decoder`'s width, depth, heads and `vocab_size` (random), or the first
     `cfg.decoder.n_layer` blocks of the HF GPT-2 dir `decoder_dir` (cross-attention random)."""
     from transformers import GPT2Config, GPT2LMHeadModel
-
-    from bridgeocr.models.encoder import LineEncoder
 
     _quiet_transformers()
     cfg_cls, enc_cls, _, _ = _ved_classes()
