@@ -135,7 +135,7 @@ def joint_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_i
     an item stops once its best finished hypothesis beats every live one (scores only fall as a
     hypothesis grows). `pre_beam` P > 0: only each hypothesis' P best ids by the GPT (+ EOS) are scored
     by the CTC head and can extend it (`candidates`); 0 scores the whole vocabulary (exact search)."""
-    B, K, w = prefix.shape[0], beam, ctc_weight
+    B = prefix.shape[0]
     scorer = CTCPrefixScorer(ctc_log_probs, ctc_lengths)
     st = Stepper(gpt, prefix, prefix_mask, attach_layer, bos_id, use_cache)
     logits = st.start()
@@ -148,55 +148,65 @@ def joint_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_i
     for t in range(max_new_tokens):
         last = torch.tensor([ids[-1] if ids else 0 for beams in live.values() for _, _, ids, _ in beams], device=dev)
         gpt_lp = log_probs(logits, suppress).double()  # [R, V]; suppressed ids are -inf
-        V = gpt_lp.shape[-1]
-        cands = candidates(gpt_lp, pre_beam, eos_id)
-        psi = scorer.scores(r, items, t, last, eos_id, cands)
-        if cands is None:
-            cands = torch.arange(V, device=dev).expand(len(items), V)
-            if psi.shape[1] < V:  # a GPT vocabulary wider than the tokenizer's: ids the CTC head never emits
-                psi = torch.cat([psi, psi.new_full((psi.shape[0], V - psi.shape[1]), NEG_INF)], dim=1)
-        gpt_sum = torch.tensor([g for beams in live.values() for _, g, _, _ in beams], device=dev,
-                               dtype=torch.float64)
-        joint = w * psi + (1 - w) * (gpt_sum[:, None] + gpt_lp.gather(1, cands))
-        P = cands.shape[1]
-        parents, labels, new_live, row = [], [], {}, 0
-        for b, beams in live.items():
-            n = len(beams)
-            vals, idx = joint[row:row + n].flatten().topk(min(2 * K, n * P))
-            toks = cands[row:row + n].flatten()[idx].tolist()
-            nxt = []
-            for v, i, tok in zip(vals.tolist(), idx.tolist(), toks):
-                if v == NEG_INF:
-                    break
-                p = i // P
-                _, g, ids, lps = beams[p]
-                lp = gpt_lp[row + p, tok].item()
-                if tok == eos_id:
-                    finished[b].append((v, ids, lps + [lp]))
-                else:
-                    nxt.append((v, g + lp, ids + [tok], lps + [lp], row + p))
-                    if len(nxt) == K:
-                        break
-            row += n
-            best_done = max((h[0] for h in finished[b]), default=NEG_INF)
-            if t == max_new_tokens - 1:  # out of length: live beams count as they are
-                finished[b].extend((v, ids, lps) for v, _, ids, lps, _ in nxt)
-            elif nxt and nxt[0][0] > best_done:
-                new_live[b] = [h[:4] for h in nxt]
-                parents += [h[4] for h in nxt]
-                labels += [h[2][-1] for h in nxt]
-        if not new_live:
+        joint, cands = _joint_scores(scorer, r, items, t, last, gpt_lp, live, ctc_weight, pre_beam, eos_id)
+        live, parents, labels = _advance(live, finished, joint, cands, gpt_lp, beam, eos_id,
+                                         last_step=t == max_new_tokens - 1)
+        if not live:
             break
-        live = new_live
         parents_t, labels_t = torch.tensor(parents, device=dev), torch.tensor(labels, device=dev)
         items = torch.tensor([b for b, beams in live.items() for _ in beams], device=dev)
         r = scorer.extend(r[parents_t], items, t, last[parents_t], labels_t)
         logits = st.step(parents_t, labels_t)
-    out = []
-    for b in range(B):
-        best = max(finished[b], key=lambda h: h[0]) if finished[b] else (0.0, [], [])
-        out.append((best[1], best[2]))
-    return out
+    best = [max(finished[b], key=lambda h: h[0]) if finished[b] else (0.0, [], []) for b in range(B)]
+    return [(ids, lps) for _, ids, lps in best]
+
+
+def _joint_scores(scorer, r, items, t, last, gpt_lp, live, w, pre_beam, eos_id):
+    """-> (joint scores [R, P], the id of each column [R, P]) of every row's candidate extensions:
+    w * CTC prefix log-prob + (1 - w) * the GPT's log-prob of the whole hypothesis."""
+    dev, V = gpt_lp.device, gpt_lp.shape[-1]
+    cands = candidates(gpt_lp, pre_beam, eos_id)
+    psi = scorer.scores(r, items, t, last, eos_id, cands)
+    if cands is None:
+        cands = torch.arange(V, device=dev).expand(len(items), V)
+        if psi.shape[1] < V:  # a GPT vocabulary wider than the tokenizer's: ids the CTC head never emits
+            psi = torch.cat([psi, psi.new_full((psi.shape[0], V - psi.shape[1]), NEG_INF)], dim=1)
+    gpt_sum = torch.tensor([g for beams in live.values() for _, g, _, _ in beams], device=dev, dtype=torch.float64)
+    return w * psi + (1 - w) * (gpt_sum[:, None] + gpt_lp.gather(1, cands)), cands
+
+
+def _advance(live, finished, joint, cands, gpt_lp, K: int, eos_id: int, last_step: bool):
+    """One step of every item's beam: its K best extensions live on, EOS among the best 2K finishes a
+    hypothesis; an item whose best finished hypothesis beats its best live one stops (appends to `finished`).
+    -> (the new live beams, each new row's parent row, each new row's last id)."""
+    P = cands.shape[1]
+    parents, labels, new_live, row = [], [], {}, 0
+    for b, beams in live.items():
+        n = len(beams)
+        vals, idx = joint[row:row + n].flatten().topk(min(2 * K, n * P))
+        toks = cands[row:row + n].flatten()[idx].tolist()
+        nxt = []
+        for v, i, tok in zip(vals.tolist(), idx.tolist(), toks):
+            if v == NEG_INF:
+                break
+            p = i // P
+            _, g, ids, lps = beams[p]
+            lp = gpt_lp[row + p, tok].item()
+            if tok == eos_id:
+                finished[b].append((v, ids, lps + [lp]))
+            else:
+                nxt.append((v, g + lp, ids + [tok], lps + [lp], row + p))
+                if len(nxt) == K:
+                    break
+        row += n
+        best_done = max((h[0] for h in finished[b]), default=NEG_INF)
+        if last_step:  # out of length: live beams count as they are
+            finished[b].extend((v, ids, lps) for v, _, ids, lps, _ in nxt)
+        elif nxt and nxt[0][0] > best_done:
+            new_live[b] = [h[:4] for h in nxt]
+            parents += [h[4] for h in nxt]
+            labels += [h[2][-1] for h in nxt]
+    return new_live, parents, labels
 
 
 def _ctc_best_path(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
