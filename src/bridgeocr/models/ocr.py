@@ -8,6 +8,7 @@ part directories named in the config need not exist any more) and loads the weig
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from dataclasses import asdict, dataclass, replace
@@ -17,9 +18,9 @@ import torch
 import torch.nn as nn
 
 from bridgeocr.config import ImageConfig, ModelConfig, config_from_dict
-from bridgeocr.errors import ConfigError
+from bridgeocr.errors import BridgeOCRError, ConfigError
 from bridgeocr.models.connectors import build_connector
-from bridgeocr.models.ctc import CTCHead
+from bridgeocr.models.ctc import CTCHead, ctc_read
 from bridgeocr.models.decoder import GPT, apply_freeze
 from bridgeocr.models.decoding import Hypothesis, generate
 from bridgeocr.models.encoder import (
@@ -29,6 +30,7 @@ from bridgeocr.models.encoder import (
     encoder_meta,
     load_encoder,
 )
+from bridgeocr.models.model_dir import config_value, read_config_json
 from bridgeocr.models.ppocr import import_ppocr
 
 OCR_FORMAT = "bridgeocr-ocr"
@@ -188,9 +190,6 @@ class OCRModel(nn.Module):
 
     def ctc_decode(self, images, image_mask) -> list[Hypothesis]:
         """Greedy CTC with the encoder's head: fast, no language model."""
-        from bridgeocr.errors import BridgeOCRError
-        from bridgeocr.models.ctc import ctc_read
-
         if self.ctc_head is None:
             raise BridgeOCRError("this model has no CTC head (train with model.ctc_head=true)")
         return ctc_read(self.encoder_tokens, self.ctc_head, images, image_mask, self.tokenizer)
@@ -256,54 +255,17 @@ class OCRModel(nn.Module):
         `tokenizer` is given). What does not match is refused with one BridgeOCRError naming the file: a
         broken config.json, a truncated or corrupt model.safetensors, missing / extra / wrong-shape tensors, a
         tokenizer that does not fit the model's vocabulary (see models/model_dir.py)."""
-        from bridgeocr.errors import BridgeOCRError
-        from bridgeocr.models.model_dir import (
-            config_value,
-            load_state_checked,
-            read_config_json,
-            safetensors_shapes,
-        )
+        from bridgeocr.models.model_dir import load_state_checked, safetensors_shapes
         from bridgeocr.shipped import resolve_pretrained
 
         path = resolve_pretrained(path)
         cfg_file = path / "config.json"
-        if not cfg_file.is_file():
-            raise ConfigError(f"{path}: not a model directory (no config.json)")
-        meta = read_config_json(cfg_file)
-        if meta.get("format") != OCR_FORMAT:
-            raise ConfigError(f"{cfg_file}: not a bridgeocr OCR model directory (format {meta.get('format')!r})")
-        version = meta.get("version", 0)
-        if not isinstance(version, int):
-            raise ConfigError(f"{cfg_file}: key 'version' should be an integer, got {version!r}")
-        if version > OCR_FORMAT_VERSION:
-            raise ConfigError(f"{path}: format version {version} is newer than this bridgeocr reads")
-        try:
-            cfg = config_from_dict(config_value(meta, "model", cfg_file, dict), ModelConfig)
-        except ConfigError as exc:
-            raise ConfigError(f"{cfg_file}: key 'model': {str(exc).removeprefix('config: ')}") from None
+        meta, cfg = _read_model_config(path, cfg_file)
         vocab = config_value(meta, "vocab_size", cfg_file, int)
         image_height = config_value(meta, "image_height", cfg_file, int)
-        enc_meta = config_value(meta, "encoder", cfg_file, dict)
-        dec_meta = meta.get("decoder", {})
-        eps = dec_meta.get("layer_norm_epsilon", 1e-5) if isinstance(dec_meta, dict) else 1e-5
         weights = path / "model.safetensors"
         shapes = safetensors_shapes(weights)  # a truncated / garbage file is refused before anything is built
-        try:
-            encoder = encoder_from_meta(enc_meta)
-            decoder = GPT(replace(cfg.decoder, pretrained=None), vocab, layer_norm_epsilon=eps)
-        except BridgeOCRError as exc:
-            raise ConfigError(f"{cfg_file}: {exc}") from None
-        except Exception as exc:  # a key of the right type with a value no model is built from
-            raise ConfigError(f"{cfg_file}: cannot build the model it describes "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-        ctc = None
-        if cfg.ctc_head:
-            ctc_vocab = meta.get("ctc_vocab_size")
-            if not isinstance(ctc_vocab, int) or isinstance(ctc_vocab, bool) or ctc_vocab <= 0:
-                # written before config.json recorded it: the head's rows in the file, else the vocabulary
-                rows = shapes.get("ctc_head.proj.weight", (0,))[0]
-                ctc_vocab = rows // cfg.ctc_upsample if rows and rows % cfg.ctc_upsample == 0 else vocab
-            ctc = CTCHead(encoder.d_out, ctc_vocab, cfg.ctc_upsample)
+        encoder, decoder, ctc = _build_parts(meta, cfg, vocab, shapes, cfg_file)
         tok_where = "the tokenizer passed in"
         if tokenizer is None and (path / "tokenizer.json").is_file():
             from bridgeocr.data.tokenizers import load_tokenizer
@@ -312,22 +274,70 @@ class OCRModel(nn.Module):
             tokenizer = load_tokenizer(tok_where)
         if tokenizer is not None:
             check_model_tokenizer(tokenizer, vocab, meta, cfg, ctc, tok_where, cfg_file)
-        try:
+        with _describes(cfg_file):
             model = cls(cfg, vocab, image_height, tokenizer, encoder=encoder, decoder=decoder, ctc_head=ctc)
-        except BridgeOCRError as exc:
-            raise ConfigError(f"{cfg_file}: {exc}") from None
-        except Exception as exc:
-            raise ConfigError(f"{cfg_file}: cannot build the model it describes "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
         if tokenizer is None:
-            ids = meta.get("special_ids", DEFAULT_SPECIAL_IDS)
-            if not isinstance(ids, dict) or any(not isinstance(ids.get(k), int) for k in DEFAULT_SPECIAL_IDS):
-                raise ConfigError(f"{cfg_file}: key 'special_ids' should hold integers "
-                                  f"{', '.join(DEFAULT_SPECIAL_IDS)}")
-            model.pad_id, model.bos_id, model.eos_id = ids["pad_id"], ids["bos_id"], ids["eos_id"]
+            model.pad_id, model.bos_id, model.eos_id = _special_ids(meta, cfg_file)
         load_state_checked(weights, model, device=map_location)
         model.image_config = image_config_from(meta.get("image"))
         return model
+
+
+@contextlib.contextmanager
+def _describes(cfg_file):
+    """Building what config.json describes: any failure is one ConfigError naming the file."""
+    try:
+        yield
+    except BridgeOCRError as exc:
+        raise ConfigError(f"{cfg_file}: {exc}") from None
+    except Exception as exc:  # a key of the right type with a value no model is built from
+        raise ConfigError(f"{cfg_file}: cannot build the model it describes "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def _read_model_config(path, cfg_file) -> tuple[dict, ModelConfig]:
+    """config.json -> (its dict, the ModelConfig it holds), refusing another format or a newer version."""
+    if not cfg_file.is_file():
+        raise ConfigError(f"{path}: not a model directory (no config.json)")
+    meta = read_config_json(cfg_file)
+    if meta.get("format") != OCR_FORMAT:
+        raise ConfigError(f"{cfg_file}: not a bridgeocr OCR model directory (format {meta.get('format')!r})")
+    version = meta.get("version", 0)
+    if not isinstance(version, int):
+        raise ConfigError(f"{cfg_file}: key 'version' should be an integer, got {version!r}")
+    if version > OCR_FORMAT_VERSION:
+        raise ConfigError(f"{path}: format version {version} is newer than this bridgeocr reads")
+    try:
+        cfg = config_from_dict(config_value(meta, "model", cfg_file, dict), ModelConfig)
+    except ConfigError as exc:
+        raise ConfigError(f"{cfg_file}: key 'model': {str(exc).removeprefix('config: ')}") from None
+    return meta, cfg
+
+
+def _build_parts(meta: dict, cfg: ModelConfig, vocab: int, shapes: dict, cfg_file):
+    """The encoder, GPT and CTC head a config.json describes (random weights, to be loaded)."""
+    enc_meta = config_value(meta, "encoder", cfg_file, dict)
+    dec_meta = meta.get("decoder", {})
+    eps = dec_meta.get("layer_norm_epsilon", 1e-5) if isinstance(dec_meta, dict) else 1e-5
+    with _describes(cfg_file):
+        encoder = encoder_from_meta(enc_meta)
+        decoder = GPT(replace(cfg.decoder, pretrained=None), vocab, layer_norm_epsilon=eps)
+    if not cfg.ctc_head:
+        return encoder, decoder, None
+    ctc_vocab = meta.get("ctc_vocab_size")
+    if not isinstance(ctc_vocab, int) or isinstance(ctc_vocab, bool) or ctc_vocab <= 0:
+        # written before config.json recorded it: the head's rows in the file, else the vocabulary
+        rows = shapes.get("ctc_head.proj.weight", (0,))[0]
+        ctc_vocab = rows // cfg.ctc_upsample if rows and rows % cfg.ctc_upsample == 0 else vocab
+    return encoder, decoder, CTCHead(encoder.d_out, ctc_vocab, cfg.ctc_upsample)
+
+
+def _special_ids(meta: dict, cfg_file) -> tuple[int, int, int]:
+    """(pad, bos, eos) from config.json, for a model loaded without a tokenizer."""
+    ids = meta.get("special_ids", DEFAULT_SPECIAL_IDS)
+    if not isinstance(ids, dict) or any(not isinstance(ids.get(k), int) for k in DEFAULT_SPECIAL_IDS):
+        raise ConfigError(f"{cfg_file}: key 'special_ids' should hold integers {', '.join(DEFAULT_SPECIAL_IDS)}")
+    return ids["pad_id"], ids["bos_id"], ids["eos_id"]
 
 
 def check_model_tokenizer(tokenizer, vocab: int, meta: dict, cfg: ModelConfig, ctc: CTCHead | None, where,
