@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -176,3 +177,21 @@ def test_lm_train_ddp_two_cpu_processes(tmp_path):
     card = json.loads((tmp_path / "lm" / "lm_card.json").read_text())
     assert card["devices"] == 2 and card["steps"] == 4 and card["val_ppl"] > 1
     assert (tmp_path / "lm" / "last.ckpt" / "tensors.safetensors").is_file()
+
+
+def test_an_older_resume_state_is_refused_with_a_way_on(tmp_path):
+    """A directory from the hand-written loop (last/ with optimizer.safetensors, no last.ckpt/): --resume
+    says how to go on from its weights instead of failing later or starting over in place."""
+    from safetensors.torch import save_file
+
+    from bridgeocr.errors import BridgeOCRError
+
+    out = tmp_path / "old"
+    train_lm(docs=DOCS, val_docs=None, out=out, steps=1, **TINY)
+    save_file({"0.exp_avg": torch.zeros(2)}, str(out / "last" / "optimizer.safetensors"))
+    for name in ("last.ckpt", "last.ckpt.prev"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    with pytest.raises(BridgeOCRError, match="older bridgeocr.*--init"):
+        train_lm(docs=DOCS, val_docs=None, out=out, steps=2, resume=True, **TINY)
+    card = train_lm(docs=DOCS, val_docs=None, out=tmp_path / "new", init=out / "last", steps=1, **TINY)
+    assert card["init"] == str(out / "last")

@@ -31,17 +31,15 @@ from bridgeocr.models.encoder import (
     save_encoder,
 )
 from bridgeocr.models.ppocr import import_ppocr
-from bridgeocr.preflight import TRAIN_NEED, ensure_writable
 from bridgeocr.shipped import resolve_pretrained
-from bridgeocr.train.checkpoint import atomic_dir, guard_run_dir, write_json
+from bridgeocr.train.checkpoint import atomic_dir, write_json
 from bridgeocr.train.engine import (
-    CKPT,
     Budget,
     Checkpoints,
     build_trainer,
     finish_interrupted,
     fit,
-    resume_checkpoint,
+    start_run,
     step_seed,
 )
 from bridgeocr.train.losses import ctc_loss, ctc_targets
@@ -97,11 +95,7 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
     from bridgeocr.data.preprocess import make_loader
 
     out = Path(out)
-    ckpt = resume_checkpoint(out, resume)
-    guard_run_dir(out, ckpt is not None, overwrite, resume_asked=resume)
-    ensure_writable(out, TRAIN_NEED)
-    if resume and ckpt is None:
-        print(f"--resume: nothing to resume in {out / CKPT}; starting fresh", flush=True)
+    ckpt = start_run(out, resume, overwrite)
     pl.seed_everything(seed, verbose=False)
     train, val = _sources(cfg, data, val_data)
     tokenizer = _tokenizer(cfg, init, train)

@@ -20,12 +20,13 @@ import lightning.pytorch as pl
 import torch
 
 from bridgeocr.errors import BridgeOCRError
-from bridgeocr.train.checkpoint import disk_full
+from bridgeocr.preflight import TRAIN_NEED, ensure_writable
+from bridgeocr.train.checkpoint import disk_full, guard_run_dir
 from bridgeocr.train.resume import SafeCheckpointIO, resume_point
 from bridgeocr.train.run import _devices, _progress_bar, merge_csv_logs
 
 __all__ = ["CKPT", "Budget", "Checkpoints", "build_trainer", "fit", "finish_interrupted", "precision_for",
-           "resume_checkpoint", "step_seed"]
+           "resume_checkpoint", "start_run", "step_seed"]
 
 CKPT = "last.ckpt"  # the trainer's resume state in the output directory
 
@@ -44,6 +45,21 @@ def precision_for(value: str | None, accelerator: str = "auto") -> str:
 def resume_checkpoint(out: Path, resume: bool) -> Path | None:
     """The resume state a `--resume` continues from (last.ckpt, else the one kept before it), or None."""
     return resume_point(Path(out) / CKPT) if resume else None
+
+
+def start_run(out: Path, resume: bool, overwrite: bool) -> Path | None:
+    """The resume state to continue from (None: a new run), once a run in `out` is known not to be replaced
+    by accident (checkpoint.guard_run_dir) and `out` to be writable."""
+    out = Path(out)
+    ckpt = resume_checkpoint(out, resume)
+    if resume and ckpt is None and not overwrite and (out / "last" / "optimizer.safetensors").is_file():
+        raise BridgeOCRError(f"{out}: its resume state is an older bridgeocr's (last/ without {CKPT}/); start a "
+                             f"new run from its weights instead: --init {out / 'last'} and another --out")
+    guard_run_dir(out, ckpt is not None, overwrite, resume_asked=resume)
+    ensure_writable(out, TRAIN_NEED)
+    if resume and ckpt is None:
+        print(f"--resume: nothing to resume in {out / CKPT}; starting fresh", flush=True)
+    return ckpt
 
 
 def step_seed(*parts) -> int:

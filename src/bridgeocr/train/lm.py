@@ -19,16 +19,14 @@ import torch
 from tqdm.auto import tqdm
 
 from bridgeocr.errors import BridgeOCRError, ConfigError
-from bridgeocr.preflight import TRAIN_NEED, ensure_writable
-from bridgeocr.train.checkpoint import atomic_dir, guard_run_dir, write_json
+from bridgeocr.train.checkpoint import atomic_dir, write_json
 from bridgeocr.train.engine import (
-    CKPT,
     Budget,
     Checkpoints,
     build_trainer,
     finish_interrupted,
     fit,
-    resume_checkpoint,
+    start_run,
     step_seed,
 )
 from bridgeocr.train.losses import ce_loss
@@ -108,11 +106,7 @@ def train_lm(*, docs: list[str], val_docs: list[str] | None, out: str | Path, to
     """
     out = Path(out)
     _checked(steps, n_embd, n_head, prefix_read, docs)
-    ckpt = resume_checkpoint(out, resume)
-    guard_run_dir(out, ckpt is not None, overwrite, resume_asked=resume)
-    ensure_writable(out, TRAIN_NEED)
-    if resume and ckpt is None:
-        print(f"--resume: nothing to resume in {out / CKPT}; starting fresh", flush=True)
+    ckpt = start_run(out, resume, overwrite)
     pl.seed_everything(seed, verbose=False)
     docs, val_docs = _split(docs, val_docs)
     tokenizer, model = _model(out, ckpt is not None, init, docs, val_docs, tokenizer_kind, vocab_size,
