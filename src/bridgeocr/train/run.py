@@ -25,6 +25,7 @@ from bridgeocr.models.encoder import adopt_encoder_image
 from bridgeocr.models.load import TRAINING_META, load_checkpoint
 from bridgeocr.preflight import TRAIN_NEED, ensure_writable
 from bridgeocr.train.checkpoint import atomic_dir, disk_full, guard_run_dir, read_json, write_json
+from bridgeocr.train.features import encoder_fingerprint, fill_store, open_store, store_root
 from bridgeocr.train.resume import SafeCheckpointIO, resume_point
 
 __all__ = ["train", "train_cli", "build_tokenizer", "build_model", "load_teacher", "shard"]
@@ -329,7 +330,6 @@ class _DataModule:
 def _feature_store(cfg: ExperimentConfig, encoder, splits: dict[str, list], world: int):
     """The run's cached encoder tokens, filled for these splits; None when the encoder trains, the cache is
     off, or several processes train (each would fill the same store)."""
-    from bridgeocr.train.features import fill_store, open_store, store_root
 
     root = store_root(cfg)
     if root is None:
@@ -362,52 +362,98 @@ def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=N
     (on global rank 0; other ranks return {}). A directory holding a run is continued (`resume`), replaced
     (`overwrite`) or refused."""
     import lightning.pytorch as pl
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from bridgeocr.data.tokenizers import load_tokenizer
-    from bridgeocr.train.module import OCRLightningModule, parse_freeze_schedule
+    from bridgeocr.train.module import OCRLightningModule
 
     t_start = time.time()
     adopt_encoder_image(cfg)
-    oc, tc = cfg.optim, cfg.train
-    if oc.max_steps < 1:
-        raise ConfigError(f"optim.max_steps: must be >= 1, got {oc.max_steps}")
-    if oc.accumulate < 1:
-        raise ConfigError(f"optim.accumulate: must be >= 1, got {oc.accumulate}")
-    parse_freeze_schedule(oc.freeze_schedule)  # fail early on a bad schedule
-    run_dir = Path(tc.out_dir) / tc.name
-    ckpt = resume_point(run_dir / "last.ckpt") or run_dir / "last.ckpt"
-    resuming = bool(resume) and ckpt.exists()
-    if resume and not resuming:
-        print(f"--resume: no {ckpt}; starting a new run", flush=True)
-    guard_run_dir(run_dir, resuming, overwrite, resume_asked=bool(resume))
-    ensure_writable(run_dir, TRAIN_NEED)  # an unwritable or full disk fails now, not after training
-    pl.seed_everything(tc.seed, workers=True, verbose=False)
-
-    train_src = open_split(cfg, cfg.data.train_split, cfg.data.max_train_samples)
-    val_src = open_split(cfg, cfg.data.val_split, cfg.data.max_val_samples or cfg.data.max_eval_samples)
-    if not train_src:
-        raise BridgeOCRError(f"{cfg.data.source}: split {cfg.data.train_split!r} has no lines")
-    if not val_src:
-        raise BridgeOCRError(f"{cfg.data.source}: split {cfg.data.val_split!r} has no lines")
-
+    _check_optim(cfg)
+    run_dir = Path(cfg.train.out_dir) / cfg.train.name
+    ckpt, resuming = _prepare_run_dir(run_dir, resume, overwrite)
+    pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    train_src, val_src = _open_train_val(cfg)
     if resuming and (run_dir / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(run_dir / "tokenizer.json")
     else:
         tokenizer = build_tokenizer(cfg, [s.text for s in train_src])
     model = build_model(cfg, tokenizer)
-    teacher = load_teacher(cfg, tokenizer)
-    module = OCRLightningModule(model, cfg, tokenizer, teacher=teacher, total_steps=oc.max_steps)
+    module = OCRLightningModule(model, cfg, tokenizer, teacher=load_teacher(cfg, tokenizer),
+                                total_steps=cfg.optim.max_steps)
     callback = _make_callback(run_dir, cfg)
+    loggers, tb, hparams = _loggers(cfg, run_dir, resuming)
+    trainer = _trainer(cfg, devices, num_nodes, loggers, callback)
+    store = _feature_store(cfg, model.encoder, {"train": train_src, "val": val_src}, trainer.world_size)
+    data = _DataModule(cfg, tokenizer, train_src, val_src, store)
+    if not resuming:
+        _init_connector(cfg, model, tokenizer, train_src, store)
+    if trainer.is_global_zero:
+        _write_run_files(cfg, run_dir, tokenizer, resuming)
+        print(f"train: {len(train_src)} lines, val: {len(val_src)} lines, vocab {tokenizer.vocab_size}, "
+              f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params -> {run_dir}"
+              + (f" (resuming from {ckpt})" if resuming else ""), flush=True)
+    _fit(trainer, module, data, ckpt if resuming else None, run_dir)
+    if module.last_val_step != trainer.global_step or not (run_dir / "best").is_dir():
+        module.on_val_result = lambda r, e, s: callback.on_val_result(trainer, module, r, e, s)
+        trainer.validate(module, datamodule=data.dm, verbose=False)
+        if trainer.is_global_zero:
+            merge_csv_logs(run_dir)
+    stopped_by = "max_steps" if trainer.global_step >= cfg.optim.max_steps else (
+        "max_minutes" if cfg.optim.max_minutes else "max_epochs")
+    if not trainer.is_global_zero:
+        return {}
+    metrics = _finish(cfg, run_dir, module, data, trainer, tokenizer, t_start, stopped_by)
+    final = {f"hp/{k}": float(metrics[k]) for k in ("val_cer", "test_cer") if metrics.get(k) is not None}
+    tb.log_hyperparams(hparams, final or None)  # TensorBoard's HPARAMS tab: this run's config and results
+    tb.finalize("success")
+    return metrics
+
+
+def _check_optim(cfg: ExperimentConfig) -> None:
+    """What only training reads, checked before any work."""
+    from bridgeocr.train.module import parse_freeze_schedule
+
+    oc = cfg.optim
+    if oc.max_steps < 1:
+        raise ConfigError(f"optim.max_steps: must be >= 1, got {oc.max_steps}")
+    if oc.accumulate < 1:
+        raise ConfigError(f"optim.accumulate: must be >= 1, got {oc.accumulate}")
+    parse_freeze_schedule(oc.freeze_schedule)  # fail early on a bad schedule
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> tuple[Path, bool]:
+    """-> (the resume state to continue from, whether this run resumes); refuses to overwrite a run and fails
+    now on an unwritable or full disk, not after training."""
+    ckpt = resume_point(run_dir / "last.ckpt") or run_dir / "last.ckpt"
+    resuming = bool(resume) and ckpt.exists()
+    if resume and not resuming:
+        print(f"--resume: no {ckpt}; starting a new run", flush=True)
+    guard_run_dir(run_dir, resuming, overwrite, resume_asked=bool(resume))
+    ensure_writable(run_dir, TRAIN_NEED)
+    return ckpt, resuming
+
+
+def _open_train_val(cfg: ExperimentConfig) -> tuple:
+    train_src = open_split(cfg, cfg.data.train_split, cfg.data.max_train_samples)
+    val_src = open_split(cfg, cfg.data.val_split, cfg.data.max_val_samples or cfg.data.max_eval_samples)
+    for split, src in ((cfg.data.train_split, train_src), (cfg.data.val_split, val_src)):
+        if not src:
+            raise BridgeOCRError(f"{cfg.data.source}: split {split!r} has no lines")
+    return train_src, val_src
+
+
+def _loggers(cfg: ExperimentConfig, run_dir: Path, resuming: bool):
+    """-> ([CSV logger (one part per start or resume), TensorBoard logger], the TB logger, the config as TB
+    hparams (logged now, and with the final metrics at the end))."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     part = 0
     if resuming:
         part = 1 + max([int(p.name[4:]) for p in (run_dir / "csv").glob("part*") if p.name[4:].isdigit()],
                        default=-1)
     tb = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
-    loggers = [CSVLogger(save_dir=str(run_dir), name="csv", version=f"part{part}"), tb]
 
-    def scalars(d: dict, prefix: str = ""):  # the config as a flat dict of its scalar values: TB's hparams
+    def scalars(d: dict, prefix: str = ""):  # the config as a flat dict of its scalar values
         for k, v in d.items():
             if isinstance(v, dict):
                 yield from scalars(v, f"{prefix}{k}.")
@@ -415,102 +461,109 @@ def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=N
                 yield f"{prefix}{k}", v
 
     hparams = dict(scalars(asdict(cfg)))
-    tb.log_hyperparams(hparams)  # tb/hparams.yaml; with the final metrics at the end of the run
-    devices = _devices(devices if devices is not None else tc.devices)
+    tb.log_hyperparams(hparams)  # tb/hparams.yaml
+    return [CSVLogger(save_dir=str(run_dir), name="csv", version=f"part{part}"), tb], tb, hparams
+
+
+def _trainer(cfg: ExperimentConfig, devices, num_nodes, loggers, callback):
+    import lightning.pytorch as pl
+
+    oc, tc = cfg.optim, cfg.train
     val_kwargs = {}
     if tc.val_every_steps:
         val_kwargs = {"val_check_interval": int(tc.val_every_steps) * oc.accumulate,
                       "check_val_every_n_epoch": None}
-    trainer = pl.Trainer(
-        accelerator=tc.accelerator, devices=devices, num_nodes=num_nodes or tc.num_nodes,
-        strategy=tc.strategy, precision=_precision(cfg), max_steps=oc.max_steps, max_epochs=oc.max_epochs,
+    return pl.Trainer(
+        accelerator=tc.accelerator, devices=_devices(devices if devices is not None else tc.devices),
+        num_nodes=num_nodes or tc.num_nodes, strategy=tc.strategy, precision=_precision(cfg),
+        max_steps=oc.max_steps, max_epochs=oc.max_epochs,
         max_time={"minutes": oc.max_minutes} if oc.max_minutes else None,
         gradient_clip_val=oc.grad_clip or None, accumulate_grad_batches=oc.accumulate,
         logger=loggers, callbacks=[callback, _progress_bar()], plugins=[SafeCheckpointIO()],
         enable_checkpointing=False, use_distributed_sampler=False,
         log_every_n_steps=max(1, tc.log_every_steps), num_sanity_val_steps=0, deterministic=False,
         enable_model_summary=False, **val_kwargs)
-    store = _feature_store(cfg, model.encoder, {"train": train_src, "val": val_src}, trainer.world_size)
-    data = _DataModule(cfg, tokenizer, train_src, val_src, store)
-    if not resuming:
-        _init_connector(cfg, model, tokenizer, train_src, store)
 
-    if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if resuming and (run_dir / "config.yaml").is_file():
-            old = (run_dir / "config.yaml").read_text()
-            save_config(cfg, run_dir / ".config.new.yaml")
-            if (run_dir / ".config.new.yaml").read_text() != old:
-                print(f"note: the config differs from {run_dir / 'config.yaml'} (overwritten)", flush=True)
-            (run_dir / ".config.new.yaml").unlink()
-        save_config(cfg, run_dir / "config.yaml")
-        tokenizer.save(run_dir / "tokenizer.json")
-        print(f"train: {len(train_src)} lines, val: {len(val_src)} lines, vocab {tokenizer.vocab_size}, "
-              f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params -> {run_dir}"
-              + (f" (resuming from {ckpt})" if resuming else ""), flush=True)
 
+def _write_run_files(cfg: ExperimentConfig, run_dir: Path, tokenizer, resuming: bool) -> None:
+    """config.yaml (saying so when a resumed run's config differs) and tokenizer.json."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resuming and (run_dir / "config.yaml").is_file():
+        old = (run_dir / "config.yaml").read_text()
+        save_config(cfg, run_dir / ".config.new.yaml")
+        if (run_dir / ".config.new.yaml").read_text() != old:
+            print(f"note: the config differs from {run_dir / 'config.yaml'} (overwritten)", flush=True)
+        (run_dir / ".config.new.yaml").unlink()
+    save_config(cfg, run_dir / "config.yaml")
+    tokenizer.save(run_dir / "tokenizer.json")
+
+
+def _fit(trainer, module, data, ckpt: Path | None, run_dir: Path) -> None:
     try:
-        trainer.fit(module, datamodule=data.dm, ckpt_path=str(ckpt) if resuming else None)
+        trainer.fit(module, datamodule=data.dm, ckpt_path=str(ckpt) if ckpt is not None else None)
     except Exception as exc:  # a full disk mid-run: one line; every checkpoint written before it is intact
         if disk_full(exc):
             where = getattr(exc, "filename", None) or "a log"
             raise BridgeOCRError(f"{run_dir}: no space left on the device ({where}); the checkpoints written "
                                  "before are intact: free space, then --resume") from None
         raise
-    if module.last_val_step != trainer.global_step or not (run_dir / "best").is_dir():
-        module.on_val_result = lambda r, e, s: callback.on_val_result(trainer, module, r, e, s)
-        trainer.validate(module, datamodule=data.dm, verbose=False)
-        if trainer.is_global_zero:
-            merge_csv_logs(run_dir)
 
-    stopped_by = "max_steps" if trainer.global_step >= oc.max_steps else (
-        "max_minutes" if oc.max_minutes else "max_epochs")
-    if not trainer.is_global_zero:
-        return {}
-    metrics = _finish(cfg, run_dir, module, data, trainer, callback, tokenizer, t_start, stopped_by)
-    final = {f"hp/{k}": float(metrics[k]) for k in ("val_cer", "test_cer") if metrics.get(k) is not None}
-    tb.log_hyperparams(hparams, final or None)  # TensorBoard's HPARAMS tab: this run's config and results
-    tb.finalize("success")
+
+def _finish(cfg, run_dir: Path, module, data, trainer, tokenizer, t_start, stopped_by) -> dict:
+    """Test the best checkpoint, write metrics.json and the merged CSV log -> the metrics."""
+    skipped = _report_skipped(data)
+    best_dir = run_dir / "best" if (run_dir / "best").is_dir() else run_dir / "last"
+    best, _, meta = load_checkpoint(best_dir, device=module.device if module.device.type != "meta" else None)
+    best_epoch = int(meta.get("epoch", 0) or 0)
+    test = _test(cfg, run_dir, best, data, best_epoch)
+    if test is not None:
+        skipped["test"] = test["skipped"]
+    metrics = _metrics(cfg, module, trainer, tokenizer, meta, test, skipped, t_start, stopped_by)
+    write_json(run_dir / "metrics.json", metrics)
+    merge_csv_logs(run_dir)
+    print(f"run finished ({stopped_by}, step {trainer.global_step}); wrote {run_dir / 'metrics.json'}",
+          flush=True)
     return metrics
 
 
-def _finish(cfg, run_dir: Path, module, data, trainer, callback, tokenizer, t_start, stopped_by) -> dict:
-
-    skipped = {"train": getattr(getattr(data.train_loader, "dataset", None), "skipped", 0),
-               "val": getattr(getattr(data.val_loader, "dataset", None), "skipped", 0)}
-    for split in ("train", "val"):
-        loader = data.train_loader if split == "train" else data.val_loader
-        msgs = getattr(getattr(loader, "dataset", None), "skip_messages", [])
+def _report_skipped(data) -> dict:
+    """Bad train / val samples, counted and named once."""
+    skipped = {}
+    for split, loader in (("train", data.train_loader), ("val", data.val_loader)):
+        dataset = getattr(loader, "dataset", None)
+        skipped[split] = getattr(dataset, "skipped", 0)
+        msgs = getattr(dataset, "skip_messages", [])
         if skipped[split]:
             print(f"skipped {skipped[split]} bad {split} sample(s), e.g. {msgs[0] if msgs else '?'}", flush=True)
+    return skipped
 
-    best_dir = run_dir / "best" if (run_dir / "best").is_dir() else run_dir / "last"
-    best, image_cfg, meta = load_checkpoint(best_dir, device=module.device if module.device.type != "meta"
-                                            else None)
-    best_epoch = int(meta.get("epoch", 0) or 0)
+
+def _test(cfg, run_dir: Path, best, data, best_epoch: int) -> dict | None:
+    """The best checkpoint on the test split (its cached encoder features when they match) -> evaluate's
+    result, written as predictions_test.tsv; None for an empty split."""
     test_src = open_split(cfg, cfg.data.test_split, cfg.data.max_eval_samples)
-    test = None
-    if test_src:
-        store = data.store if data.store is not None and _same_encoder(best, data.store, cfg) else None
-        if store is not None:
-            from bridgeocr.train.features import fill_store
-
-            fill_store(best.encoder, store, test_src, cfg.data.image, batch_size=cfg.optim.batch_size,
-                       desc="encoder features [test]")
-        test = evaluate_model(best, test_src, cfg.data.image, beam=cfg.train.eval_beam, decoding=None,
-                              batch_size=cfg.optim.batch_size, desc="decode test", features=store)
-        skipped["test"] = test["skipped"]
-        print_seed_metrics("test", best_epoch, test["cer"], test["wer"])
-        write_predictions(run_dir / "predictions_test.tsv", test)
-        print_worst(test, 5, label="test: ")
-    else:
+    if not test_src:
         print(f"{cfg.data.source}: split {cfg.data.test_split!r} is empty; no test metrics", flush=True)
+        return None
+    store = data.store if data.store is not None and _same_encoder(best, data.store, cfg) else None
+    if store is not None:
+        fill_store(best.encoder, store, test_src, cfg.data.image, batch_size=cfg.optim.batch_size,
+                   desc="encoder features [test]")
+    test = evaluate_model(best, test_src, cfg.data.image, beam=cfg.train.eval_beam, decoding=None,
+                          batch_size=cfg.optim.batch_size, desc="decode test", features=store)
+    print_seed_metrics("test", best_epoch, test["cer"], test["wer"])
+    write_predictions(run_dir / "predictions_test.tsv", test)
+    print_worst(test, 5, label="test: ")
+    return test
 
+
+def _metrics(cfg, module, trainer, tokenizer, meta: dict, test, skipped: dict, t_start, stopped_by) -> dict:
+    """metrics.json: the best checkpoint's val and test numbers, the run's speed, size and settings."""
+    best_epoch = int(meta.get("epoch", 0) or 0)
     val_best = {"cer": meta.get("val_cer"), "wer": meta.get("val_wer")}
     train_lines_per_s = (module.train_lines * trainer.world_size / module.train_seconds
                          if module.train_seconds > 0 else None)
-    visual = module.visual_tokens_sum / module.visual_tokens_n if module.visual_tokens_n else None
-    metrics = {
+    return {
         "name": cfg.train.name,
         "val_cer": val_best["cer"], "val_wer": val_best["wer"],
         "test_cer": test["cer"] if test else None, "test_wer": test["wer"] if test else None,
@@ -522,7 +575,7 @@ def _finish(cfg, run_dir: Path, module, data, trainer, callback, tokenizer, t_st
         "params": _model_params(module.model)["total"], "params_by_group": _model_params(module.model),
         "train_lines_per_s": train_lines_per_s,
         "decode_lines_per_s": test["lines_per_s"] if test else None,
-        "visual_tokens": visual,
+        "visual_tokens": module.visual_tokens_sum / module.visual_tokens_n if module.visual_tokens_n else None,
         "skipped": skipped,
         "unk_count": getattr(tokenizer, "unk_count", None),
         "wall_time_s": round(time.time() - t_start, 1),
@@ -536,11 +589,6 @@ def _finish(cfg, run_dir: Path, module, data, trainer, callback, tokenizer, t_st
                    "loss": asdict(cfg.loss), "max_steps": cfg.optim.max_steps,
                    "batch_size": cfg.optim.batch_size, "tokenizer": cfg.tokenizer.kind},
     }
-    write_json(run_dir / "metrics.json", metrics)
-    merge_csv_logs(run_dir)
-    print(f"run finished ({stopped_by}, step {trainer.global_step}); wrote {run_dir / 'metrics.json'}",
-          flush=True)
-    return metrics
 
 
 def _init_connector(cfg: ExperimentConfig, model, tokenizer, train_src, store) -> None:
@@ -566,7 +614,6 @@ def _init_connector(cfg: ExperimentConfig, model, tokenizer, train_src, store) -
 
 def _same_encoder(model, store, cfg: ExperimentConfig) -> bool:
     """Whether the store holds this model's encoder tokens (a resumed run may have swapped the encoder)."""
-    from bridgeocr.train.features import encoder_fingerprint
 
     return encoder_fingerprint(model.encoder, cfg.data.image) == store.fingerprint
 
