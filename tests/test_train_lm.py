@@ -1,3 +1,4 @@
+import csv
 import json
 import shutil
 
@@ -144,8 +145,11 @@ def test_lm_resume_after_a_crash_is_exact(tmp_path, monkeypatch):
     assert again["val_loss"] == pytest.approx(full["val_loss"], abs=1e-6)
     a, b = _tensors(tmp_path / "full"), _tensors(tmp_path / "cut")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    rows = (tmp_path / "cut" / "metrics.csv").read_text().splitlines()
-    assert rows[0].startswith("step") and len(rows) == 1 + 6  # steps 0-5 once each, the replayed ones merged
+    with (tmp_path / "cut" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows if r["train/loss"]] == [str(s) for s in range(6)]  # the replayed ones once
+    assert [r["step"] for r in rows if r["val/loss"]] == ["3", "6"]
+    assert {"val/ppl", "val/prefix_read_loss"} <= rows[0].keys()
 
 
 def test_lm_minutes_budget_is_kept_across_a_resume(tmp_path):

@@ -178,10 +178,12 @@ def add_trainer_args(p, config: bool = False) -> None:
 
     p.add_argument("--devices", default=None,
                    help="devices per node (Lightning), e.g. 1, 2 or auto" + default("devices", "1"))
-    p.add_argument("--num-nodes", type=positive_int, default=None)
+    p.add_argument("--num-nodes", type=positive_int, default=None,
+                   help="machines (Lightning)" + default("num_nodes", "1"))
     p.add_argument("--strategy", default=None, help="Lightning strategy, e.g. ddp" + default("strategy", "auto"))
-    p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="auto: bf16-mixed on a GPU that has it, 32-true on the CPU" + default("precision", "auto"))
+    p.add_argument("--precision", choices=PRECISIONS, default=None, metavar="PRECISION",
+                   help=f"{' | '.join(PRECISIONS[:10])}; auto: bf16-mixed on a GPU that has it, 32-true on the CPU"
+                   + default("precision", "auto"))
     p.add_argument("--accelerator", default=None, help="auto | cpu | gpu" + default("accelerator", "auto"))
 
 

@@ -263,6 +263,7 @@ def _saver(out: Path, tokenizer, val_loader, eval_batches: int, every: int, seed
             tokenizer.save(out / "tokenizer.json")
         if final:
             state["final"] = {k: v for k, v in result.items() if k != "examples"}
+        return {"val/cer": result["cer"], "val/wer": result["wer"]}
 
     def write_last(module, state):
         def write(tmp: Path) -> None:

@@ -112,8 +112,9 @@ class Budget(pl.Callback):
 
 class Checkpoints(pl.Callback):
     """Every `every` steps before the last, and at the end: `evaluate(module, state, final)` on rank 0 (it
-    may record into `state`, which the resume state keeps), `write_last(module, state)` on rank 0 (the
-    command's model directory), then `last.ckpt` (every rank takes part) and the merged CSV log."""
+    may record into `state`, which the resume state keeps; the scalars it returns go to the CSV and
+    TensorBoard logs), `write_last(module, state)` on rank 0 (the command's model directory), then
+    `last.ckpt` (every rank takes part) and the merged CSV log."""
 
     def __init__(self, out: Path, every: int, evaluate: Callable, write_last: Callable, state: dict):
         self.out, self.every = Path(out), max(1, int(every))
@@ -136,7 +137,9 @@ class Checkpoints(pl.Callback):
 
     def save(self, trainer, module, final: bool, checkpoint: bool = True) -> None:
         if trainer.is_global_zero:
-            self.evaluate(module, self.state, final)
+            metrics = self.evaluate(module, self.state, final)
+            for logger in trainer.loggers if metrics else []:
+                logger.log_metrics(metrics, step=trainer.global_step)
             self.write_last(module, self.state)
         if checkpoint and self.saved_step != trainer.global_step:
             trainer.save_checkpoint(self.out / CKPT)

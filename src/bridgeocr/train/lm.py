@@ -300,6 +300,8 @@ def _saver(out: Path, tokenizer, val_stream, context, batch_size, reading, every
         else:
             state["history"].append(rec)
             tqdm.write(msg)
+        names = {"val_loss": "val/loss", "val_ppl": "val/ppl", "prefix_read_val_loss": "val/prefix_read_loss"}
+        return {names[k]: v for k, v in rec.items() if k in names}
 
     def write_last(module, state):
         def write(tmp: Path) -> None:
