@@ -16,11 +16,16 @@ import torch
 from tqdm.auto import tqdm
 
 from bridgeocr.config import ImageConfig
+from bridgeocr.data.features import make_feature_loader
+from bridgeocr.data.manifest import find_split_file
+from bridgeocr.data.preprocess import make_loader
+from bridgeocr.data.sources import LineSource, drop_reasons, format_drops, open_source
 from bridgeocr.errors import BridgeOCRError, NoUsableDataError
 from bridgeocr.eval.metrics import DEFAULT_NORMALIZE, line_cers, print_seed_metrics
 from bridgeocr.eval.metrics import cer as corpus_cer
 from bridgeocr.eval.metrics import wer as corpus_wer
 from bridgeocr.files import write_json
+from bridgeocr.models.encdec import decode_batch
 from bridgeocr.models.load import TRAINING_META, image_config_for, load_checkpoint  # noqa: F401  (read from here too)
 from bridgeocr.preflight import ensure_writable
 
@@ -69,8 +74,6 @@ def evaluate_model(model, source, image_cfg: ImageConfig, beam: int | None = Non
     `features`: a FeatureStore holding the model's (frozen) encoder tokens for these lines (then the
     time measured is the connector's and the decoder's alone). `normalize`: the Unicode normal form
     references and hypotheses are scored in (nfc | nfkc | none); refs / hyps are kept as they were."""
-    from bridgeocr.data.features import make_feature_loader
-    from bridgeocr.data.preprocess import make_loader
 
     tokenizer = model.tokenizer
     if features is not None:
@@ -197,8 +200,6 @@ def source_has_splits(spec) -> bool:
     """Whether a source names splits: an IAM root does, a manifest when its split file lies beside it
     (manifest.tsv / manifest.jsonl: split.tsv, labels.tsv: split_by_letter.tsv). What is neither (a missing
     path, an unknown kind) counts as having them, so that `open_source` says what is wrong."""
-    from bridgeocr.data.manifest import find_split_file
-    from bridgeocr.data.sources import LineSource
 
     if isinstance(spec, LineSource):
         return True
@@ -219,7 +220,6 @@ def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, de
                  allow_outside=False, max_skipped=None, normalize=DEFAULT_NORMALIZE, split_by="page") -> int:
     """`split`: train / val / test (or another split the source names), `all` (every line), or None: `test`
     when the source has splits, else `all` (said in one line). Output is labelled with the split read."""
-    from bridgeocr.data.sources import drop_reasons, format_drops, open_source
 
     model, image_cfg, meta = load_checkpoint(checkpoint)
     unsplit = split is None and not source_has_splits(data)
@@ -274,8 +274,6 @@ def evaluate_baseline(model, source, image_cfg: ImageConfig, tokenizer, batch_si
                       max_new_tokens: int = 160, progress: bool = False, desc: str = "decode") -> dict:
     """Decode every line of `source` -> dict(cer, wer, n, skipped, seconds, lines_per_s, ids, refs, hyps).
     Timed like `evaluate_model`: loading + preprocessing + decoding, from the first batch to the last."""
-    from bridgeocr.data.preprocess import make_loader
-    from bridgeocr.models.encdec import decode_batch
 
     loader = make_loader(source, image_cfg, tokenizer, batch_size=batch_size, shuffle=False)
     ids, refs, hyps = [], [], []

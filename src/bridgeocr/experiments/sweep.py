@@ -27,6 +27,8 @@ from omegaconf import OmegaConf
 
 from bridgeocr.config import load_config, read_yaml
 from bridgeocr.errors import BridgeOCRError, ConfigError
+from bridgeocr.experiments.compare import compare_cli
+from bridgeocr.train import run as train_run
 
 _SAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
 MAX_NAME = 120
@@ -227,10 +229,6 @@ def _can_resume(run_dir: Path) -> bool:
 
 def _train_function():
     """The trainer's in-process entry point: `train(cfg, resume=...)` in bridgeocr.train.run."""
-    try:
-        from bridgeocr.train import run as train_run
-    except ImportError as exc:
-        raise BridgeOCRError(f"training is not available: {exc}") from None
     for name in ("train", "run_training", "run"):
         fn = getattr(train_run, name, None)
         if callable(fn):
@@ -325,8 +323,6 @@ def sweep_cli(config: str, grid: list[str] | None = None, overrides: list[str] |
 
     finished = [c.run_dir for c in cells if (c.run_dir / "metrics.json").is_file()]
     if finished:
-        from bridgeocr.experiments.compare import compare_cli
-
         compare_cli([str(p) for p in finished], out=str(sweep_dir / "compare"))
         summary = summarise_seeds(sweep_dir, cells)
         if summary:

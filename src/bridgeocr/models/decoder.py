@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from bridgeocr.config import DecoderConfig
 from bridgeocr.errors import ConfigError
+from bridgeocr.models.model_dir import hf_weights_checked, names_list
 
 # --------------------------------------------------------------------------------------------- blocks
 
@@ -338,7 +339,6 @@ class GPT(nn.Module):
 
         hf_logging.disable_progress_bar()  # a 40-tensor load needs no bar between our own progress lines
 
-        from bridgeocr.models.model_dir import hf_weights_checked, names_list
 
         path = Path(path)
         if not (path / "config.json").is_file():

@@ -23,10 +23,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bridgeocr.config import EncoderConfig, config_from_dict
-from bridgeocr.errors import ConfigError
+from bridgeocr.errors import BridgeOCRError, ConfigError
 from bridgeocr.models.ctc import CTCHead
+from bridgeocr.models.model_dir import (
+    config_value,
+    hf_weights_checked,
+    load_state_checked,
+    read_config_json,
+    safetensors_shapes,
+)
 from bridgeocr.models.onnx_graph import OnnxGraph
 from bridgeocr.models.ppocr import PPOCR_IMAGE, PPOCREncoder, import_ppocr
+from bridgeocr.shipped import resolve_pretrained
 
 ENCODER_FORMAT = "bridgeocr-encoder"
 ENCODER_FORMAT_VERSION = 1
@@ -235,7 +243,6 @@ class HFLineEncoder(nn.Module):
         """An HF ViT/DeiT/BEiT/DINOv2 dir, or a TrOCR (vision-encoder-decoder) dir: its encoder half only."""
         from transformers import AutoModel, VisionEncoderDecoderModel
 
-        from bridgeocr.models.model_dir import hf_weights_checked, read_config_json
 
         path = Path(path)
         with hf_weights_checked(path):
@@ -291,7 +298,6 @@ class HFLineEncoder(nn.Module):
 
 def is_encoder_dir(path) -> bool:
     """A bridgeocr encoder directory (its config.json says so); a broken config.json -> BridgeOCRError."""
-    from bridgeocr.models.model_dir import read_config_json
 
     cfg = Path(path) / "config.json"
     return cfg.is_file() and read_config_json(cfg).get("format") == ENCODER_FORMAT
@@ -323,14 +329,11 @@ def check_image_height(encoder: nn.Module, image_height: int | None, where) -> N
 
 def encoder_image(encoder_cfg: EncoderConfig) -> dict | None:
     """The image settings an encoder brings with it (a saved dir's `image`, or kind ppocr's), else None."""
-    from bridgeocr.shipped import resolve_pretrained
 
     if encoder_cfg.pretrained:
         path = resolve_pretrained(encoder_cfg.pretrained)
         cfg_file = Path(path) / "config.json"
         if cfg_file.is_file():
-            from bridgeocr.models.model_dir import read_config_json
-
             meta = read_config_json(cfg_file)
             if meta.get("format") == ENCODER_FORMAT:
                 return meta.get("image")
@@ -405,14 +408,6 @@ def load_encoder(path, image_height: int | None = None) -> tuple[nn.Module, CTCH
     """Our encoder dir -> (encoder, CTC head or None); an HF ViT/DeiT/BEiT dir -> (HFLineEncoder, None).
     A broken config.json, a truncated or corrupt model.safetensors, missing / extra / wrong-shape tensors ->
     one BridgeOCRError naming the file (models/model_dir.py)."""
-    from bridgeocr.errors import BridgeOCRError
-    from bridgeocr.models.model_dir import (
-        config_value,
-        load_state_checked,
-        read_config_json,
-        safetensors_shapes,
-    )
-    from bridgeocr.shipped import resolve_pretrained
 
     path = resolve_pretrained(path)
     cfg_file = path / "config.json"

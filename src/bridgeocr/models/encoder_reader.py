@@ -12,6 +12,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from bridgeocr.config import ImageConfig, ModelConfig
+from bridgeocr.data.tokenizers import load_tokenizer
 from bridgeocr.errors import ConfigError
 from bridgeocr.models.ctc import CTCHead, ctc_read
 from bridgeocr.models.encoder import load_encoder
@@ -40,8 +41,6 @@ class EncoderReader(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path) -> EncoderReader:
-        from bridgeocr.data.tokenizers import load_tokenizer
-
         path = Path(path)
         encoder, head = load_encoder(path)
         if head is None:

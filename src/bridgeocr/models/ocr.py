@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from bridgeocr.config import ImageConfig, ModelConfig, config_from_dict
+from bridgeocr.data.tokenizers import load_tokenizer
 from bridgeocr.errors import BridgeOCRError, ConfigError
 from bridgeocr.models.connectors import build_connector
 from bridgeocr.models.ctc import CTCHead, ctc_read
@@ -30,8 +31,15 @@ from bridgeocr.models.encoder import (
     encoder_meta,
     load_encoder,
 )
-from bridgeocr.models.model_dir import config_value, read_config_json
+from bridgeocr.models.model_dir import (
+    check_tokenizer_matches,
+    config_value,
+    load_state_checked,
+    read_config_json,
+    safetensors_shapes,
+)
 from bridgeocr.models.ppocr import import_ppocr
+from bridgeocr.shipped import resolve_pretrained
 
 OCR_FORMAT = "bridgeocr-ocr"
 OCR_FORMAT_VERSION = 1
@@ -76,7 +84,6 @@ class OCRModel(nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int, image_height: int = 32, tokenizer=None, *,
                  encoder: nn.Module | None = None, decoder: GPT | None = None, ctc_head: CTCHead | None = None):
         super().__init__()
-        from bridgeocr.shipped import resolve_pretrained
 
         cfg = copy.deepcopy(cfg)
         if encoder is None:
@@ -255,8 +262,6 @@ class OCRModel(nn.Module):
         `tokenizer` is given). What does not match is refused with one BridgeOCRError naming the file: a
         broken config.json, a truncated or corrupt model.safetensors, missing / extra / wrong-shape tensors, a
         tokenizer that does not fit the model's vocabulary (see models/model_dir.py)."""
-        from bridgeocr.models.model_dir import load_state_checked, safetensors_shapes
-        from bridgeocr.shipped import resolve_pretrained
 
         path = resolve_pretrained(path)
         cfg_file = path / "config.json"
@@ -268,8 +273,6 @@ class OCRModel(nn.Module):
         encoder, decoder, ctc = _build_parts(meta, cfg, vocab, shapes, cfg_file)
         tok_where = "the tokenizer passed in"
         if tokenizer is None and (path / "tokenizer.json").is_file():
-            from bridgeocr.data.tokenizers import load_tokenizer
-
             tok_where = path / "tokenizer.json"
             tokenizer = load_tokenizer(tok_where)
         if tokenizer is not None:
@@ -346,7 +349,6 @@ def check_model_tokenizer(tokenizer, vocab: int, meta: dict, cfg: ModelConfig, c
     size config.json records (`tokenizer_vocab_size`), exactly the CTC head's classes; and, in directories
     saved before the size was recorded, exactly the vocabulary when the decoder was not a pretrained LM (only a
     pretrained LM's embedding table may be larger than the tokenizer: padded)."""
-    from bridgeocr.models.model_dir import check_tokenizer_matches
 
     recorded = meta.get("tokenizer_vocab_size")
     if isinstance(recorded, int) and not isinstance(recorded, bool):

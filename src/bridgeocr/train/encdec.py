@@ -21,10 +21,18 @@ from pathlib import Path
 
 import torch
 
-from bridgeocr.config import ModelConfig
+from bridgeocr.config import ModelConfig, load_config
+from bridgeocr.data.preprocess import make_loader
+from bridgeocr.data.tokenizers import load_tokenizer
 from bridgeocr.errors import BridgeOCRError, ConfigError
 from bridgeocr.eval.evaluate import evaluate_baseline
 from bridgeocr.models.encdec import CARD, CROSS_KEYS, build_baseline
+from bridgeocr.models.encoder import load_encoder
+from bridgeocr.shipped import resolve_pretrained
+from bridgeocr.train.losses import ce_loss
+from bridgeocr.train.module import parse_freeze_schedule
+from bridgeocr.train.run import open_split
+from bridgeocr.train.schedule import lr_factor
 
 __all__ = ["train_like", "read_like", "build_like"]
 
@@ -86,8 +94,6 @@ def _optimizer(model, oc):
 
 def read_like(run_dir) -> tuple:
     """A finished run dir -> (ExperimentConfig, metrics dict, tokenizer)."""
-    from bridgeocr.config import load_config
-    from bridgeocr.data.tokenizers import load_tokenizer
 
     run_dir = Path(run_dir)
     for f in ("config.yaml", "metrics.json", "tokenizer.json"):
@@ -100,8 +106,6 @@ def read_like(run_dir) -> tuple:
 
 def build_like(cfg, tokenizer):
     """The baseline for a run's config, initialised from the run's pretrained parts."""
-    from bridgeocr.models.encoder import load_encoder
-    from bridgeocr.shipped import resolve_pretrained
 
     mc: ModelConfig = copy.deepcopy(cfg.model)
     height = cfg.data.image.height
@@ -125,11 +129,6 @@ def train_like(like, out, steps: int | None = None, minutes: float | None = None
     """Train the baseline `--like` a finished run; save it to `out`; returns the card (also `out/CARD`)."""
     from tqdm import tqdm
 
-    from bridgeocr.data.preprocess import make_loader
-    from bridgeocr.train.losses import ce_loss
-    from bridgeocr.train.module import parse_freeze_schedule
-    from bridgeocr.train.run import open_split
-    from bridgeocr.train.schedule import lr_factor
 
     t_start = time.time()
     cfg, run_metrics, tok = read_like(like)

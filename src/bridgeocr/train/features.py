@@ -17,8 +17,11 @@ from tqdm.auto import tqdm
 
 from bridgeocr.config import ExperimentConfig, ImageConfig, load_config
 from bridgeocr.data.features import FeatureStore
+from bridgeocr.data.preprocess import make_loader
 from bridgeocr.data.sample import LineSample
+from bridgeocr.data.sources import open_source
 from bridgeocr.errors import ConfigError
+from bridgeocr.models.encoder import adopt_encoder_image, check_image_height, encoder_meta, load_encoder
 
 __all__ = ["encoder_fingerprint", "fill_store", "fill_for_config", "open_store", "store_root",
            "cache_features_cli"]
@@ -28,7 +31,6 @@ FEATURES_VERSION = 1  # bump when the stored layout or meaning changes: every ol
 
 def encoder_fingerprint(encoder: torch.nn.Module, image_cfg: ImageConfig) -> str:
     """blake2b over the encoder's tensors (name, dtype, shape, bytes), its structure and the image settings."""
-    from bridgeocr.models.encoder import encoder_meta
 
     meta = encoder_meta(encoder)
     meta["encoder"] = {k: v for k, v in meta["encoder"].items() if k not in ("freeze", "pretrained")}
@@ -76,7 +78,6 @@ def fill_store(encoder, store: FeatureStore, samples: list[LineSample], image_cf
     """Compute and store the tokens of every sample not cached yet -> {"computed", "cached", "skipped",
     "skip_messages"}. Preprocessing is `make_loader`'s (the training path's); the encoder runs in eval mode.
     A shard is written every `shard_lines` lines, so an interrupted fill keeps what it finished."""
-    from bridgeocr.data.preprocess import make_loader
 
     todo, keys = store.missing(samples)
     stats = {"computed": 0, "cached": len(samples) - len(todo), "skipped": 0, "skip_messages": []}
@@ -128,8 +129,6 @@ def store_root(cfg: ExperimentConfig) -> Path | None:
 def fill_for_config(cfg: ExperimentConfig, splits: dict[str, int | None], batch_size: int = 16,
                     progress: bool = True) -> FeatureStore | None:
     """Fill the store a `train` run with `cfg` reads, for {split: max lines or None}; None if it caches nothing."""
-    from bridgeocr.data.sources import open_source
-    from bridgeocr.models.encoder import adopt_encoder_image, check_image_height, load_encoder
 
     adopt_encoder_image(cfg)
     root = store_root(cfg)
@@ -158,7 +157,6 @@ def cache_features_cli(config: str | None, overrides: list[str], splits: list[st
                        encoder: str | None = None, data: str | None = None, batch_size: int = 16) -> int:
     """`bridgeocr data cache-features`: fill the cache a `train` run with this config reads (training fills
     it too; this does it ahead, e.g. once for a whole sweep). `--encoder`/`--data` override the config's."""
-    from bridgeocr.models.encoder import load_encoder
 
     cfg = load_config(config, list(overrides or []) + ["model.encoder.freeze=true"])
     if encoder:

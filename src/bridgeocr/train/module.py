@@ -20,7 +20,7 @@ import torch
 from bridgeocr.config import ExperimentConfig
 from bridgeocr.errors import ConfigError, NoUsableDataError
 from bridgeocr.eval.metrics import cer as corpus_cer
-from bridgeocr.eval.metrics import line_cers
+from bridgeocr.eval.metrics import format_seed_metrics, line_cers
 from bridgeocr.eval.metrics import wer as corpus_wer
 from bridgeocr.train.losses import ce_loss, combine, ctc_loss, ctc_targets, kd_loss, target_mask
 from bridgeocr.train.schedule import lr_factor
@@ -270,7 +270,6 @@ class OCRLightningModule(pl.LightningModule):
         if self.trainer.is_global_zero:
             from tqdm.auto import tqdm
 
-            from bridgeocr.eval.metrics import format_seed_metrics
 
             for line in format_seed_metrics("val", epoch, c, w).splitlines():
                 tqdm.write(line)  # above the progress bars, on a line of its own

@@ -18,15 +18,25 @@ import torch
 from torch.utils.data import DataLoader
 
 from bridgeocr.config import ExperimentConfig, load_config, save_config
+from bridgeocr.data.features import make_feature_loader
+from bridgeocr.data.preprocess import make_loader
+from bridgeocr.data.sources import drop_reasons, format_drops, open_source
+from bridgeocr.data.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
 from bridgeocr.errors import BridgeOCRError, ConfigError
 from bridgeocr.eval.evaluate import evaluate_model, print_worst, summary, write_predictions
 from bridgeocr.eval.metrics import print_seed_metrics
-from bridgeocr.models.encoder import adopt_encoder_image
+from bridgeocr.models.decoder import GPT
+from bridgeocr.models.encoder import adopt_encoder_image, load_encoder
 from bridgeocr.models.load import TRAINING_META, load_checkpoint
+from bridgeocr.models.ocr import OCRModel
 from bridgeocr.preflight import TRAIN_NEED, ensure_writable
+from bridgeocr.shipped import resolve_pretrained
 from bridgeocr.train.checkpoint import atomic_dir, disk_full, guard_run_dir, read_json, write_json
+from bridgeocr.train.connector_init import INITS, fit_projector_to_ctc
 from bridgeocr.train.features import encoder_fingerprint, fill_store, open_store, store_root
+from bridgeocr.train.module import OCRLightningModule, param_group_name, parse_freeze_schedule
 from bridgeocr.train.resume import SafeCheckpointIO, resume_point
+from bridgeocr.train.teacher import KDTeacher, kd_teacher_spec
 
 __all__ = ["train", "train_cli", "build_tokenizer", "build_model", "load_teacher", "shard"]
 
@@ -35,14 +45,11 @@ __all__ = ["train", "train_cli", "build_tokenizer", "build_model", "load_teacher
 
 
 def _resolve(path):
-    from bridgeocr.shipped import resolve_pretrained
-
     return resolve_pretrained(path)
 
 
 def build_tokenizer(cfg: ExperimentConfig, train_texts: list[str]):
     """tokenizer.path, else the pretrained decoder's tokenizer, else built from the training texts."""
-    from bridgeocr.data.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
 
     if cfg.tokenizer.path:
         return load_tokenizer(_resolve(cfg.tokenizer.path))
@@ -61,7 +68,6 @@ def build_tokenizer(cfg: ExperimentConfig, train_texts: list[str]):
 
 def build_model(cfg: ExperimentConfig, tokenizer):
     """OCRModel for the config (it loads pretrained parts and applies encoder/decoder freezing)."""
-    from bridgeocr.models.ocr import OCRModel
 
     return OCRModel(cfg.model, tokenizer.vocab_size, image_height=cfg.data.image.height, tokenizer=tokenizer)
 
@@ -71,8 +77,6 @@ def load_teacher(cfg: ExperimentConfig, tokenizer):
     `loss.kd_teacher_dir`, else the decoder's pretrained dir; None if KD is off."""
     if cfg.loss.kd_alpha <= 0:
         return None
-    from bridgeocr.models.decoder import GPT
-    from bridgeocr.train.teacher import KDTeacher, kd_teacher_spec
 
     lc = cfg.loss
     reading, path = kd_teacher_spec(lc.kd_teacher, lc.kd_teacher_dir, cfg.model.decoder.pretrained)
@@ -104,8 +108,6 @@ def shard(samples: list, rank: int, world: int, even: bool) -> list:
 def _make_loader(source, cfg: ExperimentConfig, tokenizer, shuffle: bool, rank: int, world: int,
                  batch_size: int | None = None, store=None) -> DataLoader:
     """Width-bucketed loader over this rank's share of the lines (of cached encoder tokens with `store`)."""
-    from bridgeocr.data.features import make_feature_loader
-    from bridgeocr.data.preprocess import make_loader
 
     if store is not None:
         return make_feature_loader(shard(source, rank, world, even=shuffle), store, cfg.data.image, tokenizer,
@@ -117,8 +119,6 @@ def _make_loader(source, cfg: ExperimentConfig, tokenizer, shuffle: bool, rank: 
 
 
 def open_split(cfg: ExperimentConfig, split: str, limit: int | None):
-    from bridgeocr.data.sources import drop_reasons, format_drops, open_source
-
     d = cfg.data
     src = open_source(d.source, split, split_file=d.split_file, iam_split_dir=d.iam_split_dir,
                       drop_err=d.drop_err, allow_outside=d.allow_outside, split_by=d.split_by)
@@ -207,7 +207,6 @@ def _without_replayed(rows: list[dict], part: list[dict]) -> list[dict]:
 def _model_params(model) -> dict:
     total = sum(p.numel() for p in model.parameters())
     groups = {}
-    from bridgeocr.train.module import param_group_name
 
     for name, p in model.named_parameters():
         g = param_group_name(name)
@@ -363,8 +362,6 @@ def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=N
     (`overwrite`) or refused."""
     import lightning.pytorch as pl
 
-    from bridgeocr.data.tokenizers import load_tokenizer
-    from bridgeocr.train.module import OCRLightningModule
 
     t_start = time.time()
     adopt_encoder_image(cfg)
@@ -411,7 +408,6 @@ def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=N
 
 def _check_optim(cfg: ExperimentConfig) -> None:
     """What only training reads, checked before any work."""
-    from bridgeocr.train.module import parse_freeze_schedule
 
     oc = cfg.optim
     if oc.max_steps < 1:
@@ -593,7 +589,6 @@ def _metrics(cfg, module, trainer, tokenizer, meta: dict, test, skipped: dict, t
 
 def _init_connector(cfg: ExperimentConfig, model, tokenizer, train_src, store) -> None:
     """`model.connector.init=ctc`: fit the connector to the prefix the GPT reads (train/connector_init.py)."""
-    from bridgeocr.train.connector_init import INITS, fit_projector_to_ctc
 
     init = cfg.model.connector.init
     if init not in INITS:
@@ -602,8 +597,6 @@ def _init_connector(cfg: ExperimentConfig, model, tokenizer, train_src, store) -
         return
     head = model.ctc_head
     if head is None and cfg.model.encoder.pretrained:
-        from bridgeocr.models.encoder import load_encoder
-
         head = load_encoder(cfg.model.encoder.pretrained, cfg.data.image.height)[1]
     if head is None or head.vocab_size > model.decoder.vocab_size:
         raise ConfigError("model.connector.init=ctc needs an encoder with a CTC head over the tokenizer")

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from bridgeocr.errors import ConfigError
+from bridgeocr.shipped import resolve_pretrained
 from bridgeocr.train.losses import ctc_targets
 
 __all__ = ["READINGS", "KDTeacher", "kd_teacher_spec", "read_text", "teacher_logits", "text_prefix"]
@@ -130,7 +131,6 @@ def kd_teacher_spec(kd_teacher: str | None, kd_teacher_dir: str | None,
 
 def _lm_dir(spec: str | None, key: str, why: str | None = None, check: bool = True) -> Path | None:
     """`spec` (a dir or `shipped:NAME`) as a Path; a ConfigError naming `key` if it is not a directory."""
-    from bridgeocr.shipped import resolve_pretrained
 
     try:
         path = resolve_pretrained(spec)
