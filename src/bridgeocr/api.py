@@ -34,8 +34,13 @@ from bridgeocr.data.layout import (
     parse_layout,
     write_page_result,
 )
+from bridgeocr.data.preprocess import preprocess_image
+from bridgeocr.data.sample import LineSample, to_grayscale
 from bridgeocr.errors import BridgeOCRError, DataError
+from bridgeocr.eval.evaluate import model_device
+from bridgeocr.models.load import load_checkpoint
 from bridgeocr.preflight import ensure_writable
+from bridgeocr.shipped import resolve_pretrained
 
 __all__ = ["BridgeOCR", "Recognition", "recognize_cli", "recognize_layout", "expand_inputs", "IMAGE_EXTENSIONS",
            "DEFAULT_MODEL_DIR", "iter_inputs"]
@@ -59,11 +64,9 @@ class Recognition:
 def _to_pil(image) -> Image.Image:
     """PIL image, path or array (H x W or H x W x C, uint8 0-255, 16-bit 0-65535 or float 0-1; dark ink on
     light paper), as 8-bit grayscale (`data.sample.to_grayscale`)."""
-    from bridgeocr.data.sample import to_grayscale
 
     if isinstance(image, Image.Image):
         return to_grayscale(image)  # 16-bit scaled, transparency onto white paper
-    from bridgeocr.data.sample import LineSample
 
     if isinstance(image, LineSample):  # e.g. a line cut from a page (data/layout.py)
         return image.load_image()
@@ -102,7 +105,6 @@ class BridgeOCR:
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | None = None) -> BridgeOCR:
         """A model directory (`save_pretrained` / a run's `best/`); None: the model shipped with bridgeocr."""
-        from bridgeocr.eval.evaluate import load_checkpoint
 
         if path is None:
             if not (DEFAULT_MODEL_DIR / "config.json").is_file():
@@ -110,16 +112,12 @@ class BridgeOCR:
                                      "pass a checkpoint directory (e.g. --checkpoint runs/train/NAME/best)")
             path = DEFAULT_MODEL_DIR
         else:
-            from bridgeocr.shipped import resolve_pretrained
-
             path = resolve_pretrained(path)
         model, image_cfg, meta = load_checkpoint(path, device=device)
         return cls(model, image_cfg, meta, Path(path))
 
     @property
     def device(self) -> torch.device:
-        from bridgeocr.eval.evaluate import model_device
-
         return model_device(self.model)
 
     def _batches(self, tensors: list[torch.Tensor], batch_size: int):
@@ -176,9 +174,6 @@ class BridgeOCR:
             yield from self._recognize_window(chunk, beam, batch_size, decoding, on_error)
 
     def _recognize_window(self, chunk: list, beam, batch_size: int, decoding, on_error):
-        from bridgeocr.data.preprocess import preprocess_image
-        from bridgeocr.data.sample import LineSample
-
         items, tensors = [], []
         for item in chunk:
             try:

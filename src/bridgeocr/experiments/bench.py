@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from bridgeocr.config import ConnectorConfig, DecoderConfig, EncoderConfig, ModelConfig
 from bridgeocr.data.sample import Batch
+from bridgeocr.errors import BridgeOCRError, ConfigError
 from bridgeocr.models.decoding import greedy_search
 from bridgeocr.models.encdec import build_baseline  # the TrOCR-style baseline (encdec rows)
 from bridgeocr.models.ocr import OCRModel
@@ -450,8 +451,6 @@ def resolve_device(device: str | None) -> str:
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        from bridgeocr.errors import ConfigError
-
         raise ConfigError(f"--device {device}: CUDA is not available here")
     return device
 
@@ -480,8 +479,6 @@ def bench_cli(quick: bool = False, widths: list[int] | None = None, device: str 
     if connectors:
         unknown = [c for c in connectors if c not in CONNECTOR_SPECS and c != BASELINE]
         if unknown:
-            from bridgeocr.errors import ConfigError
-
             raise ConfigError(f"--connectors: unknown {unknown} (known: {', '.join(CONNECTOR_SPECS)}, {BASELINE})")
         settings.connectors = list(connectors)
     if repeats:
@@ -519,7 +516,6 @@ def main(argv: list[str] | None = None) -> int:
         row = measure_cell(BenchSettings(**data["settings"]), *data["cell"])
         print("BENCHCELL " + json.dumps(row), flush=True)
         return 0
-    from bridgeocr.errors import BridgeOCRError
 
     try:
         return bench_cli(args.quick, args.widths, args.device, args.out, args.sizes, args.connectors, args.repeats,

@@ -31,7 +31,9 @@ from tqdm.auto import tqdm
 from bridgeocr.config import ImageConfig
 from bridgeocr.data.preprocess import Collator, LineDataset, WidthBucketSampler, image_sizes, target_width
 from bridgeocr.data.sample import LineSample
+from bridgeocr.data.sources import open_source
 from bridgeocr.errors import BridgeOCRError
+from bridgeocr.models.load import load_checkpoint
 from bridgeocr.train.losses import ce_loss, kd_loss, target_mask
 from bridgeocr.train.teacher import READINGS, read_text
 
@@ -314,9 +316,6 @@ def _resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
 
 def loss_gap_cli(checkpoint, data, split="test", batch_size=32, max_samples=None, out=None,
                  reference="both", allow_outside=False, split_by="page") -> int:
-    from bridgeocr.data.sources import open_source
-    from bridgeocr.eval.evaluate import load_checkpoint
-
     model_dir, run_dir = _resolve_checkpoint(checkpoint)
     model, image_cfg, _meta = load_checkpoint(model_dir)
     source = open_source(data, None if split in (None, "all") else split, allow_outside=allow_outside,

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from bridgeocr.config import EncoderConfig, ImageConfig, ModelConfig
+from bridgeocr.data.tokenizers import load_tokenizer
 from bridgeocr.errors import BridgeOCRError, ConfigError
 from bridgeocr.models.encoder import LineEncoder
 
@@ -190,7 +191,6 @@ def build_baseline(cfg: ModelConfig, vocab_size: int, height: int, *, bos_id: in
 
 def load_baseline(path, device: str | torch.device = "cpu"):
     """A saved baseline dir -> (model in eval mode, tokenizer, ImageConfig, card dict)."""
-    from bridgeocr.data.tokenizers import load_tokenizer
 
     path = Path(path)
     if not (path / "config.json").is_file() or not (path / CARD).is_file():
