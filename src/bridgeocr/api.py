@@ -34,7 +34,7 @@ from bridgeocr.data.layout import (
     parse_layout,
     write_page_result,
 )
-from bridgeocr.data.preprocess import preprocess_image
+from bridgeocr.data.preprocess import WidthBucketSampler, pad_images, preprocess_image
 from bridgeocr.data.sample import LineSample, to_grayscale
 from bridgeocr.errors import BridgeOCRError, DataError
 from bridgeocr.eval.evaluate import model_device
@@ -121,21 +121,10 @@ class BridgeOCR:
         return model_device(self.model)
 
     def _batches(self, tensors: list[torch.Tensor], batch_size: int):
-        """Indices sorted by width, cut into batches -> (indices, images [B,1,H,W], image_mask [B,W])."""
-        mult = max(1, int(self.image_cfg.width_multiple))
-        order = sorted(range(len(tensors)), key=lambda i: tensors[i].shape[-1])
-        for start in range(0, len(order), max(1, batch_size)):
-            idx = order[start: start + batch_size]
-            h = tensors[idx[0]].shape[1]
-            width = max(t.shape[-1] for t in (tensors[i] for i in idx))
-            width = max(mult, -(-width // mult) * mult)
-            images = torch.zeros(len(idx), 1, h, width)
-            mask = torch.zeros(len(idx), width, dtype=torch.bool)
-            for j, i in enumerate(idx):
-                w = tensors[i].shape[-1]
-                images[j, :, :, :w] = tensors[i]
-                mask[j, :w] = True
-            yield idx, images, mask
+        """Lines batched by width as evaluation batches them (WidthBucketSampler in width order, `pad_images`)
+        -> (indices, images [B,1,H,W], image_mask [B,W])."""
+        for idx in WidthBucketSampler([t.shape[-1] for t in tensors], max(1, batch_size), shuffle=False):
+            yield (idx, *pad_images([tensors[i] for i in idx], self.image_cfg.width_multiple))
 
     def decode(self, images, image_mask, beam: int | None = None,
                decoding: str | None = None) -> list[tuple[str, float]]:

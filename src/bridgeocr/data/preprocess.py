@@ -253,22 +253,27 @@ class Collator:
         items = [it for it in items if it is not None]
         if not items:
             return None
-        heights = {it["image"].shape[1] for it in items}
-        if len(heights) != 1:
-            raise ValueError(f"Collator: images of different heights {sorted(heights)}")
-        height = heights.pop()
-        max_w = max(it["image"].shape[2] for it in items)
-        width = max(self.width_multiple, math.ceil(max_w / self.width_multiple) * self.width_multiple)
-        b = len(items)
-        images = torch.zeros(b, 1, height, width, dtype=torch.float32)
-        image_mask = torch.zeros(b, width, dtype=torch.bool)
+        images, image_mask = pad_images([it["image"] for it in items], self.width_multiple)
         input_ids, attention_mask = text_batch([it["ids"] for it in items], self.bos_id, self.eos_id, self.pad_id)
-        for i, it in enumerate(items):
-            w = it["image"].shape[2]
-            images[i, :, :, :w] = it["image"]
-            image_mask[i, :w] = True
         return Batch(images, image_mask, input_ids, attention_mask,
                      texts=[it["text"] for it in items], ids=[it["id"] for it in items])
+
+
+def pad_images(images: list[torch.Tensor], width_multiple: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Line tensors [1, H, W_i] -> (images [B, 1, H, W], image_mask [B, W]): zero-padded (blank paper) on the
+    right to the widest rounded up to `width_multiple`; `image_mask[b, x]` is True on real columns. The one
+    place a batch of lines is padded (training, evaluation, `recognize`)."""
+    heights = {t.shape[1] for t in images}
+    if len(heights) != 1:
+        raise ValueError(f"Collator: images of different heights {sorted(heights)}")
+    mult = max(1, int(width_multiple))
+    width = max(mult, math.ceil(max(t.shape[2] for t in images) / mult) * mult)
+    batch = torch.zeros(len(images), 1, heights.pop(), width, dtype=torch.float32)
+    mask = torch.zeros(len(images), width, dtype=torch.bool)
+    for i, t in enumerate(images):
+        batch[i, :, :, :t.shape[2]] = t
+        mask[i, :t.shape[2]] = True
+    return batch, mask
 
 
 class WidthBucketSampler(Sampler[list[int]]):
@@ -356,6 +361,6 @@ def make_loader(source: Sequence[LineSample], image_cfg: ImageConfig, tokenizer,
                            persistent_workers=num_workers > 0)
 
 
-__all__ = ["preprocess_image", "target_width", "size_warnings", "warn_image_size", "load_line_image",
+__all__ = ["preprocess_image", "pad_images", "target_width", "size_warnings", "warn_image_size", "load_line_image",
            "to_grayscale", "LineDataset", "Collator", "WidthBucketSampler", "ResumableLoader",
            "make_loader", "image_size", "image_sizes"]
