@@ -24,11 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -39,6 +37,7 @@ import peers  # noqa: E402  (benchmarks/peers.py: the peers and how to run them)
 from bridgeocr.data.sources import open_source  # noqa: E402
 from bridgeocr.eval.evaluate import evaluate_model, load_checkpoint  # noqa: E402
 from bridgeocr.eval.metrics import cer, wer  # noqa: E402
+from bridgeocr.experiments.bench import machine_info  # noqa: E402
 
 DEFAULT_SETS = ("print=runs/bench/print_heldout@test", "long=runs/data/ehri_lines@test:50")
 LENGTH_BINS = ((0, 30), (30, 60), (60, 1000))
@@ -57,18 +56,12 @@ def parse_set(spec: str) -> tuple[str, str, str | None, int]:
     return name, source, split or None, min_chars
 
 
-def machine() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": model, "gpu": gpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "load_before": os.getloadavg()[0], "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+def machine(device: str) -> dict:
+    """The machine as `bridgeocr bench` records it (CPU, cores, threads, versions, load average), + the GPU."""
+    info = machine_info(device)
+    info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    info["load_before"] = os.getloadavg()[0]
+    return info
 
 
 def decodings(model, pre_beam: int, beams=None, weights=None) -> list[tuple]:
@@ -214,9 +207,9 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     model, image_cfg, _ = load_checkpoint(args.checkpoint, device=args.device)
-    info = machine()
-    print(f"{args.checkpoint} on {info['cpu']}, {info['cores']} cores, {info['threads']} threads, load "
-          f"{info['load_before']:.2f}, {info['when']}", flush=True)
+    info = machine(args.device)
+    print(f"{args.checkpoint} on {info['cpu']}, {info['cores']} cores, {info['torch_threads']} threads, load "
+          f"{info['load_before']:.2f}, {info['date']}", flush=True)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         specs = list(args.sets or ([] if args.data else DEFAULT_SETS))
@@ -225,8 +218,8 @@ def main() -> int:
             name, source, split, min_chars = parse_set(spec)
             results.append(run_set(name, source, split, min_chars, args, model, image_cfg, Path(tmp)))
     info["load_after"] = os.getloadavg()[0]
-    report = [f"{args.checkpoint}; {info['cpu']}, {info['cores']} cores, {info['threads']} threads; load average "
-              f"{info['load_before']:.2f} before, {info['load_after']:.2f} after; {info['when']}"]
+    report = [f"{args.checkpoint}; {info['cpu']}, {info['cores']} cores, {info['torch_threads']} threads; "
+              f"load average {info['load_before']:.2f} before, {info['load_after']:.2f} after; {info['date']}"]
     report += [table(r) for r in results]
     report += ["", "Goals (issue 15):"] + [f"- {g}" for r in results for b in args.batch_sizes for g in goals(r, b)]
     text = "\n".join(report)
