@@ -9,6 +9,10 @@ The prefix probabilities of every vocabulary item come from one matrix product p
 the forward variables of the kept hypotheses by two log-space cumulative sums instead of a loop over frames:
 r_n(t) = logaddexp(r_n(t-1), phi(t-1)) + x_c(t) unrolls to C(t) + logcumsumexp(phi(s-1) - C(s-1)) with C the
 cumulative log-posterior of c (same for the blank recursion), in float64 so the differences stay exact.
+
+Two ways to pay less (docs/benchmarks.md, "Decoding speed"): partial scoring (`pre_beam`: only the GPT's best
+ids get a CTC score, ESPnet's pre-beam), and at beam 1 `joint_greedy`, which checks the CTC head's own reading
+with one parallel GPT pass instead of stepping the GPT token by token, for the same result.
 """
 
 from __future__ import annotations
