@@ -39,11 +39,12 @@ from bridgeocr.train.engine import (
     build_trainer,
     finish_interrupted,
     fit,
+    merge_csv_logs,
     start_run,
     step_seed,
 )
 from bridgeocr.train.losses import ctc_loss, ctc_targets
-from bridgeocr.train.run import merge_csv_logs, shard
+from bridgeocr.train.run import shard
 from bridgeocr.train.schedule import lr_factor
 
 __all__ = ["train_encoder", "train_encoder_cli", "import_ppocr_cli", "ctc_evaluate"]

@@ -10,6 +10,7 @@ the trainer and says what stopped it; Ctrl-C ends a run like a budget does.
 
 from __future__ import annotations
 
+import csv
 import random
 import signal
 import time
@@ -23,10 +24,10 @@ from bridgeocr.errors import BridgeOCRError
 from bridgeocr.preflight import TRAIN_NEED, ensure_writable
 from bridgeocr.train.checkpoint import disk_full, guard_run_dir
 from bridgeocr.train.resume import SafeCheckpointIO, resume_point
-from bridgeocr.train.run import _devices, _progress_bar, merge_csv_logs
 
 __all__ = ["CKPT", "Budget", "Checkpoints", "build_trainer", "fit", "finish_interrupted", "precision_for",
-           "resume_checkpoint", "start_run", "step_seed"]
+           "resume_checkpoint", "start_run", "step_seed", "parse_devices", "progress_bar",
+           "merge_csv_logs"]
 
 CKPT = "last.ckpt"  # the trainer's resume state in the output directory
 
@@ -162,10 +163,10 @@ def build_trainer(out: Path, *, max_steps: int, budget: Budget, callbacks: list,
     loggers = [CSVLogger(save_dir=str(out), name="csv", version=f"part{_csv_part(out, resuming)}"),
                TensorBoardLogger(save_dir=str(out), name="tb", version="", default_hp_metric=False)]
     trainer = pl.Trainer(
-        accelerator=accelerator, devices=_devices(devices) if devices is not None else 1,
+        accelerator=accelerator, devices=parse_devices(devices) if devices is not None else 1,
         num_nodes=num_nodes or 1, strategy=strategy or "auto", precision=precision_for(precision, accelerator),
         max_steps=max_steps, max_epochs=-1, gradient_clip_val=grad_clip or None, logger=loggers,
-        callbacks=[budget, *callbacks, *([_progress_bar()] if progress else [])],
+        callbacks=[budget, *callbacks, *([progress_bar()] if progress else [])],
         plugins=[SafeCheckpointIO()], enable_checkpointing=False, enable_progress_bar=progress,
         use_distributed_sampler=False, log_every_n_steps=max(1, min(50, max_steps // 200)),
         num_sanity_val_steps=0, limit_val_batches=0, enable_model_summary=False, deterministic=False)
@@ -203,3 +204,77 @@ def finish_interrupted(trainer: pl.Trainer, module, saver: Checkpoints) -> None:
             trainer.save_checkpoint(saver.out / CKPT)
         except Exception as exc:  # the state written at the last evaluation is still there
             print(f"could not write {saver.out / CKPT} after the interruption: {exc}", flush=True)
+
+
+def parse_devices(value):
+    """`--devices` / `train.devices` as Lightning takes them: 2, [0, 1], "auto", -1; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text)
+    if text.startswith("[") or "," in text:
+        return [int(x) for x in text.strip("[]").split(",") if x.strip()]
+    return text  # auto / -1
+
+
+def merge_csv_logs(run_dir: Path) -> Path | None:
+    """csv/part*/metrics.csv (one part per start or resume) -> run_dir/metrics.csv."""
+    parts = sorted((run_dir / "csv").glob("part*/metrics.csv"),
+                   key=lambda p: int(p.parent.name[4:]) if p.parent.name[4:].isdigit() else 0)
+    if not parts:
+        return None
+    rows, keys = [], []
+    for p in parts:
+        with p.open(newline="") as f:
+            r = csv.DictReader(f)
+            for k in r.fieldnames or []:
+                if k not in keys:
+                    keys.append(k)
+            rows = _without_replayed(rows, list(r))
+    keys = ["step"] + sorted(k for k in keys if k != "step") if "step" in keys else sorted(keys)
+    out = run_dir / "metrics.csv"
+    tmp = run_dir / ".metrics.csv.tmp"
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(out)
+    return out
+
+
+def _without_replayed(rows: list[dict], part: list[dict]) -> list[dict]:
+    """Rows so far + a resumed part: the steps the part logged again after its checkpoint (a kill after
+    step s resumes from the checkpoint before it) are kept once, as the resumed part logged them."""
+    def step(row):
+        try:
+            return int(float(row.get("step") or -1))
+        except ValueError:
+            return -1
+
+    def signature(row):
+        return step(row), frozenset(k for k, v in row.items() if v not in (None, ""))
+
+    if not part or not rows:
+        return rows + part
+    first = min(step(r) for r in part)
+    again = {signature(r) for r in part if step(r) == first}
+    kept = [r for r in rows if step(r) < first or (step(r) == first and signature(r) not in again)]
+    return kept + part
+
+
+def progress_bar():
+    """Lightning's tqdm bar without its logger version number."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    class Bar(TQDMProgressBar):
+        """tqdm bar without Lightning's logger version number."""
+
+        def get_metrics(self, trainer, pl_module):
+            metrics = super().get_metrics(trainer, pl_module)
+            metrics.pop("v_num", None)
+            return metrics
+
+    return Bar(refresh_rate=1)

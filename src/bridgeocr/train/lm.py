@@ -26,11 +26,11 @@ from bridgeocr.train.engine import (
     build_trainer,
     finish_interrupted,
     fit,
+    merge_csv_logs,
     start_run,
     step_seed,
 )
 from bridgeocr.train.losses import ce_loss
-from bridgeocr.train.run import merge_csv_logs
 from bridgeocr.train.schedule import lr_factor
 
 __all__ = ["train_lm_cli", "train_lm", "build_gpt", "token_stream", "lm_eval"]

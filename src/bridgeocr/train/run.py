@@ -8,7 +8,6 @@ the one before it in `last.ckpt.prev/`; train/resume.py),
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from dataclasses import asdict
@@ -33,6 +32,7 @@ from bridgeocr.preflight import TRAIN_NEED, ensure_writable
 from bridgeocr.shipped import resolve_pretrained
 from bridgeocr.train.checkpoint import atomic_dir, disk_full, guard_run_dir, read_json, write_json
 from bridgeocr.train.connector_init import INITS, fit_projector_to_ctc
+from bridgeocr.train.engine import merge_csv_logs, parse_devices, precision_for, progress_bar
 from bridgeocr.train.features import encoder_fingerprint, fill_store, open_store, store_root
 from bridgeocr.train.module import OCRLightningModule, param_group_name, parse_freeze_schedule
 from bridgeocr.train.resume import SafeCheckpointIO, resume_point
@@ -133,74 +133,6 @@ def open_split(cfg: ExperimentConfig, split: str, limit: int | None):
     return samples
 
 
-def _precision(cfg: ExperimentConfig) -> str:
-    p = str(cfg.train.precision)
-    if p != "auto":
-        return p
-    gpu = torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda")
-    if gpu and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "16-mixed" if gpu else "32-true"
-
-
-def _devices(value):
-    if value is None:
-        return None
-    if isinstance(value, int):
-        return value
-    text = str(value).strip()
-    if text.isdigit():
-        return int(text)
-    if text.startswith("[") or "," in text:
-        return [int(x) for x in text.strip("[]").split(",") if x.strip()]
-    return text  # auto / -1
-
-
-def merge_csv_logs(run_dir: Path) -> Path | None:
-    """csv/part*/metrics.csv (one part per start or resume) -> run_dir/metrics.csv."""
-    parts = sorted((run_dir / "csv").glob("part*/metrics.csv"),
-                   key=lambda p: int(p.parent.name[4:]) if p.parent.name[4:].isdigit() else 0)
-    if not parts:
-        return None
-    rows, keys = [], []
-    for p in parts:
-        with p.open(newline="") as f:
-            r = csv.DictReader(f)
-            for k in r.fieldnames or []:
-                if k not in keys:
-                    keys.append(k)
-            rows = _without_replayed(rows, list(r))
-    keys = ["step"] + sorted(k for k in keys if k != "step") if "step" in keys else sorted(keys)
-    out = run_dir / "metrics.csv"
-    tmp = run_dir / ".metrics.csv.tmp"
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(out)
-    return out
-
-
-def _without_replayed(rows: list[dict], part: list[dict]) -> list[dict]:
-    """Rows so far + a resumed part: the steps the part logged again after its checkpoint (a kill after
-    step s resumes from the checkpoint before it) are kept once, as the resumed part logged them."""
-    def step(row):
-        try:
-            return int(float(row.get("step") or -1))
-        except ValueError:
-            return -1
-
-    def signature(row):
-        return step(row), frozenset(k for k, v in row.items() if v not in (None, ""))
-
-    if not part or not rows:
-        return rows + part
-    first = min(step(r) for r in part)
-    again = {signature(r) for r in part if step(r) == first}
-    kept = [r for r in rows if step(r) < first or (step(r) == first and signature(r) not in again)]
-    return kept + part
-
-
 # ------------------------------------------------------------------------------------ checkpoints
 
 
@@ -283,20 +215,6 @@ def _make_callback(run_dir: Path, cfg: ExperimentConfig):
             self._save_last(trainer, module)
 
     return RunCheckpoints()
-
-
-def _progress_bar():
-    from lightning.pytorch.callbacks import TQDMProgressBar
-
-    class Bar(TQDMProgressBar):
-        """tqdm bar without Lightning's logger version number."""
-
-        def get_metrics(self, trainer, pl_module):
-            metrics = super().get_metrics(trainer, pl_module)
-            metrics.pop("v_num", None)
-            return metrics
-
-    return Bar(refresh_rate=1)
 
 
 class _DataModule:
@@ -470,12 +388,12 @@ def _trainer(cfg: ExperimentConfig, devices, num_nodes, loggers, callback):
         val_kwargs = {"val_check_interval": int(tc.val_every_steps) * oc.accumulate,
                       "check_val_every_n_epoch": None}
     return pl.Trainer(
-        accelerator=tc.accelerator, devices=_devices(devices if devices is not None else tc.devices),
-        num_nodes=num_nodes or tc.num_nodes, strategy=tc.strategy, precision=_precision(cfg),
+        accelerator=tc.accelerator, devices=parse_devices(devices if devices is not None else tc.devices),
+        num_nodes=num_nodes or tc.num_nodes, strategy=tc.strategy, precision=precision_for(tc.precision, tc.accelerator),
         max_steps=oc.max_steps, max_epochs=oc.max_epochs,
         max_time={"minutes": oc.max_minutes} if oc.max_minutes else None,
         gradient_clip_val=oc.grad_clip or None, accumulate_grad_batches=oc.accumulate,
-        logger=loggers, callbacks=[callback, _progress_bar()], plugins=[SafeCheckpointIO()],
+        logger=loggers, callbacks=[callback, progress_bar()], plugins=[SafeCheckpointIO()],
         enable_checkpointing=False, use_distributed_sampler=False,
         log_every_n_steps=max(1, tc.log_every_steps), num_sanity_val_steps=0, deterministic=False,
         enable_model_summary=False, **val_kwargs)
