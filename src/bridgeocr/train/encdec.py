@@ -31,6 +31,7 @@ from bridgeocr.models.encoder import load_encoder
 from bridgeocr.shipped import resolve_pretrained
 from bridgeocr.train.losses import ce_loss
 from bridgeocr.train.module import parse_freeze_schedule
+from bridgeocr.train.optim import param_groups
 from bridgeocr.train.run import open_split
 from bridgeocr.train.schedule import lr_factor
 
@@ -75,21 +76,7 @@ def _apply_decoder_freeze(model, spec: str) -> None:
 
 def _optimizer(model, oc):
     lrs = {"encoder": oc.lr_encoder, "connector": oc.lr_connector, "decoder": oc.lr_decoder}
-    groups, seen = [], set()
-    for gname in ("encoder", "connector", "decoder"):
-        decay, no_decay = [], []
-        for name, p in model.named_parameters():
-            if not p.requires_grad or _group(name) != gname or id(p) in seen:
-                continue  # tied wte / lm_head: once
-            seen.add(id(p))
-            (decay if p.ndim >= 2 else no_decay).append(p)
-        for params, wd, suffix in ((decay, oc.weight_decay, ""), (no_decay, 0.0, "/no_decay")):
-            if params:
-                groups.append({"params": params, "lr": lrs[gname], "initial_lr": lrs[gname], "weight_decay": wd,
-                               "name": gname + suffix})
-    if not groups:
-        raise ConfigError("nothing to train: every parameter is frozen")
-    return torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-8)
+    return torch.optim.AdamW(param_groups(model, lrs, _group, oc.weight_decay), betas=(0.9, 0.98), eps=1e-8)
 
 
 def read_like(run_dir) -> tuple:

@@ -44,6 +44,7 @@ from bridgeocr.train.engine import (
     step_seed,
 )
 from bridgeocr.train.losses import ctc_loss, ctc_targets
+from bridgeocr.train.optim import param_groups
 from bridgeocr.train.run import shard
 from bridgeocr.train.schedule import lr_factor
 
@@ -241,7 +242,8 @@ class _CTCModule(pl.LightningModule):
             self.skipped_before = dataset.skipped
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=0.01, betas=(0.9, 0.98))
+        groups = param_groups(self, {"encoder": self.lr}, weight_decay=0.01, decay_vectors=True)
+        opt = torch.optim.AdamW(groups, lr=self.lr, betas=(0.9, 0.98))
         warmup, steps = min(300, max(1, self.steps // 10)), self.steps
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

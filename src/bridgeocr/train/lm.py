@@ -31,6 +31,7 @@ from bridgeocr.train.engine import (
     step_seed,
 )
 from bridgeocr.train.losses import ce_loss
+from bridgeocr.train.optim import param_groups
 from bridgeocr.train.schedule import lr_factor
 
 __all__ = ["train_lm_cli", "train_lm", "build_gpt", "token_stream", "lm_eval"]
@@ -275,10 +276,8 @@ class _LMModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        decay = [p for p in self.model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.lr, betas=(0.9, 0.95))
+        opt = torch.optim.AdamW(param_groups(self.model, {"gpt": self.lr}, weight_decay=0.01), lr=self.lr,
+                                betas=(0.9, 0.95))
         warmup, steps = min(100, max(1, self.steps // 10)), self.steps
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -23,6 +23,7 @@ from bridgeocr.eval.metrics import cer as corpus_cer
 from bridgeocr.eval.metrics import format_seed_metrics, line_cers
 from bridgeocr.eval.metrics import wer as corpus_wer
 from bridgeocr.train.losses import ce_loss, combine, ctc_loss, ctc_targets, kd_loss, target_mask
+from bridgeocr.train.optim import param_groups
 from bridgeocr.train.schedule import lr_factor
 from bridgeocr.train.teacher import teacher_logits
 
@@ -209,19 +210,7 @@ class OCRLightningModule(pl.LightningModule):
     def configure_optimizers(self):
         oc = self.cfg.optim
         lrs = {"encoder": oc.lr_encoder, "connector": oc.lr_connector, "decoder": oc.lr_decoder}
-        groups = []
-        for gname in GROUPS:
-            decay, no_decay = [], []
-            for name, p in self.model.named_parameters():
-                if not p.requires_grad or param_group_name(name) != gname:
-                    continue
-                (decay if p.ndim >= 2 else no_decay).append(p)
-            for params, wd, suffix in ((decay, oc.weight_decay, ""), (no_decay, 0.0, "/no_decay")):
-                if params:
-                    groups.append({"params": params, "lr": lrs[gname], "weight_decay": wd,
-                                   "name": gname + suffix})
-        if not groups:
-            raise ConfigError("nothing to train: every parameter is frozen")
+        groups = param_groups(self.model, {g: lrs[g] for g in GROUPS}, param_group_name, oc.weight_decay)
         opt = torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-8)
         warmup, total = oc.warmup_steps, self.total_steps
         budget_s = oc.max_minutes * 60 if oc.max_minutes else None
