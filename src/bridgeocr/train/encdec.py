@@ -116,7 +116,6 @@ def train_like(like, out, steps: int | None = None, minutes: float | None = None
     """Train the baseline `--like` a finished run; save it to `out`; returns the card (also `out/CARD`)."""
     from tqdm import tqdm
 
-
     t_start = time.time()
     cfg, run_metrics, tok = read_like(like)
     oc = cfg.optim
@@ -172,18 +171,8 @@ def train_like(like, out, steps: int | None = None, minutes: float | None = None
             lines += len(batch)
             micro += 1
             if micro % oc.accumulate == 0:
-                trained = next((g for until, g in schedule if step < until), None)
-                if trained is not None:
-                    for name, p in model.named_parameters():
-                        if _group(name) not in trained:
-                            p.grad = None
-                if oc.grad_clip:
-                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], oc.grad_clip)
                 f = lr_factor(step, oc.warmup_steps, steps, time_fraction=train_s / budget_s if budget_s else None)
-                for g in opt.param_groups:
-                    g["lr"] = g["initial_lr"] * f
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+                _optimizer_step(model, opt, oc, next((g for until, g in schedule if step < until), None), f)
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{f:.2f}x")
@@ -214,33 +203,61 @@ def train_like(like, out, steps: int | None = None, minutes: float | None = None
             best, best_state = {**history[-1], "n": r["n"], "lines_per_s": r["lines_per_s"]}, None
     if best_state is not None:
         model.load_state_dict(best_state)
+    run = {"steps": step, "target_steps": steps, "stopped_by": stopped_by, "epochs": epoch, "minutes": minutes,
+           "train_seconds": round(train_s, 1), "wall_time_s": round(time.time() - t_start, 1),
+           "train_lines_per_s": lines / train_s if train_s > 0 else None, "val_history": history,
+           "params": n_params, "max_new_tokens": max_new, "device": str(dev),
+           "precision": "bf16-mixed" if amp else "32-true"}
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))  # config.json + model.safetensors
-    tok.save(out / "tokenizer.json")
-    card = {
-        "kind": "trocr-style VisionEncoderDecoderModel (LineEncoder + GPT2LMHeadModel with cross-attention)",
-        "like": str(like), "data": cfg.data.source, "splits": {"train": cfg.data.train_split,
-                                                               "val": cfg.data.val_split},
-        "steps": step, "target_steps": steps, "stopped_by": stopped_by, "epochs": epoch,
-        "batch_size": oc.batch_size, "accumulate": oc.accumulate, "minutes": minutes,
-        "train_seconds": round(train_s, 1), "wall_time_s": round(time.time() - t_start, 1),
-        "train_lines_per_s": lines / train_s if train_s > 0 else None,
-        "val_cer": best["cer"] if best else None, "val_wer": best["wer"] if best else None,
-        "best_step": best["step"] if best else None, "val_n": best["n"] if best else 0, "val_history": history,
-        "params": n_params, "image": asdict(cfg.data.image), "max_new_tokens": max_new,
-        "init": {"encoder": cfg.model.encoder.pretrained, "decoder": cfg.model.decoder.pretrained},
-        "optim": {k: getattr(oc, k) for k in ("lr_encoder", "lr_connector", "lr_decoder", "weight_decay",
-                                              "warmup_steps", "grad_clip", "freeze_schedule")},
-        "device": str(dev), "precision": "bf16-mixed" if amp else "32-true",
-        "special_ids": {"pad_id": tok.pad_id, "bos_id": tok.bos_id, "eos_id": tok.eos_id},
-        "run": {k: run_metrics.get(k) for k in ("name", "step", "wall_time_s", "train_lines_per_s", "val_cer",
-                                                 "val_wer", "params", "precision")},
-    }
-    (out / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    card = _save_baseline(out, model, tok, cfg, like, run_metrics, best, run)
     if best:
         print(f"baseline: step {step} ({stopped_by}), val CER {best['cer']:.4f} WER {best['wer']:.4f} "
               f"(best step {best['step']}); run: step {card['run']['step']}, val CER {card['run']['val_cer']}",
               flush=True)
     print(f"wrote {out}", flush=True)
+    return card
+
+
+def _optimizer_step(model, opt, oc, trained: set[str] | None, lr_scale: float) -> None:
+    """One optimizer step: the freeze schedule's groups only (`trained`, None: all), clipped, at the
+    schedule's learning rate."""
+    if trained is not None:
+        for name, p in model.named_parameters():
+            if _group(name) not in trained:
+                p.grad = None
+    if oc.grad_clip:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], oc.grad_clip)
+    for g in opt.param_groups:
+        g["lr"] = g["initial_lr"] * lr_scale
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def _save_baseline(out: Path, model, tok, cfg, like, run_metrics: dict, best: dict | None, run: dict) -> dict:
+    """The model directory (config.json + model.safetensors + tokenizer.json) and its card -> the card."""
+    oc = cfg.optim
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    tok.save(out / "tokenizer.json")
+    card = {
+        "kind": "trocr-style VisionEncoderDecoderModel (LineEncoder + GPT2LMHeadModel with cross-attention)",
+        "like": str(like), "data": cfg.data.source, "splits": {"train": cfg.data.train_split,
+                                                               "val": cfg.data.val_split},
+        "steps": run["steps"], "target_steps": run["target_steps"], "stopped_by": run["stopped_by"],
+        "epochs": run["epochs"], "batch_size": oc.batch_size, "accumulate": oc.accumulate, "minutes": run["minutes"],
+        "train_seconds": run["train_seconds"], "wall_time_s": run["wall_time_s"],
+        "train_lines_per_s": run["train_lines_per_s"],
+        "val_cer": best["cer"] if best else None, "val_wer": best["wer"] if best else None,
+        "best_step": best["step"] if best else None, "val_n": best["n"] if best else 0,
+        "val_history": run["val_history"],
+        "params": run["params"], "image": asdict(cfg.data.image), "max_new_tokens": run["max_new_tokens"],
+        "init": {"encoder": cfg.model.encoder.pretrained, "decoder": cfg.model.decoder.pretrained},
+        "optim": {k: getattr(oc, k) for k in ("lr_encoder", "lr_connector", "lr_decoder", "weight_decay",
+                                              "warmup_steps", "grad_clip", "freeze_schedule")},
+        "device": run["device"], "precision": run["precision"],
+        "special_ids": {"pad_id": tok.pad_id, "bos_id": tok.bos_id, "eos_id": tok.eos_id},
+        "run": {k: run_metrics.get(k) for k in ("name", "step", "wall_time_s", "train_lines_per_s", "val_cer",
+                                                 "val_wer", "params", "precision")},
+    }
+    (out / CARD).write_text(json.dumps(card, indent=2) + "\n")
     return card
