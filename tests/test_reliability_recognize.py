@@ -286,7 +286,14 @@ def _start_recognize(model_dir: Path, folder: Path, out: Path) -> subprocess.Pop
            "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "bridgeocr.cli", "recognize", str(folder), "--checkpoint",
                              str(model_dir), "--batch-size", "1", "--gpt", "--beam", "3", "--format", "jsonl",
-                             "--out", str(out)], env=env, stderr=subprocess.PIPE, text=True)
+                             "--out", str(out)], env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_on)
+
+
+def _ctrl_c_on() -> None:
+    """The child takes Ctrl-C even when the suite runs as a background job (which starts with SIGINT ignored,
+    and Python then installs no KeyboardInterrupt handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for_lines(proc: subprocess.Popen, out: Path, k: int, timeout: float = 120.0) -> None:
