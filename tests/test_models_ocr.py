@@ -188,3 +188,16 @@ def test_a_model_directory_carries_its_image_settings(tmp_path):
     (tmp_path / "old" / "training.json").unlink()
     plain = load_checkpoint(tmp_path / "old", device="cpu")[1]
     assert (plain.height, plain.width_multiple) == (16, model.cfg.encoder.patch_width)
+
+
+def test_one_rule_for_where_a_model_runs():
+    import torch
+
+    from bridgeocr.errors import ConfigError
+    from bridgeocr.models.load import resolve_device
+
+    assert resolve_device(None) == resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda")

@@ -51,6 +51,7 @@ from bridgeocr.data.sample import Batch
 from bridgeocr.errors import BridgeOCRError, ConfigError
 from bridgeocr.models.decoding import greedy_search
 from bridgeocr.models.encdec import build_baseline  # the TrOCR-style baseline (encdec rows)
+from bridgeocr.models.load import resolve_device as _resolve_device
 from bridgeocr.models.ocr import OCRModel
 
 BASELINE = "encdec"
@@ -448,11 +449,8 @@ def to_markdown(result: dict) -> str:
 
 
 def resolve_device(device: str | None) -> str:
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available here")
-    return device
+    """The device name the benchmark runs on (models.load.resolve_device)."""
+    return str(_resolve_device(device))
 
 
 QUICK_CONNECTORS = ["linear_gelu_ln", "qformer", "pool4+linear_ln", BASELINE]

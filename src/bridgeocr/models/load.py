@@ -10,14 +10,14 @@ from pathlib import Path
 import torch
 
 from bridgeocr.config import ImageConfig
-from bridgeocr.errors import BridgeOCRError
+from bridgeocr.errors import BridgeOCRError, ConfigError
 from bridgeocr.models.encoder import is_encoder_dir
 from bridgeocr.models.encoder_reader import EncoderReader, encoder_image_config
 from bridgeocr.models.model_dir import check_tokenizer_matches, read_config_json
 from bridgeocr.models.ocr import OCRModel, image_config_from
 from bridgeocr.shipped import resolve_pretrained
 
-__all__ = ["load_checkpoint", "image_config_for", "TRAINING_META"]
+__all__ = ["load_checkpoint", "image_config_for", "resolve_device", "TRAINING_META"]
 
 TRAINING_META = "training.json"  # written by the trainer beside an OCRModel's own files
 
@@ -35,7 +35,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None):
     if not (path / "tokenizer.json").is_file():
         raise BridgeOCRError(f"{path}: no tokenizer.json, so the model's output cannot be turned into text "
                              "(copy the tokenizer the model was trained with into the directory)")
-    device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     if is_encoder_dir(path):  # an encoder + CTC head alone: reads with greedy CTC
         reader = EncoderReader.from_pretrained(path)
         classes = reader.ctc_head.vocab_size
@@ -60,3 +60,14 @@ def image_config_for(model, meta: dict | None = None) -> ImageConfig:
     cfg = ImageConfig(height=int(model.image_height))
     cfg.width_multiple = int(model.cfg.encoder.patch_width)
     return cfg
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """Where a model runs: None / "auto" -> the GPU when there is one, else the CPU; a CUDA device asked for
+    on a machine without one is a ConfigError, not a crash later."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available here")
+    return device

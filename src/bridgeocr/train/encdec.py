@@ -28,6 +28,7 @@ from bridgeocr.errors import BridgeOCRError, ConfigError
 from bridgeocr.eval.evaluate import evaluate_baseline
 from bridgeocr.models.encdec import CARD, CROSS_KEYS, build_baseline
 from bridgeocr.models.encoder import load_encoder
+from bridgeocr.models.load import resolve_device
 from bridgeocr.shipped import resolve_pretrained
 from bridgeocr.train.losses import ce_loss
 from bridgeocr.train.module import parse_freeze_schedule
@@ -105,12 +106,6 @@ def build_like(cfg, tokenizer):
     return model
 
 
-def _device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def train_like(like, out, steps: int | None = None, minutes: float | None = None, device: str | None = None,
                val_every: int | None = None, max_val: int | None = None, progress: bool = True) -> dict:
     """Train the baseline `--like` a finished run; save it to `out`; returns the card (also `out/CARD`)."""
@@ -124,7 +119,7 @@ def train_like(like, out, steps: int | None = None, minutes: float | None = None
         raise ConfigError(f"steps: must be >= 1, got {steps}")
     budget_s = minutes * 60 if minutes else None
     torch.manual_seed(cfg.train.seed)
-    dev = _device(device)
+    dev = resolve_device(device)
     amp = dev.type == "cuda" and torch.cuda.is_bf16_supported() and cfg.train.precision in ("auto", "bf16-mixed")
 
     train_src = open_split(cfg, cfg.data.train_split, cfg.data.max_train_samples)
