@@ -7,7 +7,8 @@ from bridgeocr.train.lm import train_lm
 
 TINY = ["model.encoder.dim=32", "model.encoder.depth=1", "model.encoder.heads=2", "optim.batch_size=8",
         "train.val_every_steps=4", "model.max_text_tokens=40", "model.connector.num_queries=8",
-        "model.connector.layers=1", "model.decoder.n_layer=1"]
+        "model.connector.layers=1", "model.decoder.n_layer=1",
+        "optim.max_steps=8"]  # a step budget under the time shares: the same runs on a slow or busy machine
 
 
 def test_demo_end_to_end_and_resume(tmp_path, capsys):
