@@ -116,7 +116,7 @@ class StepCache:
         self.prefix_kv, self.prefix_valid = prefix_kv, prefix_valid  # per block (k, v) [B, H, M, hd] or None
         self.text_kv, self.n_text = text_kv, n_text  # per block (k, v) [R, H, capacity, hd]
         self.items, self.attach_layer = items, attach_layer
-        self._rows_prefix: tuple | None = None  # (items, per-block prefix k / v gathered for these rows)
+        self._rows_prefix: tuple | None = None  # (items, per-block prefix k / v gathered for them, mask)
 
     @classmethod
     def from_prefill(cls, cache: KVCache, room: int = 32) -> StepCache:
@@ -159,7 +159,8 @@ class StepCache:
         return tk[:, :, : self.n_text + 1], tv[:, :, : self.n_text + 1]
 
     def rows_prefix(self, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """(prefix k, v [R, H, M, hd], valid [R, M]) of each row, gathered again only when rows change item."""
+        """(prefix k, v [R * H, M, hd], an additive mask [R * H, 1, M]: 0 on real prefix tokens, -inf on padding)
+        of each row for block `block`, gathered again only when the rows change item."""
         if self.prefix_kv[block] is None:
             return None
         if self._rows_prefix is None:
