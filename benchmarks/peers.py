@@ -135,8 +135,12 @@ def _lines(data: str, split: str | None, max_samples: int | None, tmp: Path):
     """(ids, image paths, references) from a bridgeocr source; in-memory images saved as PNG."""
     from bridgeocr.data.sources import open_source
 
-    source = open_source(data, split)
-    samples = list(source)[: max_samples or None]
+    return line_files(list(open_source(data, split))[: max_samples or None], tmp)
+
+
+def line_files(samples, tmp: Path):
+    """LineSamples -> (ids, image paths, references) of those with text and an image, the peers' input:
+    an image file as it is, an in-memory image (a line cut from a page) saved as PNG in `tmp`."""
     ids, paths, refs = [], [], []
     for i, s in enumerate(samples):
         if not s.text.strip():
