@@ -1,11 +1,22 @@
 """Shared fixtures for the data tests: tiny line images and the location of ../shared/data."""
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(relpath: str, name: str | None = None):
+    """A file of the repository outside the package (benchmarks/, scripts/), imported by its path."""
+    path = REPO / relpath
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def line_image(width: int = 60, height: int = 20, text: str = "ab") -> Image.Image:

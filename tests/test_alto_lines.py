@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script
+
 PAPER, INK = 200, 0
 
 
 @pytest.fixture(scope="module")
 def alto_lines():
-    spec = importlib.util.spec_from_file_location("alto_lines", ROOT / "scripts" / "alto_lines.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/alto_lines.py")
 
 
 def alto(*lines: str, ns: str = "http://www.loc.gov/standards/alto/ns-v4#") -> str:

@@ -4,22 +4,15 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-from conftest import make_box_dataset, tiny_ocr_model
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script, make_box_dataset, tiny_ocr_model
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("decoding_bench", ROOT / "benchmarks" / "decoding.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/decoding.py", "decoding_bench")
 
 
 def test_set_specs(bench):

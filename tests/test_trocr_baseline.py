@@ -3,7 +3,6 @@ pretrained encoder and GPT LM), saved, reloaded, evaluated, and scored by benchm
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,16 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_box_dataset
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script, make_box_dataset
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(f"benchmarks/{name}.py")
 
 
 def _dataset(root: Path, n: int = 12) -> Path:
