@@ -26,7 +26,7 @@ from bridgeocr.eval.metrics import cer as corpus_cer
 from bridgeocr.eval.metrics import wer as corpus_wer
 from bridgeocr.files import write_json
 from bridgeocr.models.encdec import decode_batch
-from bridgeocr.models.load import TRAINING_META, image_config_for, load_checkpoint  # noqa: F401  (read from here too)
+from bridgeocr.models.load import TRAINING_META, load_checkpoint  # re-exported: read from here too
 from bridgeocr.preflight import ensure_writable
 
 __all__ = ["evaluate_model", "evaluate_cli", "load_checkpoint", "write_predictions", "read_predictions",

@@ -308,11 +308,11 @@ class GPT(nn.Module):
         x = self.wte(tokens) + self.wpe.weight[n]  # [R, C]
         R, C = x.shape
         H = self.cfg.n_head
+        scale = 1.0 / math.sqrt(C // H)
         for i, block in enumerate(self.h):
             attn = block.attn
             q, k, v = (t.view(R, H, 1, C // H) for t in attn.c_attn(block.ln_1(x)).split(C, dim=1))
             tk, tv = cache.append(i, k, v)
-            scale = 1.0 / math.sqrt(C // H)
             scores = (q @ tk.transpose(-1, -2)) * scale  # [R, H, 1, n + 1]
             prefix = cache.rows_prefix(i)
             if prefix is None:

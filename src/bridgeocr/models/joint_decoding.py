@@ -33,6 +33,7 @@ class CTCPrefixScorer:
     def __init__(self, log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = 0):
         B, T, _ = log_probs.shape
         self.frames = torch.arange(T, device=log_probs.device)
+        self.every_item = torch.arange(B, device=log_probs.device)  # rows = items, in order (joint_greedy)
         valid = self.frames[None, :] < lengths[:, None]  # [B, T]
         self.logp = log_probs.double().masked_fill(~valid[:, :, None], 0.0)  # padded frames: log 1, after the end
         self.prob = self.logp.exp().masked_fill(~valid[:, :, None], 0.0)  # ... and never summed over in psi
@@ -67,8 +68,8 @@ class CTCPrefixScorer:
         phi = self._phi(r, length)
         top = phi.max(1, keepdim=True).values.clamp(min=-1e30)
         weights = (phi - top).exp()  # [R, T]
-        if cands is None and len(items) == self.prob.shape[0] and torch.equal(items, self.frames.new_tensor(
-                range(len(items)))):  # one row per item, in order (joint_greedy): no grouping needed
+        if cands is None and len(items) == len(self.every_item) and torch.equal(items, self.every_item):
+            # one row per item, in order (joint_greedy): no grouping needed
             mass = torch.bmm(weights[:, None, :], self.prob).squeeze(1)
         elif cands is None:
             groups, counts = torch.unique_consecutive(items, return_counts=True)

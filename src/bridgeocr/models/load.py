@@ -52,7 +52,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None):
 def image_config_for(model, meta: dict | None = None) -> ImageConfig:
     """The preprocessing a model reads with: its own (config.json), else the training metadata's, else
     defaults with the encoder's patch height and width."""
-    if getattr(model, "image_config", None) is not None:
+    if model.image_config is not None:
         return model.image_config
     from_meta = image_config_from((meta or {}).get("image"))
     if from_meta is not None:
