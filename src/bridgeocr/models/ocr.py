@@ -164,7 +164,8 @@ class OCRModel(nn.Module):
 
     def encode(self, images: torch.Tensor, image_mask: torch.Tensor):
         """-> (visual [B, M, d_model], visual_mask [B, M]): the connector's output."""
-        return self.connector(*self.encoder_tokens(images, image_mask))
+        lines = self.encode_lines(images, image_mask)
+        return lines.visual, lines.visual_mask
 
     def encode_lines(self, images: torch.Tensor, image_mask: torch.Tensor, with_ctc: bool = False) -> EncodedLines:
         """What a search reads: the visual prefix, and with `with_ctc` the CTC head's frame log-posteriors."""

@@ -41,12 +41,12 @@ class Stepper:
         """Row i of the next step continues row parents[i] of this one with tokens[i] -> logits [R, V].
 
         same_rows: parents is every row in order, so the KV cache is used as it is (no copy)."""
-        self.seqs = torch.cat([self.seqs[parents], tokens[:, None]], dim=1)
-        self.rows = self.rows[parents]
         if self.use_cache:
             if not same_rows:
                 self.cache = self.cache.reorder(parents)
             return self.gpt.step(tokens, self.cache)
+        self.seqs = torch.cat([self.seqs[parents], tokens[:, None]], dim=1)  # only recomputation needs them
+        self.rows = self.rows[parents]
         logits, _ = self.gpt(self.seqs, prefix=self.prefix[self.rows], prefix_mask=self.prefix_mask[self.rows],
                              attach_layer=self.attach)
         return logits[:, -1]
