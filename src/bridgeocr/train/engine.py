@@ -26,7 +26,7 @@ from bridgeocr.train.checkpoint import disk_full, guard_run_dir
 from bridgeocr.train.resume import SafeCheckpointIO, resume_point
 
 __all__ = ["CKPT", "Budget", "Checkpoints", "build_trainer", "fit", "finish_interrupted", "precision_for",
-           "resume_checkpoint", "start_run", "step_seed", "parse_devices", "progress_bar",
+           "resume_checkpoint", "start_run", "step_seed", "parse_devices", "progress_bar", "csv_part",
            "merge_csv_logs"]
 
 CKPT = "last.ckpt"  # the trainer's resume state in the output directory
@@ -69,7 +69,8 @@ def step_seed(*parts) -> int:
     return random.Random("/".join(map(str, parts))).getrandbits(63)
 
 
-def _csv_part(out: Path, resuming: bool) -> int:
+def csv_part(out: Path, resuming: bool) -> int:
+    """The CSV log part of this start: 0 for a new run, one more than the last for a resumed one."""
     if not resuming:
         return 0
     return 1 + max([int(p.name[4:]) for p in (out / "csv").glob("part*") if p.name[4:].isdigit()], default=-1)
@@ -160,7 +161,7 @@ def build_trainer(out: Path, *, max_steps: int, budget: Budget, callbacks: list,
 
     out = Path(out)
     accelerator = accelerator or "auto"
-    loggers = [CSVLogger(save_dir=str(out), name="csv", version=f"part{_csv_part(out, resuming)}"),
+    loggers = [CSVLogger(save_dir=str(out), name="csv", version=f"part{csv_part(out, resuming)}"),
                TensorBoardLogger(save_dir=str(out), name="tb", version="", default_hp_metric=False)]
     trainer = pl.Trainer(
         accelerator=accelerator, devices=parse_devices(devices) if devices is not None else 1,

@@ -32,7 +32,7 @@ from bridgeocr.preflight import TRAIN_NEED, ensure_writable
 from bridgeocr.shipped import resolve_pretrained
 from bridgeocr.train.checkpoint import atomic_dir, disk_full, guard_run_dir, read_json, write_json
 from bridgeocr.train.connector_init import INITS, fit_projector_to_ctc
-from bridgeocr.train.engine import merge_csv_logs, parse_devices, precision_for, progress_bar
+from bridgeocr.train.engine import csv_part, merge_csv_logs, parse_devices, precision_for, progress_bar
 from bridgeocr.train.features import encoder_fingerprint, fill_store, open_store, store_root
 from bridgeocr.train.module import OCRLightningModule, param_group_name, parse_freeze_schedule
 from bridgeocr.train.resume import SafeCheckpointIO, resume_point
@@ -361,10 +361,7 @@ def _loggers(cfg: ExperimentConfig, run_dir: Path, resuming: bool):
     hparams (logged now, and with the final metrics at the end))."""
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    part = 0
-    if resuming:
-        part = 1 + max([int(p.name[4:]) for p in (run_dir / "csv").glob("part*") if p.name[4:].isdigit()],
-                       default=-1)
+    part = csv_part(run_dir, resuming)
     tb = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
 
     def scalars(d: dict, prefix: str = ""):  # the config as a flat dict of its scalar values
