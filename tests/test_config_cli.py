@@ -8,6 +8,7 @@ import pytest
 from bridgeocr.cli import build_parser, main
 from bridgeocr.config import ExperimentConfig, config_from_dict, load_config, save_config
 from bridgeocr.errors import ConfigError
+from bridgeocr.models import connectors  # noqa: F401  (adds the connector's config check)
 
 REPO = Path(__file__).resolve().parents[1]
 

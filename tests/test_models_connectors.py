@@ -6,13 +6,9 @@ import torch.nn as nn
 
 from bridgeocr.config import ConnectorConfig
 from bridgeocr.errors import ConfigError
-from bridgeocr.models.connectors import (
-    CONNECTORS,
-    Projector,
-    build_connector,
-    masked_adaptive_pool,
-    register_connector,
-)
+from bridgeocr.models.connectors import CONNECTORS, build_connector, register_connector
+from bridgeocr.models.connectors.cabstractor import masked_adaptive_pool
+from bridgeocr.models.connectors.projectors import Projector
 
 D_ENC, D_MODEL = 24, 32
 SETTINGS = [
@@ -31,7 +27,7 @@ def tokens(B, N, seed=0):
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: "-".join(str(v) for v in s.values()))
 def test_shapes_masks_and_padding_invariance(setting):
     torch.manual_seed(0)
-    conn = build_connector(ConnectorConfig(**setting), D_ENC, D_MODEL).eval()
+    conn = build_connector(ConnectorConfig.of(**setting), D_ENC, D_MODEL).eval()
     x_alone = tokens(1, 9)
     m_alone = torch.ones(1, 9, dtype=torch.bool)
     # the same item in a batch with a wider one: its tail is masked junk
@@ -91,6 +87,46 @@ def test_register_connector():
         assert out.abs().max() <= 1
     finally:
         CONNECTORS.pop("test_tanh")
+
+
+def test_a_new_kind_with_its_own_settings_is_one_registration():
+    """The kind's settings dataclass sits beside it: written flat in a config, checked by the kind, handed to
+    its builder; the config file itself knows nothing of it."""
+    from dataclasses import dataclass
+
+    from bridgeocr.config import load_config
+    from bridgeocr.models.connectors.registry import require
+
+    @dataclass
+    class Scaled:
+        scale: float = 1.0
+
+        def __post_init__(self):
+            require("scale", self.scale > 0, "> 0", self.scale)
+
+    seen = []
+
+    @register_connector("test_scaled", settings=Scaled)
+    def _scaled(settings, d_in, d_model):
+        seen.append(settings)
+        return Projector([nn.Linear(d_in, d_model)])
+
+    try:
+        cfg = load_config(None, ["model.connector.kind=test_scaled", "model.connector.scale=2.5"])
+        assert cfg.model.connector.options == {"scale": 2.5}
+        build_connector(cfg.model.connector, D_ENC, D_MODEL)
+        assert seen == [Scaled(scale=2.5)]
+        with pytest.raises(ConfigError, match=r"^config: model\.connector\.scale must be > 0, got -1\.0$"):
+            load_config(None, ["model.connector.kind=test_scaled", "model.connector.scale=-1"])
+    finally:
+        CONNECTORS.pop("test_scaled")
+
+
+@pytest.mark.parametrize("kind", ["ctc_embed", "ctc_collapse"])
+def test_a_kind_that_reads_every_token_refuses_a_reduction(kind):
+    with pytest.raises(ConfigError, match=f"connector {kind}: token reduction is not supported"):
+        build_connector(ConnectorConfig(kind=kind, reduce="pool", reduce_k=2), D_ENC, D_MODEL)
+    build_connector(ConnectorConfig(kind=kind, reduce="pool", reduce_k=1), D_ENC, D_MODEL)  # k=1: no reduction
 
 
 def test_ctc_embed_writes_ctc_posteriors_in_the_gpt_embedding_space():
@@ -199,8 +235,9 @@ def test_a_connector_declares_what_it_needs_and_the_model_hands_it_over():
     class Greedy(TiedReadout):
         needs = ("a_language_model",)
 
-    connectors.CONNECTORS["_tied_test"], connectors.CONNECTORS["_greedy_test"] = TiedReadout, Greedy
-    connectors.CONNECTORS["_plain_module_test"] = lambda cfg, d_in, d_model: nn.Linear(d_in, d_model)
+    connectors.register_connector("_tied_test")(TiedReadout)
+    connectors.register_connector("_greedy_test")(Greedy)
+    connectors.register_connector("_plain_module_test")(lambda settings, d_in, d_model: nn.Linear(d_in, d_model))
     try:
         cfg = ModelConfig()
         cfg.encoder.dim, cfg.encoder.depth, cfg.encoder.heads, cfg.decoder.n_layer = 32, 1, 2, 1

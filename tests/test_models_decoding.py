@@ -13,7 +13,7 @@ V = 16
 def make_model(kind="linear_gelu_ln", attach=0, **conn):
     torch.manual_seed(0)
     cfg = ModelConfig(encoder=EncoderConfig(dim=32, depth=1, heads=2, max_width=256),
-                      connector=ConnectorConfig(kind=kind, **conn),
+                      connector=ConnectorConfig.of(kind, **conn),
                       decoder=DecoderConfig(n_layer=2, n_embd=32, n_head=2, n_positions=32),
                       attach_layer=attach, max_text_tokens=8)
     model = OCRModel(cfg, V, 32).eval()

@@ -16,14 +16,15 @@ import pytest
 
 from bridgeocr.cli import build_parser, main
 from bridgeocr.config import (
-    CONNECTOR_KINDS,
     ENCODER_KINDS,
     ExperimentConfig,
     config_from_dict,
     load_config,
+    save_config,
     validate,
 )
 from bridgeocr.errors import BridgeOCRError, ConfigError
+from bridgeocr.models.connectors import connector_names  # also adds the connector's config check
 from bridgeocr.preflight import ensure_writable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,11 +95,47 @@ def test_a_bad_value_in_a_file_is_refused(tmp_path):
 
 
 def test_the_kind_lists_match_the_code():
-    from bridgeocr.models.connectors import connector_names
     from bridgeocr.models.encoder import ENCODER_KINDS as BUILT
 
-    assert sorted(CONNECTOR_KINDS) == connector_names()
     assert set(BUILT) <= set(ENCODER_KINDS)
+    with pytest.raises(ConfigError) as err:  # the connector kinds are the registry's, nowhere else
+        load_config(None, ["model.connector.kind=nope"])
+    assert str(err.value).endswith(f"one of {' | '.join(connector_names())}, got 'nope'")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.connector.kind=qformer", "model.connector.num_queries=0"],
+     "config: model.connector.num_queries must be >= 1, got 0"),
+    (["model.connector.kind=qformer", "model.connector.locality=-1"],
+     "config: model.connector.locality must be >= 0, got -1.0"),
+    (["model.connector.kind=qformer", "model.connector.dropout=2"],
+     "config: model.connector.dropout must be in [0, 1], got 2.0"),
+    (["model.connector.kind=cabstractor", "model.connector.layers=0"],
+     "config: model.connector.layers must be >= 1, got 0"),
+    (["model.connector.kind=qformer", "model.connector.num_queries=many"],
+     "config: model.connector.num_queries: Value 'many' of type 'str' could not be converted to Integer"),
+    (["model.connector.querys=64"], "config: model.connector.querys: no connector kind has this setting"),
+])
+def test_a_kinds_own_settings_are_checked_by_the_kind(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_a_kinds_settings_are_written_flat_and_recorded_in_full(tmp_path):
+    """YAML and overrides write a kind's settings flat; the config keeps them as the kind's options, filled in
+    with its defaults, without another kind's (a sweep over kinds shares them), and they round-trip."""
+    cfg = load_config(None, ["model.connector.kind=qformer", "model.connector.num_queries=64"])
+    assert cfg.model.connector.options == {"num_queries": 64, "layers": 2, "heads": 4, "locality": 0.0,
+                                           "dropout": 0.0}
+    assert load_config(None, ["model.connector.kind=linear", "model.connector.num_queries=64"]
+                       ).model.connector.options == {}
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+    old = cfg.to_dict()  # a model directory written before options: the settings beside `kind`
+    old["model"]["connector"] = {"kind": "qformer", "num_queries": 64, "layers": 2, "heads": 4,
+                                 "locality": 0.0, "dropout": 0.0, "reduce": None, "reduce_k": 1, "init": "random"}
+    assert config_from_dict(old) == cfg
 
 
 @pytest.mark.parametrize("override, key", [("data.image.height=0", "data.image.height"),

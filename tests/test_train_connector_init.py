@@ -7,14 +7,15 @@ from bridgeocr.config import ConnectorConfig, ImageConfig
 from bridgeocr.data.preprocess import make_loader
 from bridgeocr.data.sources import open_source
 from bridgeocr.errors import ConfigError
-from bridgeocr.models.connectors import CTCEmbed, Reduce
+from bridgeocr.models.connectors.ctc import CTCEmbed
+from bridgeocr.models.connectors.reduce import Reduce
 from bridgeocr.train.connector_init import fit_projector_to_ctc
 from conftest import make_box_dataset, tiny_ocr_model
 
 
 def _gap(model, loader) -> float:
     """Mean squared distance between the connector's output and the ctc_embed prefix on real tokens."""
-    target = CTCEmbed(ConnectorConfig(kind="ctc_embed"), model.encoder.d_out, model.decoder.n_embd)
+    target = CTCEmbed(None, model.encoder.d_out, model.decoder.n_embd)
     target.init_from(model.ctc_head, model.decoder.wte)
     total, n = 0.0, 0
     with torch.no_grad():
@@ -50,7 +51,7 @@ def test_kinds_it_cannot_fit_are_a_config_error(tmp_path):
     from bridgeocr.models.connectors import build_connector
 
     model = tiny_ocr_model(ctc=True)
-    for cfg in (ConnectorConfig(kind="cabstractor", num_queries=4, layers=1), ConnectorConfig(kind="qformer",
+    for cfg in (ConnectorConfig.of("cabstractor", num_queries=4, layers=1), ConnectorConfig.of("qformer",
                                                                                           num_queries=4, heads=2)):
         model.cfg.connector = cfg
         model.connector = build_connector(cfg, model.encoder.d_out, model.decoder.n_embd)
@@ -64,7 +65,7 @@ def test_a_qformer_with_locality_starts_as_the_positional_average_of_the_fitted_
     from bridgeocr.models.connectors import build_connector
 
     model = tiny_ocr_model(ctc=True).eval()
-    cfg = ConnectorConfig(kind="qformer", num_queries=4, heads=2, layers=2, locality=0.1)
+    cfg = ConnectorConfig.of("qformer", num_queries=4, heads=2, layers=2, locality=0.1)
     model.cfg.connector = cfg
     model.connector = build_connector(cfg, model.encoder.d_out, model.decoder.n_embd)
     src = list(open_source(make_box_dataset(tmp_path / "d", n=8), "train"))

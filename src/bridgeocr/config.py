@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import reduce
 from pathlib import Path
@@ -82,21 +82,32 @@ class EncoderConfig:
 
 @dataclass
 class ConnectorConfig:
-    """The bridge from visual tokens to decoder inputs, built by name (models/connectors.py)."""
+    """The bridge from visual tokens to decoder inputs, built by name (models/connectors/).
 
-    # linear | linear_ln | linear_gelu_ln | mlp | qformer | cabstractor | ctc_embed | ctc_collapse
-    kind: str = "linear_gelu_ln"
+    Here is what every kind shares. A kind's own settings (a Q-Former's queries and layers, ...) are declared
+    beside it, in its file under models/connectors/, so adding a kind touches that file alone. YAML and
+    overrides write them flat (`model.connector.num_queries=64`); they are kept in `options` and checked
+    against the kind's settings when the config is read (models/connectors/registry.py).
+    """
+
+    kind: str = "linear_gelu_ln"  # a registered kind: `bridgeocr.models.connectors.connector_names()`
     reduce: str | None = None  # None | pool | concat: merge `reduce_k` neighbouring tokens first
     reduce_k: int = 1
     # random | ctc: a token-wise kind fitted, before training, to the ctc_embed prefix the GPT learnt to
     # read (train/connector_init.py; needs an encoder with a CTC head)
     init: str = "random"
-    num_queries: int = 32  # qformer / cabstractor: M output tokens
-    layers: int = 2  # qformer blocks
-    locality: float = 0.0  # qformer: > 0 biases query i's cross-attention to its share of the width (std, as a
-    #                        fraction of the line; 0 = the seed's plain Q-Former)
-    heads: int = 4
-    dropout: float = 0.0
+    options: dict[str, Any] = field(default_factory=dict)  # the kind's own settings (see above)
+
+    @classmethod
+    def of(cls, kind: str, **fields) -> ConnectorConfig:
+        """`ConnectorConfig.of("qformer", num_queries=64, reduce="pool")`: shared fields by name, the rest
+        the kind's options (as YAML writes them)."""
+        shared = {k: fields.pop(k) for k in list(fields) if k in CONNECTOR_SHARED}
+        return cls(kind=kind, **shared, options={**shared.pop("options", {}), **fields})
+
+
+# The fields every connector kind has; any other key under a connector's section is one of its kind's options.
+CONNECTOR_SHARED = ("kind", "reduce", "reduce_k", "init", "options")
 
 
 @dataclass
@@ -200,7 +211,7 @@ class ExperimentConfig:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls=ExperimentConfig):
     """Defaults <- YAML file <- dotted overrides (`model.connector.kind=qformer`), type-checked."""
     schema = OmegaConf.structured(cls)
-    layers = [schema]
+    layers = []
     if path is not None:
         layers.extend(_yaml_layers(Path(path)))
     if overrides:
@@ -208,6 +219,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             if "=" not in item:
                 raise ConfigError(f"override {item!r}: expected dotted.key=value")
         layers.append(OmegaConf.from_dotlist(list(overrides)))
+    layers = [schema] + [lift_connector_options(layer, cls) for layer in layers]
     try:
         merged = OmegaConf.merge(*layers)
         cfg = OmegaConf.to_object(merged)
@@ -225,8 +237,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 # Values that cannot be meant are refused when the config is read, before any run directory is written.
 # Each row: (dotted key, predicate on the value, what the value must be).
 
-CONNECTOR_KINDS = ("linear", "linear_ln", "linear_gelu_ln", "mlp", "qformer", "cabstractor", "ctc_embed",
-                   "ctc_collapse")  # = models/connectors.py's registry (a test keeps them equal)
 ENCODER_KINDS = ("vit", "ppocr", "hf")  # hf: an HF ViT/DeiT/BEiT, set by loading model.encoder.pretrained
 PRECISIONS = ("auto", "32", "32-true", "16", "16-mixed", "16-true", "bf16", "bf16-mixed", "bf16-true", "64",
               "64-true", "transformer-engine", "transformer-engine-float16")  # what Lightning reads
@@ -247,10 +257,6 @@ def _one_of(*names):
 def _or_null(rule):
     pred, text = rule
     return (lambda v: v is None or pred(v)), f"null or {text}"
-
-
-def _connector_kind(v) -> bool:  # kinds a plugin registered (@register_connector) count once imported
-    return v in CONNECTOR_KINDS or v in getattr(sys.modules.get("bridgeocr.models.connectors"), "CONNECTORS", ())
 
 
 POSITIVE = _ge(1)
@@ -282,15 +288,9 @@ RULES = (
     ("model.encoder.dropout", *UNIT),
     ("model.encoder.pos_embedding", *_one_of("sincos", "learned")),
     ("model.encoder.max_width", *POSITIVE),
-    ("model.connector.kind", _connector_kind, "one of " + " | ".join(CONNECTOR_KINDS)),
     ("model.connector.reduce", *_one_of(None, "none", "pool", "concat")),
     ("model.connector.reduce_k", *POSITIVE),
     ("model.connector.init", *_one_of("random", "ctc")),
-    ("model.connector.num_queries", *POSITIVE),
-    ("model.connector.layers", *POSITIVE),
-    ("model.connector.locality", *NONNEG),
-    ("model.connector.heads", *POSITIVE),
-    ("model.connector.dropout", *UNIT),
     ("model.decoder.n_layer", *POSITIVE),
     ("model.decoder.n_embd", *POSITIVE),
     ("model.decoder.n_head", *POSITIVE),
@@ -340,6 +340,12 @@ CROSS_RULES = (
 )
 
 
+# Checks a package above adds for the part of the config it owns, run by `validate` after the rows above:
+# models/connectors checks the connector's kind and its options (a kind's settings live with it), and adds
+# its check when it is imported, which every command that trains or builds a model does.
+CHECKS: dict[str, Callable[[ExperimentConfig], None]] = {}
+
+
 def _get(cfg, key: str):
     return reduce(getattr, key.split("."), cfg)
 
@@ -353,6 +359,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     for key, ok, requirement in CROSS_RULES:
         if not ok(cfg):
             raise ConfigError(f"config: {key} must be {requirement}, got {_get(cfg, key)!r}")
+    for check in CHECKS.values():
+        check(cfg)
     return cfg
 
 
@@ -389,12 +397,33 @@ def read_yaml(path: str | Path):
         raise ConfigError(f"{path}: not a valid config: {str(exc).splitlines()[0]}") from None
 
 
+def lift_connector_options(layer, cls=None):
+    """A raw config layer with the connector's flat keys (`num_queries: 64`) moved into its `options`,
+    where the typed config keeps a kind's own settings (ConnectorConfig). `cls`: what the layer is a layer
+    of (it says where the connector's section is); others come back as they are."""
+    at = _CONNECTOR_AT.get(cls or ExperimentConfig)
+    if at is None:
+        return layer
+    data = OmegaConf.to_container(layer, resolve=False) if isinstance(layer, DictConfig) else layer
+    node = reduce(lambda d, k: d.get(k) if isinstance(d, dict) else None, at, data)
+    extra = [k for k in node if k not in CONNECTOR_SHARED] if isinstance(node, dict) else []
+    if not extra:
+        return layer
+    node["options"] = {**(node.get("options") or {}), **{k: node.pop(k) for k in extra}}
+    return OmegaConf.create(data)
+
+
 def config_from_dict(data: dict, cls=ExperimentConfig):
-    """Rebuild a typed config from a plain dict (e.g. a checkpoint's JSON)."""
+    """Rebuild a typed config from a plain dict (e.g. a checkpoint's JSON; a connector's flat settings, as
+    model directories written before `options` have them, are lifted into its options)."""
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(data)))
+        layer = lift_connector_options(OmegaConf.create(data), cls)
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), layer))
     except OmegaConfBaseException as exc:
         raise ConfigError(f"config: {str(exc).splitlines()[0]}") from None
+
+
+_CONNECTOR_AT = {ExperimentConfig: ("model", "connector"), ModelConfig: ("connector",), ConnectorConfig: ()}
 
 
 def save_config(cfg, path: str | Path) -> None:

@@ -107,11 +107,11 @@ class BenchSettings:
 def model_config(settings: BenchSettings, size: str, connector: str) -> ModelConfig:
     enc = EncoderConfig()
     dec = replace(DecoderConfig(), **SIZES[size])
-    conn = ConnectorConfig(**CONNECTOR_SPECS.get(connector, {}))
+    conn = ConnectorConfig.of(**CONNECTOR_SPECS.get(connector, {"kind": ConnectorConfig.kind}))
     if settings.tiny:
         enc = replace(enc, dim=16, depth=1, heads=2, patch_width=16, conv_stem=False)
         dec = replace(dec, n_layer=1, n_embd=16, n_head=2)
-        conn = replace(conn, num_queries=4, layers=1, heads=2)
+        conn = replace(conn, options={**conn.options, "num_queries": 4, "layers": 1, "heads": 2})
     enc = replace(enc, patch_height=min(enc.patch_height, settings.height), max_width=max(enc.max_width,
                                                                                            max(settings.widths)))
     dec = replace(dec, n_positions=max(dec.n_positions, settings.text_len + settings.new_tokens + 1))

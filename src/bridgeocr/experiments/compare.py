@@ -170,8 +170,9 @@ def load_run(run_dir: str | Path) -> dict:
         reduce, k = conn.get("reduce"), conn.get("reduce_k") or 1
         if reduce and int(k) > 1:
             kind = f"{kind} +{reduce}{k}"
-        if kind in ("qformer", "cabstractor") and conn.get("num_queries"):
-            kind = f"{kind} ({conn['num_queries']}q)"
+        queries = (conn.get("options") or {}).get("num_queries") or conn.get("num_queries")  # (flat: older runs)
+        if kind in ("qformer", "cabstractor") and queries:
+            kind = f"{kind} ({queries}q)"
     row["connector"] = kind
     row["decoding"] = _lookup(metrics, "test.decoding") or metrics.get("decoding")
     attach = _lookup(cfg, "model.attach_layer")

@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bridgeocr.config import ConnectorConfig
 from bridgeocr.errors import ConfigError
-from bridgeocr.models.connectors import CTCEmbed, Reduce
+from bridgeocr.models.connectors.ctc import CTCEmbed
+from bridgeocr.models.connectors.reduce import Reduce
 
 __all__ = ["INITS", "fit_projector_to_ctc"]
 
@@ -28,7 +28,7 @@ GELU_SHIFT = 3.0  # pre-activations y + 3: GELU(z) = z within 0.4 % for z >= 3, 
 
 @torch.no_grad()
 def _tokens_and_targets(model, head, loader, max_tokens: int, norm=None) -> tuple[torch.Tensor, torch.Tensor]:
-    target = CTCEmbed(ConnectorConfig(kind="ctc_embed"), head.proj.in_features, model.decoder.n_embd)
+    target = CTCEmbed(None, head.proj.in_features, model.decoder.n_embd)
     target.init_from(head, model.decoder.wte)
     reduce = model.connector.reduce  # merged tokens are fitted to the mean of their targets
     pool = Reduce("pool" if reduce.kind else None, reduce.k, model.decoder.n_embd)
