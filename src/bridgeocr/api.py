@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from bridgeocr.data.layout import (
     OUTPUT_SUFFIX,
@@ -272,7 +273,6 @@ PROGRESS_MIN_LINES = 100  # recognize shows a progress bar on stderr when it is 
 def _progress(total: int | None, desc: str):
     """A tqdm bar on stderr when stderr is a terminal or there are more than PROGRESS_MIN_LINES lines; a
     disabled one (no output at all) otherwise."""
-    from tqdm import tqdm
 
     tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
     show = tty or (total is not None and total > PROGRESS_MIN_LINES)

@@ -171,6 +171,7 @@ TRAINER_KEYS = ["devices", "num_nodes", "strategy", "precision", "accelerator"]
 
 def add_trainer_args(p, config: bool = False) -> None:
     """The Lightning trainer's flags of `lm train` and `encoder train` (train/engine.py)."""
+    # lazy: `bridgeocr --help` stays fast without omegaconf
     from bridgeocr.config import PRECISIONS
 
     def default(key: str, value: str) -> str:

@@ -7,7 +7,12 @@ safetensors with a MODEL_CARD.md saying how it was made.
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
 
 from bridgeocr.errors import ConfigError
 
@@ -43,11 +48,6 @@ def export_shipped(src: str | Path, dest: str | Path, title: str, how: str) -> P
     Keeps config.json, tokenizer.json and the run's card JSON; writes MODEL_CARD.md from `how` (the exact
     commands) and the card's numbers.
     """
-    import json
-    import shutil
-
-    import torch
-    from safetensors.torch import load_file, save_file
 
     src, dest = Path(src), Path(dest)
     if not (src / "model.safetensors").is_file():

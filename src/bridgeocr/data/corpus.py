@@ -7,8 +7,11 @@ corpus shipped in the package (`bridgeocr/resources/corpus_en.txt`), so the demo
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import random
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -48,8 +51,6 @@ def _prose(paragraph: str) -> bool:
 
 def module_doc_paragraphs(name: str) -> list[str]:
     """Prose paragraphs of one module's docstrings (the module's and its own public objects', sorted)."""
-    import importlib
-    import inspect
 
     try:
         module = importlib.import_module(name)
@@ -65,7 +66,6 @@ def module_doc_paragraphs(name: str) -> list[str]:
 
 def stdlib_doc_text() -> str:
     """Prose paragraphs from the docstrings of DOC_MODULES, each paragraph once."""
-    import warnings
 
     with warnings.catch_warnings():  # touching deprecated attributes (typing.io, ...) warns; we only read docs
         warnings.simplefilter("ignore")

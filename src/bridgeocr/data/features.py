@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from bridgeocr.config import ImageConfig
@@ -104,7 +105,6 @@ class FeatureStore:
     def get(self, key: str) -> torch.Tensor:
         shard = self.index[key][0]
         if shard not in self._loaded:
-            from safetensors.torch import load_file
 
             self._tensors.update(load_file(str(self.dir / shard)))
             self._loaded.add(shard)
@@ -114,7 +114,6 @@ class FeatureStore:
         """Write one new shard with these lines' tokens ([N, d] each), then the index (both atomically)."""
         if not features:
             return
-        from safetensors.torch import save_file
 
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.meta and not (self.dir / META).is_file():

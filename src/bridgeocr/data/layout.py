@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from lxml import etree
 from PIL import Image, ImageDraw
 
 from bridgeocr.data.manifest import read_split_file
@@ -158,15 +159,12 @@ def page_stem(path: Path) -> str:
 
 
 def _parser():
-    from lxml import etree
-
     # no entity expansion, no network: a stranger's XML cannot read local files or hang on a DTD
     return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
 
 
 def parse_layout(path) -> LayoutPage:
     """A PAGE or ALTO file (the kind from its root element); LayoutError if it cannot be read."""
-    from lxml import etree
 
     path = Path(path)
     try:

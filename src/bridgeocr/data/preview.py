@@ -10,6 +10,7 @@ from bridgeocr.errors import DataError
 
 
 def preview_source(src, out, n: int = 24, seed: int = 0) -> Path:
+    # lazy: matplotlib is slow to import and only plots need it
     import matplotlib
 
     matplotlib.use("Agg", force=False)

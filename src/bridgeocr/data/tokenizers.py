@@ -33,6 +33,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
 from bridgeocr.errors import DataError
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -93,7 +95,6 @@ class CharTokenizer:
 
     def hf_tokenizer(self):
         """The `tokenizers.Tokenizer` with the same ids: WordLevel over single characters (see the module)."""
-        from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
         tk = Tokenizer(models.WordLevel(vocab=dict(self.stoi), unk_token=UNK))
         tk.pre_tokenizer = pre_tokenizers.Split(Regex(CHAR_SPLIT), behavior="isolated")
@@ -151,7 +152,6 @@ class BPETokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 4000, min_frequency: int = 2) -> BPETokenizer:
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         tk = Tokenizer(models.BPE())
         tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -192,7 +192,6 @@ class BPETokenizer:
         """A copy of the wrapped `tokenizers.Tokenizer` in which the tokens standing for pad/bos/eos/unk are
         special added tokens (they already are in a tokenizer made by `train`; GPT-2's `<|endoftext|>` read
         from vocab.json + merges.txt becomes one, at its own id)."""
-        from tokenizers import AddedToken, Tokenizer
 
         tk = Tokenizer.from_str(self.tk.to_str())
         added = {t.content for t in tk.get_added_tokens_decoder().values() if t.special}
@@ -233,7 +232,6 @@ def tokenizer_from_dict(data: dict, where: str = "tokenizer"):
             raise DataError(where, f"char tokenizer: duplicate entries in 'vocab' ({', '.join(map(repr, dup[:3]))})")
         return CharTokenizer(vocab[len(SPECIALS):])
     if kind == "bpe":
-        from tokenizers import Tokenizer
 
         if not isinstance(data.get("tokenizer"), dict):
             raise DataError(where, "bpe tokenizer: bad or missing 'tokenizer'")
@@ -278,7 +276,6 @@ def _char_itos(vocab: dict[str, int], where: str) -> list[str] | None:
 
 
 def _from_hf_json(data: dict, where: str):
-    from tokenizers import Tokenizer
 
     try:
         tk = Tokenizer.from_str(json.dumps(data))
@@ -307,14 +304,11 @@ def _first_line(exc: Exception) -> str:
 
 
 def _load_hf_dir(path: Path):
-    from tokenizers import Tokenizer
 
     tj = path / HF_FILE
     if tj.is_file():
         return _load_file(tj)
     if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
-        from tokenizers import decoders, models, pre_tokenizers
-
         try:
             model = models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt"))
         except Exception as exc:
@@ -325,6 +319,7 @@ def _load_hf_dir(path: Path):
         tk.decoder = decoders.ByteLevel()
         return BPETokenizer(tk)
     try:  # anything else transformers can read offline
+        # lazy: transformers is slow to import and only Hugging Face paths need it
         from transformers import AutoTokenizer
 
         hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from bridgeocr.config import ConnectorConfig, DecoderConfig, EncoderConfig, ModelConfig
 from bridgeocr.data.sample import Batch
@@ -356,6 +357,7 @@ def machine_info(device: str) -> dict:
     except OSError:
         pass
     try:
+        # lazy: transformers is slow to import and only Hugging Face paths need it
         import transformers
 
         info["transformers"] = transformers.__version__
@@ -368,7 +370,6 @@ def machine_info(device: str) -> dict:
 
 def run_benchmark(settings: BenchSettings, progress: bool = True) -> dict:
     """Every (size, width, connector) cell -> {"machine", "settings", "rows", "targets", "elapsed_s"}."""
-    from tqdm import tqdm
 
     cells = [(s, c, w) for s in settings.sizes for w in settings.widths for c in settings.connectors]
     info = machine_info(settings.device)

@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from bridgeocr.errors import BridgeOCRError
 
 DASH = "–"
@@ -118,7 +120,6 @@ def _read_config(run_dir: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        from omegaconf import OmegaConf
 
         data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except Exception:
@@ -285,6 +286,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def _plt():
+    # lazy: matplotlib is slow to import and only plots need it
     import matplotlib
 
     matplotlib.use("Agg")

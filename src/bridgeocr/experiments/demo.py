@@ -13,12 +13,31 @@ Rerunning the same command resumes: finished settings are kept, the dataset is r
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from bridgeocr.config import load_config
+from bridgeocr.data.corpus import cut_lines, read_corpus
+from bridgeocr.data.preprocess import make_loader
+from bridgeocr.data.sources import open_source
+from bridgeocr.data.synth import make_dataset
+from bridgeocr.data.tokenizers import load_tokenizer
 from bridgeocr.errors import BridgeOCRError
-from bridgeocr.shipped import SHIPPED_DIR
+from bridgeocr.experiments.compare import compare
+from bridgeocr.experiments.loss_gap import loss_gap_cli
+from bridgeocr.experiments.sweep import run_status
+from bridgeocr.models.encoder import load_encoder
+from bridgeocr.models.encoder_reader import encoder_image_config
+from bridgeocr.shipped import SHIPPED_DIR, resolve_pretrained
+from bridgeocr.train.encoder_pretrain import ctc_evaluate
+from bridgeocr.train.features import fill_for_config
+from bridgeocr.train.lm import train_lm
+from bridgeocr.train.resume import resume_point
+from bridgeocr.train.run import read_metrics, train
 
 # The seed's settings (its report, "Experiment: which connector layer is better"), each with the lever that
 # makes it read in minutes on a CPU (docs/reading.md): the projection starts as the prefix the GPT learnt to
@@ -92,8 +111,6 @@ def _say(plan: DemoPlan, text: str) -> None:
 
 
 def make_data(plan: DemoPlan) -> Path:
-    from bridgeocr.data.synth import make_dataset
-
     data = plan.out / "data"
     settings = data / "settings.json"
     if settings.is_file():
@@ -112,11 +129,6 @@ def make_data(plan: DemoPlan) -> Path:
 
 def pretrain_lm_here(plan: DemoPlan, minutes: float) -> str:
     """No shipped LM: a small one from the corpus lines (what `bridgeocr lm train --line-mode` does)."""
-    import random
-
-    from bridgeocr.data.corpus import cut_lines, read_corpus
-    from bridgeocr.train.lm import train_lm
-
     out = plan.out / "lm"
     if (out / "lm_card.json").is_file():
         _say(plan, f"reusing the LM in {out}")
@@ -188,8 +200,6 @@ def _choose_models(plan: DemoPlan, encoder: str | None, lm: str | None, deadline
 
 def _finished_settings(plan: DemoPlan) -> tuple[dict[str, dict], list[str]]:
     """A rerun keeps what is done -> (metrics of the settings already finished, those still to train)."""
-    from bridgeocr.experiments.sweep import run_status
-    from bridgeocr.train.run import read_metrics
 
     results: dict[str, dict] = {}
     todo = []
@@ -207,9 +217,6 @@ def _train_settings(plan: DemoPlan, todo: list[str], data: Path, deadline: float
                     extra_overrides: list[str] | None, results: dict[str, dict]) -> None:
     """Train each setting of `todo` (resuming a cut run) in an equal share of the time left, then its loss
     diagnostic; its test metrics go into `results`."""
-    from bridgeocr.config import load_config
-    from bridgeocr.train.resume import resume_point
-    from bridgeocr.train.run import train
 
     for i, name in enumerate(todo):
         # equal shares of what is left; ~15% of each share goes to validation, test decoding, saving and the
@@ -225,7 +232,6 @@ def _train_settings(plan: DemoPlan, todo: list[str], data: Path, deadline: float
 
 def _loss_gap(plan: DemoPlan, data: Path, name: str) -> None:
     """The seed's loss diagnostic of a setting on the test lines, unless its run already has one."""
-    from bridgeocr.experiments.loss_gap import loss_gap_cli
 
     run_dir = plan.out / "runs" / name
     if not (run_dir / "loss_gap.json").is_file():
@@ -235,8 +241,6 @@ def _loss_gap(plan: DemoPlan, data: Path, name: str) -> None:
 
 def cache_encoder_tokens(plan: DemoPlan, data: Path, overrides: list[str]) -> None:
     """The frozen encoder's tokens for every line the settings read, once, before the budget is shared."""
-    from bridgeocr.config import load_config
-    from bridgeocr.train.features import fill_for_config
 
     cfg = load_config(None, overrides)
     t0 = time.time()
@@ -256,16 +260,6 @@ def decode_minutes(name: str, data: Path) -> float:
 
 def ctc_reference(plan: DemoPlan, data: Path) -> dict:
     """What the encoder alone reads on the same test lines (greedy CTC, no GPT): the bar for the bridges."""
-    import torch
-
-    from bridgeocr.data.preprocess import make_loader
-    from bridgeocr.data.sources import open_source
-    from bridgeocr.data.tokenizers import load_tokenizer
-    from bridgeocr.models.encoder import load_encoder
-    from bridgeocr.models.encoder_reader import encoder_image_config
-    from bridgeocr.shipped import resolve_pretrained
-    from bridgeocr.train.encoder_pretrain import ctc_evaluate
-
     encoder, head = load_encoder(plan.encoder)
     image = encoder_image_config(encoder)  # the encoder's own line height (and PP-OCR's width settings)
     if head is None:
@@ -283,7 +277,6 @@ def _fmt(value, spec=".4f") -> str:
 
 def write_report(plan: DemoPlan, results: dict[str, dict], seconds: float, reference: dict | None = None) -> Path:
     """report.md: the seed's result lines per setting, one table, curves and where the checkpoints are."""
-    from bridgeocr.experiments.compare import compare
 
     runs = [plan.out / "runs" / name for name in results]
     figures = compare(runs, plan.out / "compare")

@@ -12,6 +12,7 @@ test results is skipped; a cell with a partial run (a `last/` checkpoint) is res
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import inspect
 import itertools
@@ -346,7 +347,6 @@ def summarise_seeds(sweep_dir: Path, cells: list[Cell]) -> Path | None:
     """With a `train.seed` axis: one row per setting (the other axes), mean ± std over its seeds, and its
     difference from the first setting in units of that difference's standard error (|z| < 2: within noise).
     Writes seeds.md and seeds.csv; None without a seed axis."""
-    import csv
 
     if not any(SEED_AXIS in c.values for c in cells):
         return None
@@ -400,6 +400,7 @@ def _plot_seeds(rows: list[dict], path: Path) -> bool:
     """Test CER (mean ± std over seeds) against decode lines/s per setting: the speed/accuracy frontier
     with its noise bands. False when matplotlib is missing or nothing finished."""
     try:
+        # lazy: matplotlib is slow to import and only plots need it
         import matplotlib
 
         matplotlib.use("Agg")

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from bridgeocr.config import DecoderConfig
 from bridgeocr.errors import ConfigError
@@ -335,11 +336,11 @@ class GPT(nn.Module):
     @classmethod
     def from_hf(cls, path: str | Path, n_layer: int | None = None, dropout: float = 0.0) -> GPT:
         """Load a local HF GPT-2-style directory (offline), keeping its first `n_layer` blocks."""
+        # lazy: transformers is slow to import and only Hugging Face paths need it
         from transformers import GPT2LMHeadModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a 40-tensor load needs no bar between our own progress lines
-
 
         path = Path(path)
         if not (path / "config.json").is_file():
@@ -380,7 +381,7 @@ class GPT(nn.Module):
         return model
 
     def hf_config(self):
-        from transformers import GPT2Config
+        from transformers import GPT2Config  # lazy, as in from_hf
 
         c = self.cfg
         return GPT2Config(vocab_size=self.vocab_size, n_positions=c.n_positions, n_embd=c.n_embd,
@@ -398,7 +399,6 @@ class GPT(nn.Module):
         complete HF model: `AutoModelForCausalLM.from_pretrained(dir)` + `AutoTokenizer.from_pretrained(dir)`
         read and generate (the decoder's vocabulary may be larger than the tokenizer: a padded pretrained LM).
         """
-        from safetensors.torch import save_file
 
         path = Path(path)
         if tokenizer is not None and int(tokenizer.vocab_size) > self.vocab_size:

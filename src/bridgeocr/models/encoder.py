@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from bridgeocr.config import EncoderConfig, config_from_dict
 from bridgeocr.errors import BridgeOCRError, ConfigError
@@ -241,8 +242,8 @@ class HFLineEncoder(nn.Module):
     def from_hf(cls, path, image_height: int, cfg: EncoderConfig | None = None,
                 line_height: int | None = None) -> HFLineEncoder:
         """An HF ViT/DeiT/BEiT/DINOv2 dir, or a TrOCR (vision-encoder-decoder) dir: its encoder half only."""
+        # lazy: transformers is slow to import and only Hugging Face paths need it
         from transformers import AutoModel, VisionEncoderDecoderModel
-
 
         path = Path(path)
         with hf_weights_checked(path):
@@ -371,7 +372,6 @@ def encoder_meta(encoder: nn.Module, ctc_vocab_size: int | None = None, ctc_upsa
 
 def save_encoder(path, encoder: nn.Module, ctc_head: CTCHead | None = None) -> None:
     """config.json + model.safetensors (keys `encoder.*`, `ctc_head.*`)."""
-    from safetensors.torch import save_file
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -391,6 +391,7 @@ def encoder_from_meta(meta: dict) -> nn.Module:
         graph = OnnxGraph(meta["graph"], shapes=meta["graph"]["initializers"])
         return PPOCREncoder(graph, cfg, meta["d_out"], meta.get("image"), meta.get("source", ""))
     if meta.get("kind") == "hf":
+        # lazy: transformers is slow to import and only Hugging Face paths need it
         from transformers import AutoConfig, AutoModel
 
         hc = dict(meta["hf_config"])

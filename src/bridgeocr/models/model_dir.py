@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from bridgeocr.errors import BridgeOCRError
 
@@ -91,7 +93,6 @@ def _check_file(path: Path) -> None:
 
 def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
     """name -> shape, from the header alone (checks the file is a whole safetensors file)."""
-    from safetensors import safe_open
 
     path = Path(path)
     _check_file(path)
@@ -104,7 +105,6 @@ def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
 
 def read_safetensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Every tensor of a safetensors file; a truncated or garbage file -> BridgeOCRError naming it."""
-    from safetensors.torch import load_file
 
     path = Path(path)
     _check_file(path)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors.torch import save_model
 
 from bridgeocr.config import ImageConfig, ModelConfig, config_from_dict
 from bridgeocr.data.tokenizers import load_tokenizer
@@ -77,6 +78,43 @@ class OCROutput:
         return self.visual
 
 
+def _build_encoder(cfg: ModelConfig, vocab_size: int, image_height: int, tokenizer, ctc_head):
+    """The encoder `cfg` names -> (encoder, CTC head): a pretrained one with its own settings written into
+    `cfg.encoder` (and its CTC head, when the model has one and none was given), PP-OCR's recogniser, or a
+    new LineEncoder."""
+    if cfg.encoder.pretrained:
+        encoder, head = load_encoder(cfg.encoder.pretrained, image_height)
+        cfg.encoder = replace(encoder.cfg, pretrained=cfg.encoder.pretrained, freeze=cfg.encoder.freeze)
+        if cfg.ctc_head and ctc_head is None and head is not None:
+            if head.vocab_size != vocab_size:
+                raise ConfigError(f"{cfg.encoder.pretrained}: CTC head has {head.vocab_size} classes, "
+                                  f"the tokenizer {vocab_size} (pretrain the encoder with this tokenizer)")
+            ctc_head = head
+        return encoder, ctc_head
+    if cfg.encoder.kind == "ppocr":  # PP-OCR's recogniser, its classifier mapped onto the tokenizer
+        encoder, head, _ = import_ppocr(cfg.encoder.onnx, tokenizer, cfg.encoder)
+        check_image_height(encoder, image_height, "model.encoder.kind=ppocr")
+        if cfg.ctc_head and ctc_head is None:
+            ctc_head = head
+        return encoder, ctc_head
+    return LineEncoder(cfg.encoder, image_height), ctc_head
+
+
+def _build_decoder(cfg: ModelConfig, vocab_size: int) -> GPT:
+    """The GPT `cfg` names: a pretrained LM (its first n_layer blocks; its shape written into `cfg.decoder`,
+    and its prefix positions unless the config says) or a new one."""
+    if not cfg.decoder.pretrained:
+        return GPT(cfg.decoder, vocab_size)
+    decoder = GPT.from_hf(resolve_pretrained(cfg.decoder.pretrained), n_layer=cfg.decoder.n_layer,
+                          dropout=cfg.decoder.dropout)
+    d = decoder.cfg
+    cfg.decoder = replace(cfg.decoder, n_layer=d.n_layer, n_embd=d.n_embd, n_head=d.n_head, n_positions=d.n_positions)
+    if cfg.decoder.prefix_positions is None:  # as the LM learnt to read a prefix
+        cfg.decoder.prefix_positions = d.prefix_positions
+    decoder.cfg = replace(d, prefix_positions=cfg.decoder.prefix_positions)
+    return decoder
+
+
 class OCRModel(nn.Module):
     """Reads a batch of line images into text. Parts are built from `cfg` (loading `pretrained` dirs) unless
     given ready-made (`encoder=`, `decoder=`, `ctc_head=`: how `from_pretrained` rebuilds a saved model)."""
@@ -84,36 +122,11 @@ class OCRModel(nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int, image_height: int = 32, tokenizer=None, *,
                  encoder: nn.Module | None = None, decoder: GPT | None = None, ctc_head: CTCHead | None = None):
         super().__init__()
-
-        cfg = copy.deepcopy(cfg)
+        cfg = copy.deepcopy(cfg)  # the parts' own settings are written into it (what config.json records)
         if encoder is None:
-            if cfg.encoder.pretrained:
-                encoder, head = load_encoder(cfg.encoder.pretrained, image_height)
-                cfg.encoder = replace(encoder.cfg, pretrained=cfg.encoder.pretrained, freeze=cfg.encoder.freeze)
-                if cfg.ctc_head and ctc_head is None and head is not None:
-                    if head.vocab_size != vocab_size:
-                        raise ConfigError(f"{cfg.encoder.pretrained}: CTC head has {head.vocab_size} classes, "
-                                          f"the tokenizer {vocab_size} (pretrain the encoder with this tokenizer)")
-                    ctc_head = head
-            elif cfg.encoder.kind == "ppocr":  # PP-OCR's recogniser, its classifier mapped onto the tokenizer
-                encoder, head, _ = import_ppocr(cfg.encoder.onnx, tokenizer, cfg.encoder)
-                check_image_height(encoder, image_height, "model.encoder.kind=ppocr")
-                if cfg.ctc_head and ctc_head is None:
-                    ctc_head = head
-            else:
-                encoder = LineEncoder(cfg.encoder, image_height)
+            encoder, ctc_head = _build_encoder(cfg, vocab_size, image_height, tokenizer, ctc_head)
         if decoder is None:
-            if cfg.decoder.pretrained:
-                path = resolve_pretrained(cfg.decoder.pretrained)
-                decoder = GPT.from_hf(path, n_layer=cfg.decoder.n_layer, dropout=cfg.decoder.dropout)
-                d = decoder.cfg
-                cfg.decoder = replace(cfg.decoder, n_layer=d.n_layer, n_embd=d.n_embd, n_head=d.n_head,
-                                      n_positions=d.n_positions)
-                if cfg.decoder.prefix_positions is None:  # as the LM learnt to read a prefix
-                    cfg.decoder.prefix_positions = d.prefix_positions
-                decoder.cfg = replace(d, prefix_positions=cfg.decoder.prefix_positions)
-            else:
-                decoder = GPT(cfg.decoder, vocab_size)
+            decoder = _build_decoder(cfg, vocab_size)
         if decoder.vocab_size < vocab_size:
             raise ConfigError(f"decoder vocabulary ({decoder.vocab_size}) is smaller than the tokenizer's "
                               f"({vocab_size}): use the tokenizer the decoder was trained with")
@@ -128,22 +141,29 @@ class OCRModel(nn.Module):
         self.connector = build_connector(cfg.connector, encoder.d_out, decoder.cfg.n_embd)
         self.decoder = decoder
         self.ctc_head = ctc_head if cfg.ctc_head else None
-        parts = {"ctc_head": self.ctc_head, "wte": self.decoder.wte}  # what a connector may be built from
-        if self.connector.needs:  # e.g. ctc_embed / ctc_collapse: the CTC head and the GPT's embeddings
-            unknown = [name for name in self.connector.needs if name not in parts]
-            if unknown:
-                raise ConfigError(f"connector {cfg.connector.kind} needs {', '.join(unknown)}, which the model does "
-                                  f"not have (it offers {', '.join(parts)})")
-            if "ctc_head" in self.connector.needs and self.ctc_head is None:
-                raise ConfigError(f"connector {cfg.connector.kind} reads the encoder's CTC head: set "
-                                  "model.ctc_head=true (the shipped encoder has one)")
-            self.connector.bind(**{name: parts[name] for name in self.connector.needs})
+        self._bind_connector()
         self.tokenizer = tokenizer
         self.image_config: ImageConfig | None = None  # the preprocessing it reads with (config.json "image")
         ids = {k: getattr(tokenizer, k) for k in DEFAULT_SPECIAL_IDS} if tokenizer is not None else DEFAULT_SPECIAL_IDS
         self.pad_id, self.bos_id, self.eos_id = ids["pad_id"], ids["bos_id"], ids["eos_id"]
         self.encoder.requires_grad_(not cfg.encoder.freeze)
         apply_freeze(self.decoder, cfg.decoder.freeze)
+
+    def _bind_connector(self) -> None:
+        """Hand the connector the parts of the model it names in `needs` (e.g. ctc_embed / ctc_collapse: the
+        CTC head and the GPT's embeddings); a need the model cannot meet is a ConfigError naming the kind."""
+        needs, kind = self.connector.needs, self.cfg.connector.kind
+        if not needs:
+            return
+        parts = {"ctc_head": self.ctc_head, "wte": self.decoder.wte}  # what a connector may be built from
+        unknown = [name for name in needs if name not in parts]
+        if unknown:
+            raise ConfigError(f"connector {kind} needs {', '.join(unknown)}, which the model does "
+                              f"not have (it offers {', '.join(parts)})")
+        if "ctc_head" in needs and self.ctc_head is None:
+            raise ConfigError(f"connector {kind} reads the encoder's CTC head: set "
+                              "model.ctc_head=true (the shipped encoder has one)")
+        self.connector.bind(**{name: parts[name] for name in needs})
 
     # ------------------------------------------------------------------------------------- forward
 
@@ -236,7 +256,6 @@ class OCRModel(nn.Module):
     def save_pretrained(self, path, image: ImageConfig | dict | None = None) -> None:
         """config.json (what the model is and, with `image` or `self.image_config`, how its lines are
         preprocessed), model.safetensors and tokenizer.json: a directory that describes itself."""
-        from safetensors.torch import save_model
 
         path = Path(path)
         image = self.image_config if image is None else image

@@ -17,7 +17,9 @@ other items of its batch); its scale and bias stay trainable.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +37,7 @@ __all__ = ["OnnxGraph", "OrtRunner", "spec_from_onnx", "prune_spec", "fuse_gelu"
 
 
 def _attr_value(attr) -> object:
+    # lazy: onnx is an optional extra (`ppocr`), needed only to import a graph
     from onnx import helper, numpy_helper
 
     value = helper.get_attribute_value(attr)
@@ -49,6 +52,7 @@ def _attr_value(attr) -> object:
 
 def spec_from_onnx(path: str | Path) -> tuple[dict, dict[str, np.ndarray], dict[str, str]]:
     """An .onnx file -> (spec, initializers by name, metadata_props). Constant nodes become initializers."""
+    # lazy: onnx is an optional extra (`ppocr`), needed only to import a graph
     try:
         import onnx
         from onnx import numpy_helper
@@ -436,7 +440,7 @@ class OnnxGraph(nn.Module):
         """The graph with its *current* weights as an onnx ModelProto (needs `onnx`): a fine-tuned network
         runs in onnxruntime, or in any tool that reads ONNX. A fused `Gelu` below opset 20 is written as
         onnxruntime's `com.microsoft` Gelu (the same function)."""
-        from onnx import TensorProto, helper, numpy_helper
+        from onnx import TensorProto, helper, numpy_helper  # lazy: onnx is an optional extra (`ppocr`)
 
         opset = int(self.spec.get("opset", 11))
         nodes = [helper.make_node(n["op"], n["inputs"], n["outputs"], name=n.get("name") or None,
@@ -469,15 +473,12 @@ class OrtRunner:
 
     @staticmethod
     def available() -> bool:
-        import importlib.util
-        import os
-
         if os.environ.get("BRIDGEOCR_ORT", "1") == "0":
             return False
         return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        import onnxruntime as ort
+        import onnxruntime as ort  # lazy: an optional extra, used only where `available()`
 
         version = self.graph.weights_version()
         if self.session is None or version != self.version:

@@ -21,8 +21,12 @@ from tqdm.auto import tqdm
 
 from bridgeocr.config import ExperimentConfig, load_config
 from bridgeocr.data.augment import Augmenter
+from bridgeocr.data.preprocess import make_loader
+from bridgeocr.data.sources import open_source
 from bridgeocr.data.tokenizers import load_tokenizer
 from bridgeocr.errors import BridgeOCRError
+from bridgeocr.eval.metrics import cer, wer
+from bridgeocr.models.ctc import CTCHead, ctc_read
 from bridgeocr.models.encoder import (
     adopt_encoder_image,
     build_encoder,
@@ -45,7 +49,7 @@ from bridgeocr.train.engine import (
 )
 from bridgeocr.train.losses import ctc_loss, ctc_targets
 from bridgeocr.train.optim import param_groups
-from bridgeocr.train.run import shard
+from bridgeocr.train.run import build_tokenizer, shard
 from bridgeocr.train.schedule import lr_factor
 
 __all__ = ["train_encoder", "train_encoder_cli", "import_ppocr_cli", "ctc_evaluate"]
@@ -54,8 +58,6 @@ __all__ = ["train_encoder", "train_encoder_cli", "import_ppocr_cli", "ctc_evalua
 @torch.no_grad()
 def ctc_evaluate(encoder, head, loader, tokenizer, device, max_batches: int | None = None) -> dict:
     """CER / WER of CTC greedy decoding, plus lines/s."""
-    from bridgeocr.eval.metrics import cer, wer
-    from bridgeocr.models.ctc import ctc_read
 
     encoder.eval()
     head.eval()
@@ -94,7 +96,6 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
     devices / num_nodes / strategy / precision / accelerator: the Lightning trainer's (train/engine.py),
     default the config's `train.*`; with several processes each trains on its share of the lines and
     rank 0 evaluates. Returns the card ({} on the other processes)."""
-    from bridgeocr.data.preprocess import make_loader
 
     out = Path(out)
     ckpt = start_run(out, resume, overwrite)
@@ -144,7 +145,6 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
 
 def _sources(cfg: ExperimentConfig, data: list[str], val_data: str | None) -> tuple[list, object]:
     """The train splits of all sources as one sequence of samples, and the val split of `val_data`."""
-    from bridgeocr.data.sources import open_source
 
     opts = {"split_file": cfg.data.split_file, "iam_split_dir": cfg.data.iam_split_dir, "drop_err": cfg.data.drop_err,
             "allow_outside": cfg.data.allow_outside, "split_by": cfg.data.split_by}
@@ -159,7 +159,6 @@ def _sources(cfg: ExperimentConfig, data: list[str], val_data: str | None) -> tu
 def _tokenizer(cfg: ExperimentConfig, init: str | None, train: list):
     """The OCR trainer's tokenizer choice (so the CTC head fits), `--init`'s when it brings one; the config
     is set to the encoder `--init` names and to the image settings it brings."""
-    from bridgeocr.train.run import build_tokenizer
 
     init_dir = None if init in (None, "ppocr") else resolve_pretrained(init)
     if init_dir is not None and not is_encoder_dir(init_dir):
@@ -180,7 +179,6 @@ def _tokenizer(cfg: ExperimentConfig, init: str | None, train: list):
 def _networks(cfg: ExperimentConfig, tokenizer, init: str | None, last: Path | None):
     """(encoder, CTC head): the run's own when resuming (`last`; the weights then come from last.ckpt),
     PP-OCR's, a pretrained encoder's (its head if the vocabulary matches), or new."""
-    from bridgeocr.models.ctc import CTCHead
 
     height = cfg.data.image.height
     if last is not None:

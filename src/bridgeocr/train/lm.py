@@ -18,7 +18,12 @@ import lightning.pytorch as pl
 import torch
 from tqdm.auto import tqdm
 
+from bridgeocr.config import DecoderConfig
+from bridgeocr.data.corpus import cut_lines, read_corpus
+from bridgeocr.data.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
 from bridgeocr.errors import BridgeOCRError, ConfigError
+from bridgeocr.models.decoder import GPT
+from bridgeocr.shipped import resolve_pretrained
 from bridgeocr.train.checkpoint import atomic_dir, write_json
 from bridgeocr.train.engine import (
     Budget,
@@ -32,6 +37,7 @@ from bridgeocr.train.engine import (
 )
 from bridgeocr.train.losses import ce_loss
 from bridgeocr.train.optim import param_groups
+from bridgeocr.train.prefix_reading import prefix_reading_loss
 from bridgeocr.train.schedule import lr_factor
 
 __all__ = ["train_lm_cli", "train_lm", "build_gpt", "token_stream", "lm_eval"]
@@ -39,8 +45,6 @@ __all__ = ["train_lm_cli", "train_lm", "build_gpt", "token_stream", "lm_eval"]
 
 def build_gpt(vocab_size: int, n_layer: int, n_embd: int, n_head: int, n_positions: int):
     """A fresh GPT (models/decoder.py) of the given size."""
-    from bridgeocr.config import DecoderConfig
-    from bridgeocr.models.decoder import GPT
 
     cfg = DecoderConfig(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions)
     return GPT(cfg, vocab_size)
@@ -203,13 +207,10 @@ def _split(docs: list[str], val_docs: list[str] | None) -> tuple[list[str], list
 
 def _model(out: Path, resuming: bool, init, docs, val_docs, tokenizer_kind, vocab_size, shape):
     """(tokenizer, GPT): the run's own when resuming (its weights come from last.ckpt), --init's, or new."""
-    from bridgeocr.data.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
-    from bridgeocr.models.decoder import GPT
 
     if resuming:
         return load_tokenizer(out / "last" / "tokenizer.json"), GPT.from_hf(out / "last")
     if init is not None:
-        from bridgeocr.shipped import resolve_pretrained
 
         init = resolve_pretrained(str(init))
         if not (Path(init) / "tokenizer.json").is_file():
@@ -317,7 +318,6 @@ class _PrefixReading:
     """Prefix-reading batches from the corpus cut into lines, and a fixed validation set of them."""
 
     def __init__(self, docs: list[str], val_docs: list[str], tokenizer, seed: int):
-        from bridgeocr.data.corpus import cut_lines
 
         def as_lines(texts: list[str], rng: random.Random, limit: int | None) -> list[str]:
             lines = [t for t in texts if 15 <= len(t) <= 80]  # already lines (--line-mode)
@@ -335,14 +335,11 @@ class _PrefixReading:
         return [self.tokenizer.encode(rng.choice(self.lines)) for _ in range(batch_size)]
 
     def loss(self, model, lines: list[list[int]], rng: random.Random):
-        from bridgeocr.train.prefix_reading import prefix_reading_loss
-
         return prefix_reading_loss(model, lines, self.tokenizer, self.char_ids, rng)[0]
 
     @torch.no_grad()
     def val_loss(self, model, batch_size: int) -> float:
         """Mean CE of the text given its noisy prefix on the fixed validation lines (same noise every time)."""
-        from bridgeocr.train.prefix_reading import prefix_reading_loss
 
         model.eval()
         rng, total, count = random.Random(12345), 0.0, 0
@@ -358,8 +355,6 @@ def train_lm_cli(corpus, val_corpus, out, tokenizer, vocab_size, n_layer, n_embd
                  minutes, batch_size, lr, seed, resume, line_mode=False, prefix_read=0.0, init=None,
                  overwrite=False, devices=None, num_nodes=None, strategy=None, precision=None,
                  accelerator=None) -> int:
-    from bridgeocr.data.corpus import cut_lines, read_corpus
-
     docs = read_corpus(corpus)
     val_docs = read_corpus(val_corpus) if val_corpus else None
     desc = "built-in corpus" if not corpus else ", ".join(map(str, corpus))

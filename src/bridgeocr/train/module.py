@@ -16,6 +16,7 @@ from dataclasses import replace
 
 import lightning.pytorch as pl
 import torch
+from tqdm.auto import tqdm
 
 from bridgeocr.config import ExperimentConfig
 from bridgeocr.errors import ConfigError, NoUsableDataError
@@ -257,8 +258,6 @@ class OCRLightningModule(pl.LightningModule):
                "n": len(rows)}
         self.val_history.append(rec)
         if self.trainer.is_global_zero:
-            from tqdm.auto import tqdm
-
 
             for line in format_seed_metrics("val", epoch, c, w).splitlines():
                 tqdm.write(line)  # above the progress bars, on a line of its own

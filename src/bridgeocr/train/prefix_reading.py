@@ -24,6 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
+from bridgeocr.data.preprocess import text_batch
+from bridgeocr.train.losses import ce_loss
+
 
 @dataclass
 class PrefixNoise:
@@ -109,8 +112,6 @@ def noisy_prefix(wte: torch.nn.Embedding, lines: list[list[int]], blank_id: int,
 def prefix_reading_loss(model, lines: list[list[int]], tokenizer, char_ids: list[int], rng: random.Random,
                         noise: PrefixNoise | None = None, max_len: int = 160, reduction: str = "mean"):
     """Next-token CE of the text given its noisy prefix (the GPT must carry `prefix_positions=True`)."""
-    from bridgeocr.data.preprocess import text_batch
-    from bridgeocr.train.losses import ce_loss
 
     dev = model.wte.weight.device
     clipped = [ln[: max_len - 2] for ln in lines]

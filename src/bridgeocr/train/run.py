@@ -13,7 +13,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from bridgeocr.config import ExperimentConfig, load_config, save_config
@@ -159,7 +161,6 @@ def save_model_dir(model, final: Path, meta: dict) -> None:
 
 
 def _make_callback(run_dir: Path, cfg: ExperimentConfig):
-    import lightning.pytorch as pl
 
     class RunCheckpoints(pl.Callback):
         """best/ on a new best val CER (rank 0), last/ + last.ckpt after each validation and at the end."""
@@ -221,7 +222,6 @@ class _DataModule:
     """Builds the loaders lazily, once the trainer knows its rank and world size."""
 
     def __init__(self, cfg, tokenizer, train_src, val_src, store=None):
-        import lightning.pytorch as pl
 
         outer = self
 
@@ -278,8 +278,6 @@ def train(cfg: ExperimentConfig, resume: bool = False, devices=None, num_nodes=N
     """Train, validate (printing the seed's lines), test the best checkpoint; returns metrics.json's dict
     (on global rank 0; other ranks return {}). A directory holding a run is continued (`resume`), replaced
     (`overwrite`) or refused."""
-    import lightning.pytorch as pl
-
 
     t_start = time.time()
     adopt_encoder_image(cfg)
@@ -359,7 +357,6 @@ def _open_train_val(cfg: ExperimentConfig) -> tuple:
 def _loggers(cfg: ExperimentConfig, run_dir: Path, resuming: bool):
     """-> ([CSV logger (one part per start or resume), TensorBoard logger], the TB logger, the config as TB
     hparams (logged now, and with the final metrics at the end))."""
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     part = csv_part(run_dir, resuming)
     tb = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
@@ -377,8 +374,6 @@ def _loggers(cfg: ExperimentConfig, run_dir: Path, resuming: bool):
 
 
 def _trainer(cfg: ExperimentConfig, devices, num_nodes, loggers, callback):
-    import lightning.pytorch as pl
-
     oc, tc = cfg.optim, cfg.train
     val_kwargs = {}
     if tc.val_every_steps:

@@ -120,6 +120,7 @@ def _scan(paths) -> list[str]:
 
 def matplotlib_fonts() -> list[str]:
     try:
+        # lazy: matplotlib is slow to import and only plots need it
         import matplotlib
 
         return [str(Path(matplotlib.get_data_path()) / "fonts" / "ttf")]

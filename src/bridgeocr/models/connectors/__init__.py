@@ -18,7 +18,12 @@ import pkgutil
 from bridgeocr.models.connectors.builder import Connector, build_connector, check_connector
 from bridgeocr.models.connectors.reduce import Reduce
 from bridgeocr.models.connectors.registry import (
-    CONNECTORS, ConnectorBody, NoSettings, connector_names, connector_settings, register_connector,
+    CONNECTORS,
+    ConnectorBody,
+    NoSettings,
+    connector_names,
+    connector_settings,
+    register_connector,
 )
 
 for _module in pkgutil.iter_modules(__path__):

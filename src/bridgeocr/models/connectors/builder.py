@@ -6,11 +6,15 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bridgeocr import config
-from bridgeocr.config import ConnectorConfig
+from bridgeocr.config import CHECKS, ConnectorConfig, ExperimentConfig
 from bridgeocr.errors import ConfigError
 from bridgeocr.models.connectors.reduce import Reduce
-from bridgeocr.models.connectors.registry import ConnectorBody, connector_kind, connector_settings, resolved_options
+from bridgeocr.models.connectors.registry import (
+    ConnectorBody,
+    connector_kind,
+    connector_settings,
+    resolved_options,
+)
 
 __all__ = ["Connector", "build_connector", "check_connector"]
 
@@ -47,11 +51,11 @@ def build_connector(cfg: ConnectorConfig, d_enc: int, d_model: int) -> Connector
     return Connector(reduce, body, cfg.kind)
 
 
-def check_connector(cfg: config.ExperimentConfig) -> None:
+def check_connector(cfg: ExperimentConfig) -> None:
     """The config's connector section: a registered kind with settings that can be meant; its options are
     then the kind's settings in full (what a saved config records)."""
     conn = cfg.model.connector
     conn.options = resolved_options(conn)
 
 
-config.CHECKS["model.connector"] = check_connector
+CHECKS["model.connector"] = check_connector
