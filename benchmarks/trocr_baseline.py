@@ -8,13 +8,16 @@ schedule; CE only) and how padding is masked: the docstring of `src/bridgeocr/mo
   # train (reads RUN/config.yaml, RUN/metrics.json `step`, RUN/tokenizer.json)
   python benchmarks/trocr_baseline.py train --like runs/train/hooker_qformer_kd --out runs/baselines/trocr_hooker
       [--steps N] [--minutes M | --match-time] [--val-every N] [--max-val N] [--device auto] [--threads N]
+      [--resume | --overwrite] [--devices N] [--num-nodes N] [--strategy ddp] [--precision bf16-mixed]
   # evaluate (greedy, batched HF generate from the masked encoder outputs)
   python benchmarks/trocr_baseline.py eval --model runs/baselines/trocr_hooker \
       --data ../shared/data/hooker_htr@val [--max-samples 200] [--batch-size 32]
 
-The saved dir holds config.json + model.safetensors (`save_pretrained`), tokenizer.json and
-baseline_card.json (steps, times, lines/s, val CER/WER, the run it copies). `benchmarks/peers.py --trocr DIR`
-puts it in the peers' table.
+The saved dir holds config.json + model.safetensors (`save_pretrained`; the best by val CER), tokenizer.json
+and baseline_card.json (steps, times, lines/s, val CER/WER, the run it copies); training runs on the Lightning
+engine of `bridgeocr lm train` / `encoder train` (src/bridgeocr/train/engine.py), so OUT also holds `last/`,
+the resume state `last.ckpt/`, `metrics.csv` and `tb/`. `benchmarks/peers.py --trocr DIR` puts it in the
+peers' table.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ def evaluate_dir(model_dir: str, data: str, split: str | None, max_samples: int 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bridgeocr.config import PRECISIONS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train the baseline like a finished run")
@@ -50,9 +55,22 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--match-time", action="store_true", help="budget = the run's wall_time_s")
     t.add_argument("--val-every", type=int, default=None, help="validate every N steps and keep the best")
     t.add_argument("--max-val", type=int, default=None, help="val lines (default: the run's max_eval_samples)")
-    t.add_argument("--device", default="auto")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N: the accelerator")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run stopped in OUT from OUT/last.ckpt (give the same --like and flags)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the baseline already in OUT (without it, or --resume, one there is refused)")
+    t.add_argument("--devices", default=None, help="devices per node (Lightning), e.g. 1, 2 or auto "
+                   "(default: 1 with --device cpu or cuda:N, else the run's train.devices)")
+    t.add_argument("--num-nodes", type=int, default=None, help="machines (Lightning; default: the run's "
+                   "train.num_nodes)")
+    t.add_argument("--strategy", default=None,
+                   help="Lightning strategy, e.g. ddp (default: the run's train.strategy)")
+    t.add_argument("--precision", choices=PRECISIONS, default=None, metavar="PRECISION",
+                   help=f"{' | '.join(PRECISIONS[:10])} (default: the run's train.precision on a GPU, "
+                   "32-true on the CPU; auto: bf16-mixed on a GPU that has it)")
     e = sub.add_parser("eval", help="greedy-decode a source with a saved baseline: CER, WER, lines/s")
     e.add_argument("--model", required=True)
     e.add_argument("--data", required=True, metavar="SOURCE[@SPLIT]")
@@ -81,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise BridgeOCRError(f"--match-time: {a.like}/metrics.json has no wall_time_s")
                 minutes = wall / 60
             train_like(a.like, a.out, steps=a.steps, minutes=minutes, device=a.device, val_every=a.val_every,
-                       max_val=a.max_val, progress=not a.no_progress)
+                       max_val=a.max_val, progress=not a.no_progress, resume=a.resume, overwrite=a.overwrite,
+                       devices=a.devices, num_nodes=a.num_nodes, strategy=a.strategy, precision=a.precision)
             return 0
         data, _, own = a.data.rpartition("@") if "@" in a.data else (a.data, "", "")
         split = own or a.split

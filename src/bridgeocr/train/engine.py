@@ -1,4 +1,4 @@
-"""The Lightning plumbing the training commands share (`lm train`, `encoder train`).
+"""The Lightning plumbing of `lm train`, `encoder train` and the TrOCR-style baseline (train/encdec.py).
 
 `build_trainer` makes the `pl.Trainer`: devices / nodes / strategy / precision, CSV (`OUT/csv/partN`, one
 part per start or resume, merged into `OUT/metrics.csv`) and TensorBoard (`OUT/tb`) logs, the progress bar,
@@ -78,14 +78,20 @@ def csv_part(out: Path, resuming: bool) -> int:
 
 class Budget(pl.Callback):
     """`--minutes`: stop once the training time (kept in the resume state) reaches the budget; checked
-    before the first step and after each one, rank 0 deciding for all. `stopped_by`: minutes | interrupted."""
+    before the first step and after each optimizer step (with gradient accumulation not in the middle of
+    one), rank 0 deciding for all. `stopped_by`: minutes | interrupted. `fraction()`: the share of the
+    budget used at the last check, rank 0's on every process (a schedule that follows the clock)."""
 
     def __init__(self, minutes: float | None):
         self.budget_s = None if minutes is None else float(minutes) * 60
         self.before, self.t0, self.stopped_by = 0.0, None, None
+        self.checked_s, self.step_seen = 0.0, None
 
     def elapsed(self) -> float:
         return self.before + (time.time() - self.t0 if self.t0 is not None else 0.0)
+
+    def fraction(self) -> float | None:
+        return None if self.budget_s is None else (self.checked_s or self.before) / self.budget_s
 
     def state_dict(self) -> dict:
         return {"elapsed_s": self.elapsed()}
@@ -95,10 +101,13 @@ class Budget(pl.Callback):
 
     def on_train_start(self, trainer, module) -> None:
         self.t0 = time.time()
+        self.step_seen = trainer.global_step
         self._check(trainer)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self._check(trainer)
+        if trainer.global_step != self.step_seen:  # else a batch accumulated gradients only
+            self.step_seen = trainer.global_step
+            self._check(trainer)
 
     def on_exception(self, trainer, module, exception) -> None:
         if isinstance(exception, KeyboardInterrupt):
@@ -107,21 +116,22 @@ class Budget(pl.Callback):
     def _check(self, trainer) -> None:
         if self.budget_s is None:
             return
-        if trainer.strategy.broadcast(self.elapsed() >= self.budget_s):
+        self.checked_s = float(trainer.strategy.broadcast(self.elapsed()))
+        if self.checked_s >= self.budget_s:
             trainer.should_stop = True
             self.stopped_by = "minutes"
 
 
 class Checkpoints(pl.Callback):
-    """Every `every` steps before the last, and at the end: `evaluate(module, state, final)` on rank 0 (it
-    may record into `state`, which the resume state keeps; the scalars it returns go to the CSV and
-    TensorBoard logs), `write_last(module, state)` on rank 0 (the command's model directory), then
+    """Every `every` optimizer steps before the last, and at the end: `evaluate(module, state, final)` on
+    rank 0 (it may record into `state`, which the resume state keeps; the scalars it returns go to the CSV
+    and TensorBoard logs), `write_last(module, state)` on rank 0 (the command's model directory), then
     `last.ckpt` (every rank takes part) and the merged CSV log."""
 
     def __init__(self, out: Path, every: int, evaluate: Callable, write_last: Callable, state: dict):
         self.out, self.every = Path(out), max(1, int(every))
         self.evaluate, self.write_last, self.state = evaluate, write_last, state
-        self.saved_step = None
+        self.saved_step, self.step_seen = None, None
 
     def state_dict(self) -> dict:
         return dict(self.state)
@@ -129,8 +139,14 @@ class Checkpoints(pl.Callback):
     def load_state_dict(self, state: dict) -> None:
         self.state.update(state)
 
+    def on_train_start(self, trainer, module) -> None:
+        self.step_seen = trainer.global_step
+
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
+        if step == self.step_seen:  # gradient accumulation: this batch made no optimizer step
+            return
+        self.step_seen = step
         if step % self.every == 0 and step < trainer.max_steps:
             self.save(trainer, module, final=False)
 
@@ -144,7 +160,7 @@ class Checkpoints(pl.Callback):
                 logger.log_metrics(metrics, step=trainer.global_step)
             self.write_last(module, self.state)
         if checkpoint and self.saved_step != trainer.global_step:
-            trainer.save_checkpoint(self.out / CKPT)
+            trainer.save_checkpoint(self.out / CKPT, weights_only=False)  # the full state (and no log line)
             self.saved_step = trainer.global_step
         if trainer.is_global_zero:
             for logger in trainer.loggers:
@@ -155,8 +171,8 @@ class Checkpoints(pl.Callback):
 def build_trainer(out: Path, *, max_steps: int, budget: Budget, callbacks: list, devices=None,
                   num_nodes: int | None = None, strategy: str | None = None, precision: str | None = None,
                   accelerator: str | None = None, progress: bool = True, resuming: bool = False,
-                  grad_clip: float = 1.0) -> pl.Trainer:
-    """The trainer for a run in `out` (module docstring)."""
+                  grad_clip: float = 1.0, accumulate: int = 1) -> pl.Trainer:
+    """The trainer for a run in `out` (module docstring); `accumulate`: batches per optimizer step."""
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     out = Path(out)
@@ -166,7 +182,8 @@ def build_trainer(out: Path, *, max_steps: int, budget: Budget, callbacks: list,
     trainer = pl.Trainer(
         accelerator=accelerator, devices=parse_devices(devices) if devices is not None else 1,
         num_nodes=num_nodes or 1, strategy=strategy or "auto", precision=precision_for(precision, accelerator),
-        max_steps=max_steps, max_epochs=-1, gradient_clip_val=grad_clip or None, logger=loggers,
+        max_steps=max_steps, max_epochs=-1, gradient_clip_val=grad_clip or None,
+        accumulate_grad_batches=max(1, int(accumulate)), logger=loggers,
         callbacks=[budget, *callbacks, *([progress_bar()] if progress else [])],
         plugins=[SafeCheckpointIO()], enable_checkpointing=False, enable_progress_bar=progress,
         use_distributed_sampler=False, log_every_n_steps=max(1, min(50, max_steps // 200)),
@@ -202,7 +219,7 @@ def finish_interrupted(trainer: pl.Trainer, module, saver: Checkpoints) -> None:
     saver.save(trainer, module, final=True, checkpoint=False)
     if trainer.world_size == 1:
         try:
-            trainer.save_checkpoint(saver.out / CKPT)
+            trainer.save_checkpoint(saver.out / CKPT, weights_only=False)
         except Exception as exc:  # the state written at the last evaluation is still there
             print(f"could not write {saver.out / CKPT} after the interruption: {exc}", flush=True)
 
