@@ -343,7 +343,14 @@ class ResumableLoader(DataLoader):
         return {"epoch": int(self.batch_sampler.epoch), "batches": int(self.progress()) if self.progress else 0}
 
     def load_state_dict(self, state: dict) -> None:
-        self.batch_sampler.resume_at(int(state.get("epoch", 0)), int(state.get("batches", 0)))
+        """Also the epoch itself: Lightning draws a resumed epoch's first batch without calling
+        `on_train_epoch_start` (which sets it for the epochs after), so without it an epoch resumed in the
+        middle would replay epoch 0's order (and augmentation) from its start."""
+        epoch = int(state.get("epoch", 0))
+        self.batch_sampler.set_epoch(epoch)
+        if hasattr(self.dataset, "epoch"):
+            self.dataset.epoch = epoch  # part of the augmentation's key
+        self.batch_sampler.resume_at(epoch, int(state.get("batches", 0)))
 
 
 def make_loader(source: Sequence[LineSample], image_cfg: ImageConfig, tokenizer, batch_size: int,

@@ -212,9 +212,6 @@ class _BaselineModule(pl.LightningModule):
         self.loader = self.make_loader(self.trainer.global_rank, self.trainer.world_size)
         progress = self.trainer.fit_loop.epoch_loop.batch_progress  # a checkpoint in on_train_batch_end
         self.loader.progress = lambda: progress.current.processed  # has processed this batch
-        # the epoch restored from last.ckpt: Lightning draws a resumed epoch's first batch before (and
-        # without) on_train_epoch_start, which sets it for the epochs after
-        self.loader.batch_sampler.set_epoch(self.current_epoch)
         return self.loader
 
     def on_train_epoch_start(self) -> None:  # not called for an epoch resumed in the middle

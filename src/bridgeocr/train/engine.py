@@ -19,6 +19,8 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from bridgeocr.errors import BridgeOCRError
 from bridgeocr.preflight import TRAIN_NEED, ensure_writable
@@ -173,8 +175,6 @@ def build_trainer(out: Path, *, max_steps: int, budget: Budget, callbacks: list,
                   accelerator: str | None = None, progress: bool = True, resuming: bool = False,
                   grad_clip: float = 1.0, accumulate: int = 1) -> pl.Trainer:
     """The trainer for a run in `out` (module docstring); `accumulate`: batches per optimizer step."""
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
     out = Path(out)
     accelerator = accelerator or "auto"
     loggers = [CSVLogger(save_dir=str(out), name="csv", version=f"part{csv_part(out, resuming)}"),
@@ -285,8 +285,6 @@ def _without_replayed(rows: list[dict], part: list[dict]) -> list[dict]:
 
 def progress_bar():
     """Lightning's tqdm bar without its logger version number."""
-    from lightning.pytorch.callbacks import TQDMProgressBar
-
     class Bar(TQDMProgressBar):
         """tqdm bar without Lightning's logger version number."""
 
