@@ -279,3 +279,22 @@ def test_logs_checkpoints_and_card(straight):
     assert state["step"] == 6 and [h["step"] for h in state["history"]] == [3, 6]
     model, tok, image_cfg, last_card = load_baseline(straight / "last")  # the latest state, a baseline dir
     assert image_cfg.height == 16 and last_card["special_ids"]["bos_id"] == tok.bos_id
+
+
+@pytest.mark.parametrize("spec", ["all", "top:1", "none"])
+def test_the_baseline_freezes_its_decoder_by_the_decoders_rule(like_run, spec):
+    """`decoder.freeze` means on the baseline's GPT-2 what it means on ours (models/decoder.freeze_blocks);
+    the new cross-attention, the bridge, trains whatever it says."""
+    from bridgeocr.models.encdec import CROSS_KEYS
+    from bridgeocr.train.encdec import build_like, read_like
+
+    cfg, _, tok = read_like(like_run[1])
+    cfg.model.decoder.freeze = spec
+    model = build_like(cfg, tok)
+    trains = {n for n, p in model.decoder.named_parameters() if p.requires_grad}
+    cross = {n for n, _ in model.decoder.named_parameters() if any(k in n for k in CROSS_KEYS)}
+    assert cross and cross <= trains
+    block0 = {n for n in trains - cross if ".h.0." in n}
+    embeddings = {n for n in trains if "wte" in n or "wpe" in n}
+    assert bool(block0) == (spec != "all") and bool(embeddings) == (spec == "none")
+    assert any("ln_f" in n for n in trains) == (spec != "all")

@@ -421,15 +421,19 @@ class GPT(nn.Module):
 
 
 def apply_freeze(gpt: GPT, spec: str) -> None:
-    """`none`: all trainable. `all`: nothing trainable. `top:N`: only the top N blocks (+ ln_f) train.
+    """`decoder.freeze` on our GPT (freeze_blocks)."""
+    freeze_blocks(gpt, gpt.h, gpt.ln_f, spec)
 
-    Embeddings (wte = tied lm_head, wpe) are frozen by `all` and `top:N`.
-    """
+
+def freeze_blocks(decoder: nn.Module, blocks, final_norm: nn.Module, spec: str) -> None:
+    """`none`: all trainable. `all`: nothing trainable. `top:N`: only the top N blocks (+ the final norm) train.
+    Embeddings (wte = tied lm_head, wpe) are frozen by `all` and `top:N`. One rule for every decoder: ours
+    and the baseline's GPT-2 (train/encdec.py, which then keeps its new cross-attention trainable)."""
     spec = (spec or "none").strip()
     if spec == "none":
-        gpt.requires_grad_(True)
+        decoder.requires_grad_(True)
         return
-    gpt.requires_grad_(False)
+    decoder.requires_grad_(False)
     if spec == "all":
         return
     if spec.startswith("top:"):
@@ -437,10 +441,10 @@ def apply_freeze(gpt: GPT, spec: str) -> None:
             n = int(spec[4:])
         except ValueError:
             n = -1
-        if 0 <= n <= len(gpt.h):
-            for block in gpt.h[len(gpt.h) - n:]:
+        if 0 <= n <= len(blocks):
+            for block in blocks[len(blocks) - n:]:
                 block.requires_grad_(True)
             if n > 0:
-                gpt.ln_f.requires_grad_(True)
+                final_norm.requires_grad_(True)
             return
-    raise ConfigError(f"decoder.freeze: {spec!r} is not one of none | all | top:N (0 <= N <= {len(gpt.h)})")
+    raise ConfigError(f"decoder.freeze: {spec!r} is not one of none | all | top:N (0 <= N <= {len(blocks)})")

@@ -35,6 +35,7 @@ from bridgeocr.data.preprocess import make_loader
 from bridgeocr.data.tokenizers import load_tokenizer
 from bridgeocr.errors import BridgeOCRError, ConfigError, NoUsableDataError
 from bridgeocr.eval.evaluate import evaluate_baseline
+from bridgeocr.models.decoder import freeze_blocks
 from bridgeocr.models.encdec import CARD, CROSS_KEYS, build_baseline
 from bridgeocr.models.encoder import load_encoder
 from bridgeocr.models.load import resolve_device
@@ -71,28 +72,13 @@ def _group(name: str) -> str:
 
 
 def _apply_decoder_freeze(model, spec: str) -> None:
-    """Our `decoder.freeze` on the GPT-2 side (cross-attention always trains): none | all | top:N."""
-    spec = str(spec or "none")
-    if spec == "none":
-        return
-    n_layer = model.decoder.config.n_layer
-    if spec == "all":
-        keep = n_layer
-    elif spec.startswith("top:"):
-        keep = n_layer - int(spec[4:])
-    else:
-        raise ConfigError(f"model.decoder.freeze: {spec!r} is not one of none | all | top:N")
+    """Our `decoder.freeze` (models/decoder.freeze_blocks) on the GPT-2 side; the new cross-attention, the
+    bridge, always trains."""
+    gpt2 = model.decoder.transformer
+    freeze_blocks(model.decoder, gpt2.h, gpt2.ln_f, spec)
     for name, p in model.decoder.named_parameters():
         if any(k in name for k in CROSS_KEYS):
-            continue
-        parts = name.split(".")
-        block = int(parts[2]) if len(parts) > 2 and parts[1] == "h" else None
-        if block is None:
-            frozen = not (name.startswith("transformer.ln_f") and spec != "all")
-        else:
-            frozen = block < keep
-        if frozen:
-            p.requires_grad_(False)
+            p.requires_grad_(True)
 
 
 def read_like(run_dir) -> tuple:
