@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -37,7 +38,8 @@ __all__ = ["build_baseline", "load_baseline", "decode_batch", "CARD", "CROSS_KEY
 def _ved_classes():
     """(LineEncoderHFConfig, LineEncoderHF, LineEncoderOutput, LineVisionEncoderDecoder), registered once
     with AutoConfig/AutoModel so `from_pretrained` rebuilds the encoder from its config. Built on the
-    first call: transformers is imported only when the baseline is used."""
+    first call: transformers (slow to import) is imported only when the baseline is used, which is why every
+    transformers import of this module sits in a function."""
     from transformers import AutoConfig, AutoModel
 
     config_cls = _encoder_config_class()
@@ -137,9 +139,7 @@ def _masked_ved_class():
 
 
 def _quiet_transformers() -> None:
-    import logging
-
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # lazy, as everything of transformers here
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
