@@ -485,6 +485,10 @@ class OrtRunner:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = torch.get_num_threads()
             opts.log_severity_level = 3
+            # no busy-waiting between runs: onnxruntime's threads spin after each call by default, and here
+            # the torch side (connector, CTC head, GPT search) runs on the same cores right after it; the spin
+            # took a core from it (decoding 1.5-1.8x faster without it: docs/benchmarks.md)
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.session = ort.InferenceSession(self.graph.to_onnx().SerializeToString(), opts,
                                                 providers=["CPUExecutionProvider"])
             self.version = version
