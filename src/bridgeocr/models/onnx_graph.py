@@ -487,7 +487,8 @@ class OrtRunner:
             opts.log_severity_level = 3
             # no busy-waiting between runs: onnxruntime's threads spin after each call by default, and here
             # the torch side (connector, CTC head, GPT search) runs on the same cores right after it; the spin
-            # took a core from it (decoding 1.5-1.8x faster without it: docs/benchmarks.md)
+            # took a core from it (without it, on 2 cores: --fast at batch 1 1.5-1.7x faster, the default
+            # joint decoding 1.1-1.2x; docs/benchmarks.md)
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.session = ort.InferenceSession(self.graph.to_onnx().SerializeToString(), opts,
                                                 providers=["CPUExecutionProvider"])
