@@ -22,7 +22,7 @@ from bridgeocr.config import ConnectorConfig
 from bridgeocr.errors import ConfigError
 
 __all__ = ["CONNECTORS", "ConnectorKind", "ConnectorBody", "NoSettings", "register_connector", "connector_names",
-           "connector_settings", "require"]
+           "connector_kind", "connector_settings", "resolved_options", "require"]
 
 
 class ConnectorBody(nn.Module):
