@@ -20,7 +20,8 @@ ZS=${ZS:-runs/ppocr_zeroshot}
 N=${N:-300}
 [ -f runs/bench/print_heldout/settings.json ] || $B data synth --corpus $G --out runs/bench/print_heldout --n 300 \
     --seed 101 --val-fraction 0 --test-fraction 1 --height 48 \
-    --fonts $F/opentype/ebgaramond $F/opentype/linux-libertine $F/truetype/crosextra
+    --fonts $F/opentype/ebgaramond $F/opentype/linux-libertine $F/truetype/crosextra \
+    --holdout-fonts ebgaramond linlibertine linbiolinum caladea carlito
 [ -f runs/bench/hand_heldout/settings.json ] || $B data synth --corpus $G --out runs/bench/hand_heldout --n 300 \
     --seed 102 --val-fraction 0 --test-fraction 1 --height 48 --fonts $F/opentype/bwht $F/opentype/kaushanscript \
     $F/truetype/ecolier-court $F/truetype/rufscript $F/truetype/leckerli-one $F/opentype/lobster \

@@ -107,7 +107,14 @@ def test_benchmark_only_keys_classified_and_not_in_ci():
                  "/usr/share/fonts/truetype/leckerli-one/LeckerliOne-Regular.ttf",
                  "/usr/share/fonts/opentype/lobster/lobster.otf"):
         assert benchmark_only(path) and classify(path) == "handwriting", path
+    for path in ("/usr/share/fonts/opentype/ebgaramond/EBGaramond12-Regular.otf",  # the print held-out set's
+                 "/usr/share/fonts/opentype/linux-libertine/LinLibertine_R.otf",
+                 "/usr/share/fonts/opentype/linux-libertine/LinBiolinum_R.otf",
+                 "/usr/share/fonts/truetype/crosextra/Caladea-Regular.ttf",
+                 "/usr/share/fonts/truetype/crosextra/Carlito-Regular.ttf"):
+        assert benchmark_only(path) and classify(path) == "printed", path
     for path in ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+                 "/usr/share/fonts/truetype/liberation2/LiberationSerif-Regular.ttf",
                  "/usr/share/fonts/opentype/dancingscript/DancingScript-Regular.otf",
                  "/usr/share/fonts/truetype/fifthhorseman/FifthHorsemanHandwriting.ttf"):
         assert not benchmark_only(path), path

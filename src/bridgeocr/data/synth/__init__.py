@@ -12,7 +12,7 @@ does not change the result). train/val/test never share a line of text. With `ho
 matching fonts are used only for val/test (and val/test use only them), so val/test measure
 generalisation to unseen fonts.
 
-Benchmark-only fonts (`fonts.BENCHMARK_ONLY_KEYS`: handwriting packages that .ci/run does not install)
+Benchmark-only fonts (`fonts.BENCHMARK_ONLY_KEYS`: handwriting and print packages .ci/run does not install)
 never render a train line, whatever the arguments; val/test use them only when `holdout_fonts` names
 them. A held-out benchmark set is therefore e.g.
 
