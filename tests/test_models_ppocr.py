@@ -130,6 +130,9 @@ def test_export_back_to_onnx_runs_the_current_weights_in_onnxruntime(tiny_onnx, 
         monkeypatch.setenv("BRIDGEOCR_ORT", "1")
         ort_out = encoder(images, mask)[0]
         assert encoder._ort.session is not None  # it did run on onnxruntime
+        # its threads do not busy-wait after a call: the torch side runs next on the same cores
+        options = encoder._ort.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
         torch.testing.assert_close(ort_out, torch_out, atol=1e-4, rtol=1e-4)
         next(iter(encoder.graph.params.values())).mul_(0.5)  # new weights: a new session, new numbers
         changed = encoder(images, mask)[0]
