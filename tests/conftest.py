@@ -1,6 +1,9 @@
 """Shared fixtures for the data tests: tiny line images and the location of ../shared/data."""
 
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,33 @@ def load_script(relpath: str, name: str | None = None):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+# A training command that SIGKILLs itself once the LightningModule TARGET has made KILL_AT optimizer steps: a
+# kill at any moment, for the resume tests. ENTRY is the code that runs the command on sys.argv.
+_KILLER = """
+import importlib, os, signal, sys
+sys.path.insert(0, {tests!r})
+module_name, class_name = {target!r}.split(":")
+cls = getattr(importlib.import_module(module_name), class_name)
+original = cls.on_train_batch_end
+def on_train_batch_end(self, outputs, batch, batch_idx):
+    original(self, outputs, batch, batch_idx)
+    if self.global_step >= {kill_at}:
+        os.kill(os.getpid(), signal.SIGKILL)
+cls.on_train_batch_end = on_train_batch_end
+{entry}
+"""
+CLI_ENTRY = "from bridgeocr.cli import main\nsys.exit(main(sys.argv[1:]))"
+
+
+def run_killed(target: str, kill_at: int, args: list[str], cwd: Path, entry: str = CLI_ENTRY) -> None:
+    """Run `entry` with `args` in a subprocess (one thread) that is SIGKILLed after `kill_at` steps of
+    `target` ("package.module:LightningModuleClass"); fails unless it died of the kill."""
+    code = _KILLER.format(tests=str(REPO / "tests"), target=target, kill_at=int(kill_at), entry=entry)
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=cwd)
+    assert proc.returncode == -9, proc.stderr[-2000:]
 
 
 def line_image(width: int = 60, height: int = 20, text: str = "ab") -> Image.Image:

@@ -8,7 +8,6 @@ import csv
 import errno
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from safetensors.torch import load_file
 
 from bridgeocr.cli import main
 from bridgeocr.train.resume import SafeCheckpointIO
-from conftest import make_box_dataset
+from conftest import CLI_ENTRY, make_box_dataset, run_killed
 
 YAML = """
 data:
@@ -34,21 +33,8 @@ optim: {{batch_size: 4, max_steps: 10, warmup_steps: 2}}
 train: {{name: a, out_dir: {out}, accelerator: cpu, log_every_steps: 1, val_every_steps: 4}}
 """
 
-# Runs `bridgeocr train` and SIGKILLs itself once the optimiser has made KILL_AT steps (after the step-4
-# checkpoint, mid-epoch: 24 training lines in batches of 4 are 6 batches an epoch).
-KILLER = """
-import os, signal, sys
-from bridgeocr.train import module
-kill_at = int(os.environ["KILL_AT"])
-original = module.OCRLightningModule.on_train_batch_end
-def on_train_batch_end(self, outputs, batch, batch_idx):
-    original(self, outputs, batch, batch_idx)
-    if self.global_step >= kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-module.OCRLightningModule.on_train_batch_end = on_train_batch_end
-from bridgeocr.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+# `bridgeocr train` is killed once the optimiser has made kill_at steps (checkpoints every 4 steps; 24 training
+# lines in batches of 4 are 6 batches an epoch).
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +49,8 @@ def setup(tmp_path_factory):
 
 
 def _killed_run(tmp: Path, cfg: Path, name: str, kill_at: int) -> Path:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT": str(kill_at)}
-    proc = subprocess.run([sys.executable, "-c", KILLER, "train", "--config", str(cfg), f"train.name={name}"],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp)
-    assert proc.returncode == -9, proc.stderr[-2000:]
+    run_killed("bridgeocr.train.module:OCRLightningModule", kill_at,
+               ["train", "--config", str(cfg), f"train.name={name}"], cwd=tmp)
     return tmp / "runs" / name
 
 
@@ -127,7 +111,7 @@ def test_a_kill_while_writing_leaves_the_previous_checkpoint(setup):
     """SIGKILL in the middle of writing the step-8 checkpoint: last.ckpt is still step 4's; the resumed run
     removes the killed writer's temporary directory."""
     tmp, cfg, straight = setup
-    script = KILLER.replace("from bridgeocr.cli import main", """
+    writer_killer = """
 from bridgeocr.train import resume
 real = resume.save_file
 def save_file(tensors, path):
@@ -137,16 +121,15 @@ def save_file(tensors, path):
     real(tensors, path)
 resume.save_file = save_file
 module_step = [0]
-orig_end = module.OCRLightningModule.on_train_batch_end
+orig_end = cls.on_train_batch_end
 def track(self, *a):
     module_step[0] = self.global_step
     orig_end(self, *a)
-module.OCRLightningModule.on_train_batch_end = track
-from bridgeocr.cli import main""")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT": "1000"}
-    proc = subprocess.run([sys.executable, "-c", script, "train", "--config", str(cfg), "train.name=midwrite"],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp)
-    assert proc.returncode == -9, proc.stderr[-2000:]
+cls.on_train_batch_end = track
+"""
+    # the step kill (after step 1000) never comes: the writer's kill at step 8 does
+    run_killed("bridgeocr.train.module:OCRLightningModule", 1000,
+               ["train", "--config", str(cfg), "train.name=midwrite"], cwd=tmp, entry=writer_killer + CLI_ENTRY)
     run = tmp / "runs" / "midwrite"
     assert _ckpt_step(run / "last.ckpt") == 4
     assert [p for p in run.iterdir() if p.name.startswith(".last.ckpt.tmp-")]  # the killed writer's

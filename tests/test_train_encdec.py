@@ -8,10 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +24,7 @@ from bridgeocr.models.encdec import CARD, decode_batch, load_baseline
 from bridgeocr.models.encoder import LineEncoder, load_encoder
 from bridgeocr.train.encdec import build_like, read_like
 from bridgeocr.train.resume import SafeCheckpointIO
-from conftest import REPO, load_script, make_box_dataset
+from conftest import load_script, make_box_dataset, run_killed
 
 
 def _script(name: str):
@@ -157,21 +154,8 @@ CARD_KEYS = {"kind", "like", "data", "splits", "steps", "target_steps", "stopped
              "val_wer", "best_step", "val_n", "val_history", "params", "image", "max_new_tokens", "init",
              "optim", "device", "precision", "special_ids", "run"}
 
-# Runs the baseline's `train` and SIGKILLs itself once the optimizer has made KILL_AT steps.
-KILLER = """
-import os, signal, sys
-sys.path.insert(0, os.path.join(os.environ["REPO"], "tests"))
-from conftest import load_script
-from bridgeocr.train import encdec
-kill_at = int(os.environ["KILL_AT"])
-original = encdec._BaselineModule.on_train_batch_end
-def on_train_batch_end(self, outputs, batch, batch_idx):
-    original(self, outputs, batch, batch_idx)
-    if self.global_step >= kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-encdec._BaselineModule.on_train_batch_end = on_train_batch_end
-sys.exit(load_script("benchmarks/trocr_baseline.py").main(sys.argv[1:]))
-"""
+# The baseline's `train` (benchmarks/trocr_baseline.py), for run_killed.
+BASELINE_ENTRY = "from conftest import load_script\nsys.exit(load_script('benchmarks/trocr_baseline.py').main(sys.argv[1:]))"
 
 
 @pytest.fixture(scope="module")
@@ -218,11 +202,9 @@ def _max_diff(a: Path, b: Path) -> float:
 def test_killed_mid_epoch_resumes_to_the_uninterrupted_weights(noisy_run, straight):
     tmp, run = noisy_run
     out = tmp / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT": "5", "REPO": str(REPO)}
-    cmd = [sys.executable, "-c", KILLER, "train", "--like", str(run), "--out", str(out), "--steps", "6",
-           "--val-every", "3", "--device", "cpu", "--no-progress", "--threads", "1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp)
-    assert proc.returncode == -9, proc.stderr[-2000:]
+    run_killed("bridgeocr.train.encdec:_BaselineModule", 5,
+               ["train", "--like", str(run), "--out", str(out), "--steps", "6", "--val-every", "3", "--device",
+                "cpu", "--no-progress", "--threads", "1"], cwd=tmp, entry=BASELINE_ENTRY)
     state = SafeCheckpointIO().load_checkpoint(out / "last.ckpt")
     assert state["global_step"] == 3  # the kill came after the step-3 checkpoint: mid-epoch 1
     interim = json.loads((out / CARD).read_text())  # the step-3 best, loadable; no results yet
