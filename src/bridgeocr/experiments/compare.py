@@ -285,7 +285,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend."""
     # lazy: matplotlib is slow to import and only plots need it
     import matplotlib
 
@@ -293,6 +294,14 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: Path) -> bool:
+    """Lay a figure out, write it (120 dpi) and close it; True, what a plot function returns once it drew."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+    return True
 
 
 def short_label(name: str) -> str:
@@ -311,7 +320,7 @@ def plot_frontier(rows: list[dict], path: Path) -> bool:
             if r.get("decode_lines_per_s") is not None and r.get("test_cer") is not None]
     if not data:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     xs, ys = [d[0] for d in data], [d[1] for d in data]
     ax.scatter(xs, ys, s=30, zorder=3)
@@ -328,16 +337,13 @@ def plot_frontier(rows: list[dict], path: Path) -> bool:
     ax.set_ylabel("test CER  ↓")
     ax.set_title("speed / accuracy")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return save_figure(fig, path)
 
 
 def plot_curves(rows: list[dict], path: Path) -> bool:
     if not any(r["_curves"]["train_loss"] or r["_curves"]["val_cer"] for r in rows):
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     for r in rows:
         for ax, key in ((a1, "train_loss"), (a2, "val_cer")):
@@ -352,10 +358,7 @@ def plot_curves(rows: list[dict], path: Path) -> bool:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return save_figure(fig, path)
 
 
 GAP_BARS = [("gap_connector_reference", "Connector − Reference"),
@@ -367,7 +370,7 @@ def plot_loss_gaps(rows: list[dict], path: Path) -> bool:
     rows = [r for r in rows if any(r.get(k) is not None for k, _ in GAP_BARS)]
     if not rows:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4))
     width = 0.8 / len(GAP_BARS)
     for j, (key, label) in enumerate(GAP_BARS):
@@ -380,10 +383,7 @@ def plot_loss_gaps(rows: list[dict], path: Path) -> bool:
     ax.set_title("loss gaps (lower: the image path is closer to the text-only LM)")
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return save_figure(fig, path)
 
 
 def compare(runs: list[str | Path], out: str | Path) -> dict:

@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from bridgeocr.config import load_config, read_yaml
 from bridgeocr.errors import BridgeOCRError, ConfigError
-from bridgeocr.experiments.compare import compare_cli
+from bridgeocr.experiments.compare import compare_cli, pyplot, save_figure
 from bridgeocr.train import run as train_run
 
 _SAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
@@ -400,11 +400,7 @@ def _plot_seeds(rows: list[dict], path: Path) -> bool:
     """Test CER (mean ± std over seeds) against decode lines/s per setting: the speed/accuracy frontier
     with its noise bands. False when matplotlib is missing or nothing finished."""
     try:
-        # lazy: matplotlib is slow to import and only plots need it
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
     except ImportError:
         return False
     pts = [r for r in rows if r["test_cer_n"] and r["decode_lines_per_s"] == r["decode_lines_per_s"]]
@@ -419,10 +415,7 @@ def _plot_seeds(rows: list[dict], path: Path) -> bool:
     ax.set_xlabel("decode lines/s (test, mean over seeds)")
     ax.set_ylabel("test CER (mean ± std over seeds)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return save_figure(fig, path)
 
 
 def _write_plan(sweep_dir: Path, config: str, base: Path | None, common: list[str], cells: list[Cell]):
