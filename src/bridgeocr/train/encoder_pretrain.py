@@ -43,6 +43,7 @@ from bridgeocr.train.engine import (
     build_trainer,
     finish_interrupted,
     fit,
+    follow_epoch,
     merge_csv_logs,
     start_run,
     step_seed,
@@ -212,9 +213,7 @@ class _CTCModule(pl.LightningModule):
 
     def train_dataloader(self):
         self.loader = self.make_loader(self.trainer.global_rank, self.trainer.world_size)
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress  # a checkpoint in on_train_batch_end
-        self.loader.progress = lambda: progress.current.processed  # has processed this batch
-        return self.loader
+        return follow_epoch(self.loader, self.trainer)  # checkpoints in on_train_batch_end: "processed"
 
     def on_train_epoch_start(self) -> None:
         self.loader.batch_sampler.set_epoch(self.current_epoch)

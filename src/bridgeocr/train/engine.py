@@ -29,7 +29,7 @@ from bridgeocr.train.resume import SafeCheckpointIO, resume_point
 
 __all__ = ["CKPT", "Budget", "Checkpoints", "build_trainer", "fit", "finish_interrupted", "precision_for",
            "resume_checkpoint", "start_run", "step_seed", "parse_devices", "progress_bar", "csv_part",
-           "merge_csv_logs"]
+           "merge_csv_logs", "follow_epoch"]
 
 CKPT = "last.ckpt"  # the trainer's resume state in the output directory
 
@@ -76,6 +76,16 @@ def csv_part(out: Path, resuming: bool) -> int:
     if not resuming:
         return 0
     return 1 + max([int(p.name[4:]) for p in (out / "csv").glob("part*") if p.name[4:].isdigit()], default=-1)
+
+
+def follow_epoch(loader, trainer: pl.Trainer, counter: str = "processed"):
+    """`loader` (a data/preprocess.ResumableLoader) told its place in the epoch by the trainer's batch count,
+    so a checkpoint records where the epoch was left. `counter`: "processed" when checkpoints are written in
+    `on_train_batch_end` (the batch is done by then), "completed" when after it (`bridgeocr train`, at
+    validation)."""
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    loader.progress = lambda: getattr(progress.current, counter)
+    return loader
 
 
 class Budget(pl.Callback):

@@ -34,7 +34,14 @@ from bridgeocr.preflight import TRAIN_NEED, ensure_writable
 from bridgeocr.shipped import resolve_pretrained
 from bridgeocr.train.checkpoint import atomic_dir, disk_full, guard_run_dir, read_json, write_json
 from bridgeocr.train.connector_init import INITS, fit_projector_to_ctc
-from bridgeocr.train.engine import csv_part, merge_csv_logs, parse_devices, precision_for, progress_bar
+from bridgeocr.train.engine import (
+    csv_part,
+    follow_epoch,
+    merge_csv_logs,
+    parse_devices,
+    precision_for,
+    progress_bar,
+)
 from bridgeocr.train.features import encoder_fingerprint, fill_store, open_store, store_root
 from bridgeocr.train.module import OCRLightningModule, param_group_name, parse_freeze_schedule
 from bridgeocr.train.resume import SafeCheckpointIO, resume_point
@@ -229,9 +236,7 @@ class _DataModule:
             def train_dataloader(self):
                 outer.train_loader = _make_loader(train_src, cfg, tokenizer, True, self.trainer.global_rank,
                                                   self.trainer.world_size, store=store)
-                loop = self.trainer.fit_loop.epoch_loop  # where a checkpoint leaves the epoch (exact resume)
-                outer.train_loader.progress = lambda: loop.batch_progress.current.completed
-                return outer.train_loader
+                return follow_epoch(outer.train_loader, self.trainer, "completed")  # checkpoints at validation
 
             def val_dataloader(self):
                 outer.val_loader = _make_loader(val_src, cfg, tokenizer, False, self.trainer.global_rank,
