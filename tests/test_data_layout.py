@@ -132,6 +132,7 @@ def test_page_xml_lines_text_ids_and_crops(tmp_path, year):
     ], year=year))
     src = open_source(tmp_path / "doc1.xml")
     assert [s.id for s in src] == ["doc1/l1", "doc1/l2", "doc1/l3", "doc1/l4"] and src.problems == []
+    assert {s.group for s in src} == {"doc1"}  # a page's lines are scored together by `evaluate --by-group`
     assert [s.text for s in src] == ["Hello world", "main", "by words", "baseline only"]
     l1 = np.asarray(src[0].load_image())
     assert l1.shape == (20 + 8, 100 + 8) and src[0].load_image().mode == "L"

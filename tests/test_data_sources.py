@@ -48,6 +48,12 @@ def test_iam_all_lines(iam):
     assert len(open_source(iam, drop_err=True)) == 3
 
 
+def test_iam_line_groups_are_writers_from_forms_txt_else_forms(iam):
+    assert [s.group for s in open_source(iam)] == ["a01-000u"] * 3 + ["b02-100"]
+    (iam / "ascii" / "forms.txt").write_text("# form writer ...\na01-000u 000 2 prt 7 5 52 36\n")
+    assert [s.group for s in open_source(iam, "test")] == ["writer 000", "b02-100"]  # b02-100 is not listed
+
+
 def test_iam_splits(iam):
     train = open_source(iam, "train")  # form id + line id whose image is missing + unknown id
     assert [s.id for s in train] == ["a01-000u-00", "a01-000u-01", "a01-000u-02"]
@@ -92,6 +98,15 @@ def test_manifest_tsv_and_split(manifest_dir):
     assert val.missing == 1 and any("split.tsv:5" in p for p in val.problems)
     with pytest.raises(DataError, match="manifest.tsv:4"):
         open_source(manifest_dir, strict=True)
+
+
+def test_manifest_groups_come_from_the_split_files_third_column(manifest_dir):
+    assert [s.group for s in open_source(manifest_dir, "train")] == ["g0", "g0"]
+    assert [s.group for s in open_source(manifest_dir)] == ["g0", "g0", "g1", "g2"]  # every line: still grouped
+    (manifest_dir / "split.tsv").write_text("img/0.png\ttrain\nimg/2.png\tval\tg1\n")
+    assert [s.group for s in open_source(manifest_dir)] == ["", "", "g1", ""]  # no column, no row: no group
+    (manifest_dir / "split.tsv").unlink()
+    assert [s.group for s in open_source(manifest_dir)] == ["", "", "", ""]
 
 
 def test_manifest_non_utf8_and_jsonl(tmp_path, make_line_png):

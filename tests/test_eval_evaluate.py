@@ -5,7 +5,7 @@ from PIL import Image, ImageDraw
 
 from bridgeocr.cli import main
 from bridgeocr.errors import BridgeOCRError
-from bridgeocr.eval.evaluate import evaluate_model, load_checkpoint, write_predictions
+from bridgeocr.eval.evaluate import evaluate_model, load_checkpoint, read_predictions, write_predictions
 from conftest import tiny_ocr_model as tiny_model
 
 
@@ -71,6 +71,33 @@ def test_evaluate_cli_prints_seed_lines_with_checkpoint_epoch(ckpt, tmp_path, ca
     m = json.loads((out / "metrics.json").read_text())
     assert m["n"] == 4 and m["epoch"] == 7 and "all_cer" in m and m["split"] == "all"
     assert (out / "predictions.tsv").read_text().startswith("id\treference\thypothesis\tcer")
+
+
+def test_evaluate_by_group_scores_each_group(ckpt, tmp_path, capsys):
+    make_lines(tmp_path)
+    (tmp_path / "img" / "broken.png").unlink()
+    rows = [f"img/{i}.png\t{t}" for i, t in enumerate(["ab", "cd ab", "abc", "d", "ba dc", "cab"])]
+    (tmp_path / "manifest.tsv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "split.tsv").write_text("".join(f"img/{i}.png\ttest\t{'font A' if i < 4 else 'font B'}\n"
+                                        for i in range(6)))
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(tmp_path / "manifest.tsv"),
+                 "--by-group", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "by group (2 groups)" in text and "font A" in text and "font B" in text
+    m = json.loads((out / "metrics.json").read_text())
+    assert {g["group"]: g["lines"] for g in m["groups"]} == {"font A": 4, "font B": 2}
+    preds = {r["id"]: r for r in read_predictions(out / "predictions.tsv")}
+    a = [preds[f"img/{i}"] for i in range(4)]  # the group's CER is its lines' edits over its characters
+    edits = sum(r["cer"] * len(r["reference"]) for r in a)
+    assert m["groups"][[g["group"] for g in m["groups"]].index("font A")]["cer"] == pytest.approx(
+        edits / sum(len(r["reference"]) for r in a))
+    table = (out / "groups.tsv").read_text().splitlines()
+    assert table[0] == "group\tlines\tchars\tcer\twer" and len(table) == 3
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(tmp_path / "manifest.tsv"),
+                 "--out", str(tmp_path / "ev2")]) == 0
+    assert "groups" not in json.loads((tmp_path / "ev2" / "metrics.json").read_text())
+    assert not (tmp_path / "ev2" / "groups.tsv").exists()
 
 
 def test_evaluate_cli_bad_checkpoint_is_a_one_line_error(tmp_path, capsys):

@@ -1,6 +1,14 @@
 import pytest
 
-from bridgeocr.eval.metrics import cer, format_seed_metrics, line_cer, line_cers, print_seed_metrics, wer
+from bridgeocr.eval.metrics import (
+    cer,
+    format_seed_metrics,
+    group_scores,
+    line_cer,
+    line_cers,
+    print_seed_metrics,
+    wer,
+)
 
 
 def test_corpus_level_not_mean_of_lines():
@@ -34,3 +42,13 @@ def test_seed_format(capsys):
         "[val] CER at epoch 0: 0.0333\n[val] WER at epoch 0: 0.1194")
     print_seed_metrics("test", 3, 0.0468, 0.1596)
     assert capsys.readouterr().out == "[test] CER at epoch 3: 0.0468\n[test] WER at epoch 3: 0.1596\n"
+
+
+def test_group_scores_are_corpus_level_within_each_group_worst_first():
+    rows = group_scores(["a", "b", "a", ""], ["abcd", "xy", "ab", "q"], ["abcd", "xz", "a", "q"])
+    assert [r["group"] for r in rows] == ["b", "a", ""]
+    a = rows[1]
+    assert a["lines"] == 2 and a["chars"] == 6 and a["cer"] == pytest.approx(1 / 6)  # not the mean of 0 and 1/2
+    assert rows[0]["cer"] == 0.5 and rows[0]["wer"] == 1.0 and rows[2]["cer"] == 0.0
+    with pytest.raises(ValueError, match="2 groups"):
+        group_scores(["a", "b"], ["x"], ["x"])

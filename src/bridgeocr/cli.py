@@ -261,9 +261,13 @@ def _add_train_eval(sub):
                    help="fail (exit 1) when more than this share of the rows is dropped (missing or unreadable "
                    "images, bad rows); every dropped row is counted by reason either way")
     add_split_by(p)
+    p.add_argument("--by-group", action="store_true",
+                   help="also score each group of lines: a synthetic line's font and a Hooker line's letter (the "
+                   "split file's third column), an IAM line's writer (ascii/forms.txt), a PAGE / ALTO line's page; "
+                   "a table worst first, and groups.tsv in --out")
     p.set_defaults(target="bridgeocr.eval.evaluate:evaluate_cli",
                    keys=["checkpoint", "data", "split", "beam", "batch_size", "max_samples", "out", "decoding",
-                         "allow_outside", "max_skipped", "normalize", "split_by"])
+                         "allow_outside", "max_skipped", "normalize", "split_by", "by_group"])
 
     p = sub.add_parser("recognize", help="transcribe line images (files, folders, globs), or the lines of pages "
                        "with their PAGE / ALTO layout (--layout)",

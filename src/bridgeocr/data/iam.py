@@ -2,10 +2,12 @@
 
     ROOT/ascii/lines.txt                 a01-000u-00 ok 154 19 408 746 1661 89 A|MOVE|to|stop|Mr.|Gaitskell|from
     ROOT/lines/a01/a01-000u/a01-000u-00.png
+    ROOT/ascii/forms.txt                 a01-000u 000 2 prt 7 5 52 36   (optional: form id, writer id, ...)
 
 `lines.txt` fields: line id, segmentation result (ok | err), graylevel, number of components, x y w h,
 then the transcription with `|` between words (-> spaces). `#` starts a comment line. `err` lines are
-kept unless `drop_err`.
+kept unless `drop_err`. A line's group (scores per group: `evaluate --by-group`) is its writer, from
+`ascii/forms.txt` when it is there, else its form.
 
 Split lists (one id per line; a line id `a01-000u-00` or a form id `a01-000u`, which selects every line
 of that form) are looked up by name in `split_dir` (default: ROOT, ROOT/splits,
@@ -72,6 +74,17 @@ def read_lines_txt(path: Path, problems: list[str]) -> list[tuple[str, str, str,
     return out
 
 
+def read_writers(root: Path) -> dict[str, str]:
+    """form id -> writer id from `ascii/forms.txt` (`a01-000u 000 2 prt 7 5 52 36`: the second field);
+    {} when the file is absent or unreadable (a line's group is then its form)."""
+    try:
+        text = (root / "ascii" / "forms.txt").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {}
+    rows = (line.split() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    return {parts[0]: parts[1] for parts in rows if len(parts) >= 2}
+
+
 def find_split_list(root: Path, split: str, split_dir=None) -> Path:
     as_path = Path(split).expanduser()
     if as_path.is_file():
@@ -124,6 +137,7 @@ def open_iam(root, split: str | None = None, *, split_dir=None, drop_err: bool =
     samples: list[LineSample] = []
     seen: set[str] = set()
     dropped = 0
+    writers = read_writers(root)
     for line_id, _listed_at in wanted:
         if line_id in seen:
             continue
@@ -138,7 +152,9 @@ def open_iam(root, split: str | None = None, *, split_dir=None, drop_err: bool =
             missing += 1
             problems.append(f"{img} (from {origin}): image file not found")
             continue
-        samples.append(LineSample(id=line_id, text=text, image_path=img, origin=origin))
+        form = form_of(line_id)
+        samples.append(LineSample(id=line_id, text=text, image_path=img, origin=origin,
+                                  group=f"writer {writers[form]}" if form in writers else form))
     name = f"iam:{split}" if split else "iam"
     src = LineSource(samples, name, missing=missing, problems=problems, root=root, split=split)
     src.dropped_err = dropped

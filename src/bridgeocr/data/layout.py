@@ -60,7 +60,7 @@ import numpy as np
 from lxml import etree
 from PIL import Image, ImageDraw
 
-from bridgeocr.data.manifest import read_split_file
+from bridgeocr.data.manifest import SplitRow, read_split_file
 from bridgeocr.data.sample import LineSample, LineSource, canonical_split, load_line_image
 from bridgeocr.errors import DataError
 
@@ -588,7 +588,8 @@ def page_samples(page: LayoutPage, image: Path, page_size: tuple[int, int], pad:
             counts["bad geometry"] += 1
             problems.append(f"{where}: {exc}; line skipped")
             continue
-        out.append((line, LineSample(id=f"{page.stem}/{line.id}", text=line.text, origin=where, crop=crop)))
+        out.append((line, LineSample(id=f"{page.stem}/{line.id}", text=line.text, origin=where, crop=crop,
+                                     group=page.stem)))
     return out, problems
 
 
@@ -617,7 +618,7 @@ def open_layout(spec, split: str | None = None, *, split_file=None, strict: bool
     want = canonical_split(split) if split is not None else None
     split_path = Path(split_file) if split_file else (root / "split.tsv" if (root / "split.tsv").is_file()
                                                        else None)
-    named: dict[str, tuple[str, int]] | None = None
+    named: dict[str, SplitRow] | None = None
     if want is not None and split_path is not None:
         named = {re.sub(r"\.xml$", "", k, flags=re.IGNORECASE): v
                  for k, v in read_split_file(split_path, problems, strict).items()}
@@ -639,24 +640,24 @@ def open_layout(spec, split: str | None = None, *, split_file=None, strict: bool
     return src
 
 
-def _page_split(stem: str, named: dict[str, tuple[str, int]] | None, split_by: str) -> str | None:
+def _page_split(stem: str, named: dict[str, SplitRow] | None, split_by: str) -> str | None:
     """A page's split: the split file's row for the page or its document (None: not listed), else the
     hash of its stem or of its document's name."""
     if named is not None:
         entry = named.get(stem) or named.get(document_of(stem))
-        return entry[0] if entry else None
+        return entry.split if entry else None
     return hash_split(document_of(stem) if split_by == "document" else stem)
 
 
-def _report_unread_pages(named: dict[str, tuple[str, int]], want: str, seen_stems: set[str], split_path: Path,
+def _report_unread_pages(named: dict[str, SplitRow], want: str, seen_stems: set[str], split_path: Path,
                          spec: Path, problems: list[str]) -> int:
     """A split-file row for the wanted split that names neither a page read nor their document is one
     problem line (never raised, even when strict) -> how many there were."""
     missing = 0
-    for stem, (s, lineno) in named.items():
-        if s == want and stem not in seen_stems and not any(document_of(x) == stem for x in seen_stems):
+    for stem, row in named.items():
+        if row.split == want and stem not in seen_stems and not any(document_of(x) == stem for x in seen_stems):
             missing += 1
-            problems.append(f"{split_path}:{lineno}: {stem} is not a page of {spec}")
+            problems.append(f"{split_path}:{row.lineno}: {stem} is not a page of {spec}")
     return missing
 
 

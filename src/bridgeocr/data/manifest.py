@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from bridgeocr.data.sample import LineSample, LineSource, canonical_split
 from bridgeocr.errors import DataError
@@ -51,12 +52,20 @@ def find_split_file(manifest: Path) -> Path | None:
     return None
 
 
-def read_split_file(path: Path, problems: list[str], strict: bool = False) -> dict[str, tuple[str, int]]:
-    """relative image path -> (canonical split, line number)."""
+class SplitRow(NamedTuple):
+    """One row of a split file: the canonical split, the row's line number, its group (third column, or '')."""
+
+    split: str
+    lineno: int
+    group: str = ""
+
+
+def read_split_file(path: Path, problems: list[str], strict: bool = False) -> dict[str, SplitRow]:
+    """relative image path -> its SplitRow."""
     path = Path(path)
     if not path.is_file():
         raise DataError(str(path), "split file not found")
-    out: dict[str, tuple[str, int]] = {}
+    out: dict[str, SplitRow] = {}
     for lineno, line in _lines(path):
         if isinstance(line, DataError):
             if strict:
@@ -72,7 +81,7 @@ def read_split_file(path: Path, problems: list[str], strict: bool = False) -> di
                 raise err
             problems.append(str(err))
             continue
-        out[_norm(parts[0])] = (canonical_split(parts[1]), lineno)
+        out[_norm(parts[0])] = SplitRow(canonical_split(parts[1]), lineno, parts[2].strip() if len(parts) > 2 else "")
     return out
 
 
@@ -136,31 +145,34 @@ def open_manifest(path, split: str | None = None, *, split_file=None, strict: bo
     split_path, splits, want = _manifest_splits(path, split, split_file, problems, strict)
     samples, seen, missing = _manifest_samples(path, splits, want, problems, strict, allow_outside)
     if splits is not None:
-        for rel, (s, lineno) in splits.items():
-            if s == want and rel not in seen:
+        for rel, row in splits.items():
+            if row.split == want and rel not in seen:
                 missing += 1
-                problems.append(f"{split_path}:{lineno}: {rel} is not in {path.name}")
+                problems.append(f"{split_path}:{row.lineno}: {rel} is not in {path.name}")
     name = f"{path.parent.name}/{path.name}" + (f":{want}" if want else "")
     return LineSource(samples, name, missing=missing, problems=problems, root=path.parent, split=want)
 
 
 def _manifest_splits(path: Path, split: str | None, split_file, problems: list[str], strict: bool
-                     ) -> tuple[Path | None, dict[str, tuple[str, int]] | None, str | None]:
-    """-> (the split file, its rows when a split is asked for, the canonical split); asking for a split
-    without a split file, or for one it has no rows of, is an error."""
+                     ) -> tuple[Path | None, dict[str, SplitRow] | None, str | None]:
+    """-> (the split file, its rows, the canonical split); asking for a split without a split file, or for
+    one it has no rows of, is an error. Without a split asked for, a split file still gives the groups; its
+    bad rows are then not the caller's problem."""
     split_path = Path(split_file) if split_file else find_split_file(path)
-    splits = read_split_file(split_path, problems, strict) if (split_path and split is not None) else None
+    if split is None:
+        return split_path, (read_split_file(split_path, []) if split_path and split_path.is_file() else None), None
+    splits = read_split_file(split_path, problems, strict) if split_path else None
     if split is not None and splits is None:
         raise DataError(str(path), f"split {split!r} asked for but no split file found "
                         f"(expected {AUTO_SPLIT_FILES.get(path.name, 'split.tsv')} beside it, or --split-file)")
     want = canonical_split(split) if split is not None else None
-    if splits is not None and want not in {s for s, _ in splits.values()}:
-        known = sorted({s for s, _ in splits.values()})
+    if splits is not None and want not in {row.split for row in splits.values()}:
+        known = sorted({row.split for row in splits.values()})
         raise DataError(str(split_path), f"no rows for split {split!r} (splits: {', '.join(known)})")
     return split_path, splits, want
 
 
-def _manifest_samples(path: Path, splits: dict[str, tuple[str, int]] | None, want: str | None,
+def _manifest_samples(path: Path, splits: dict[str, SplitRow] | None, want: str | None,
                       problems: list[str], strict: bool, allow_outside: bool
                       ) -> tuple[list[LineSample], set[str], int]:
     """The rows of split `want` (every row without a split file) whose image may be read and exists ->
@@ -172,10 +184,9 @@ def _manifest_samples(path: Path, splits: dict[str, tuple[str, int]] | None, wan
     first = _FirstRows()
     missing = 0
     for lineno, rel, text, sid in _parse_rows(path, problems, strict):
-        if splits is not None:
-            entry = splits.get(rel)
-            if entry is None or entry[0] != want:
-                continue
+        entry = splits.get(rel) if splits is not None else None
+        if want is not None and (entry is None or entry.split != want):
+            continue
         seen.add(rel)
         origin = f"{path}:{lineno}"
         full, inside = _lexical(root, rel)
@@ -193,7 +204,8 @@ def _manifest_samples(path: Path, splits: dict[str, tuple[str, int]] | None, wan
             missing += 1
             problems.append(f"{image_path} (from {origin}): image file not found")
             continue
-        samples.append(LineSample(id=sample_id, text=text, image_path=image_path, origin=origin))
+        samples.append(LineSample(id=sample_id, text=text, image_path=image_path, origin=origin,
+                                  group=entry.group if entry is not None else ""))
     return samples, seen, missing
 
 

@@ -95,6 +95,8 @@ class LineSample:
     `origin` says where the sample was declared ("labels.tsv:17") so every error can name it.
     `crop`: the line is cut out of a page image when read (`data.layout.PageCrop`: `.load(where)`,
     `.size` without reading, `.key()` for the feature cache); `image_path` is then None.
+    `group`: what the line belongs to, for scores per group (`evaluate --by-group`): a split file's third
+    column (a synthetic line's font, a Hooker line's letter), an IAM line's writer, a PAGE / ALTO line's page.
     """
 
     id: str
@@ -103,6 +105,7 @@ class LineSample:
     image: Image.Image | None = None
     origin: str = ""
     crop: object | None = None
+    group: str = ""
 
     def load_image(self) -> Image.Image:
         """The image as 8-bit grayscale (`to_grayscale`); DataError (naming file and line) if unreadable."""

@@ -21,7 +21,7 @@ from bridgeocr.data.manifest import find_split_file
 from bridgeocr.data.preprocess import make_loader
 from bridgeocr.data.sources import LineSource, drop_reasons, format_drops, open_source
 from bridgeocr.errors import BridgeOCRError, NoUsableDataError
-from bridgeocr.eval.metrics import DEFAULT_NORMALIZE, line_cers, print_seed_metrics
+from bridgeocr.eval.metrics import DEFAULT_NORMALIZE, group_scores, line_cers, print_seed_metrics
 from bridgeocr.eval.metrics import cer as corpus_cer
 from bridgeocr.eval.metrics import wer as corpus_wer
 from bridgeocr.files import write_json
@@ -30,6 +30,7 @@ from bridgeocr.models.load import TRAINING_META, load_checkpoint  # re-exported:
 from bridgeocr.preflight import ensure_writable
 
 __all__ = ["evaluate_model", "evaluate_cli", "load_checkpoint", "write_predictions", "read_predictions",
+           "write_groups", "print_groups",
            "print_worst", "source_has_splits", "TRAINING_META", "PREDICTION_COLUMNS"]
 
 
@@ -70,7 +71,7 @@ def evaluate_model(model, source, image_cfg: ImageConfig, beam: int | None = Non
                    progress: bool = True, desc: str = "decode", num_workers: int = 0,
                    decoding: str | None = "gpt", features=None, normalize: str = DEFAULT_NORMALIZE) -> dict:
     """Decode every line of `source` -> dict(cer, wer, n, skipped, skip_messages, lines_per_s, decoding,
-    normalize, ids, refs, hyps, confidences, line_cer). Bad samples are skipped and counted, never fatal.
+    normalize, ids, refs, hyps, confidences, line_cer, groups: each line's LineSample.group). Bad samples are skipped and counted, never fatal.
     `features`: a FeatureStore holding the model's (frozen) encoder tokens for these lines (then the
     time measured is the connector's and the decoder's alone). `normalize`: the Unicode normal form
     references and hypotheses are scored in (nfc | nfkc | none); refs / hyps are kept as they were."""
@@ -92,6 +93,7 @@ def evaluate_model(model, source, image_cfg: ImageConfig, beam: int | None = Non
         name = getattr(source, "name", None) or (first.origin or first.image_path if first is not None else "data")
         raise NoUsableDataError(str(name), f"not one of its {len(source)} line(s) could be read"
                                 + (f", e.g. {msgs[0]}" if msgs else ""))
+    group_of = {sample.id: sample.group for sample in source}
     return {
         "cer": corpus_cer(refs, hyps, normalize),
         "wer": corpus_wer(refs, hyps, normalize),
@@ -104,6 +106,7 @@ def evaluate_model(model, source, image_cfg: ImageConfig, beam: int | None = Non
         "normalize": normalize,
         "ids": ids, "refs": refs, "hyps": hyps, "confidences": confs,
         "line_cer": line_cers(refs, hyps, normalize),
+        "groups": [group_of.get(i, "") for i in ids],
     }
 
 
@@ -170,6 +173,33 @@ def read_predictions(path: str | Path) -> list[dict]:
     return rows
 
 
+GROUP_COLUMNS = ("group", "lines", "chars", "cer", "wer")
+
+
+def print_groups(groups: list[dict], k: int = 20) -> None:
+    """The per-group scores (`metrics.group_scores`, worst first) as a table; the k worst when there are more."""
+    if not groups:
+        return
+    shown = groups[:k]
+    width = min(40, max(len("group"), *(len(g["group"] or "(none)") for g in shown)))
+    more = f", the {len(shown)} worst shown" if len(groups) > len(shown) else ""
+    print(f"by group ({len(groups)} groups{more}):", flush=True)
+    print(f"  {'group':<{width}}  {'lines':>6}  {'CER':>7}  {'WER':>7}", flush=True)
+    for g in shown:
+        name = (g["group"] or "(none)")[:width]
+        print(f"  {name:<{width}}  {g['lines']:>6}  {g['cer']:>7.4f}  {g['wer']:>7.4f}", flush=True)
+
+
+def write_groups(path: str | Path, groups: list[dict]) -> Path:
+    """TSV `group, lines, chars, cer, wer`, worst CER first; the group name escaped as in predictions.tsv."""
+    path = Path(path)
+    with path.open("w", encoding="utf-8", newline="") as f:
+        f.write("\t".join(GROUP_COLUMNS) + "\n")
+        for g in groups:
+            f.write(f"{escape_field(g['group'])}\t{g['lines']}\t{g['chars']}\t{g['cer']:.6f}\t{g['wer']:.6f}\n")
+    return path
+
+
 def print_worst(result: dict, k: int = 5, label: str = "") -> None:
     rows = sorted(zip(result["ids"], result["refs"], result["hyps"], result["line_cer"]),
                   key=lambda r: (-r[3], str(r[0])))[:k]
@@ -217,9 +247,12 @@ def source_has_splits(spec) -> bool:
 
 
 def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, decoding=None,
-                 allow_outside=False, max_skipped=None, normalize=DEFAULT_NORMALIZE, split_by="page") -> int:
+                 allow_outside=False, max_skipped=None, normalize=DEFAULT_NORMALIZE, split_by="page",
+                 by_group=False) -> int:
     """`split`: train / val / test (or another split the source names), `all` (every line), or None: `test`
-    when the source has splits, else `all` (said in one line). Output is labelled with the split read."""
+    when the source has splits, else `all` (said in one line). Output is labelled with the split read.
+    `by_group`: also score each group of lines (LineSample.group), printed worst first and written to
+    OUT/groups.tsv and metrics.json."""
 
     model, image_cfg, meta = load_checkpoint(checkpoint)
     unsplit = split is None and not source_has_splits(data)
@@ -256,6 +289,9 @@ def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, de
     print_seed_metrics(label, epoch, result["cer"], result["wer"])
     how = result["decoding"]
     print(f"{result['n']} lines, {result['lines_per_s']:.1f} lines/s ({how})", flush=True)
+    groups = group_scores(result["groups"], result["refs"], result["hyps"], normalize) if by_group else None
+    if groups is not None:
+        print_groups(groups)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -264,8 +300,12 @@ def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, de
             "checkpoint": str(checkpoint), "data": str(data), "split": split, "beam": beam, "decoding": how,
             "epoch": epoch, **summary(result), "rows": rows, "dropped": dropped,
             f"{label}_cer": result["cer"], f"{label}_wer": result["wer"],
+            **({"groups": groups} if groups is not None else {}),
         })
-        print(f"wrote {out / 'predictions.tsv'} and {out / 'metrics.json'}", flush=True)
+        if groups is not None:
+            write_groups(out / "groups.tsv", groups)
+        print(f"wrote {out / 'predictions.tsv'} and {out / 'metrics.json'}"
+              + (f" and {out / 'groups.tsv'}" if groups is not None else ""), flush=True)
     print_worst(result)
     return 0
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import jiwer
 
-__all__ = ["cer", "wer", "line_cer", "line_cers", "normalize_text", "NORMALIZE_FORMS", "DEFAULT_NORMALIZE",
+__all__ = ["cer", "wer", "line_cer", "line_cers", "group_scores", "normalize_text", "NORMALIZE_FORMS", "DEFAULT_NORMALIZE",
            "format_seed_metrics", "print_seed_metrics"]
 
 NORMALIZE_FORMS = ("nfc", "nfkc", "none")
@@ -75,6 +75,24 @@ def line_cer(ref: str, hyp: str, normalize: str = DEFAULT_NORMALIZE) -> float:
 def line_cers(refs: Sequence[str], hyps: Sequence[str], normalize: str = DEFAULT_NORMALIZE) -> list[float]:
     refs, hyps = _check(refs, hyps, normalize)
     return [line_cer(r, h, "none") for r, h in zip(refs, hyps)]  # normalised once, above
+
+
+def group_scores(groups: Sequence[str], refs: Sequence[str], hyps: Sequence[str],
+                 normalize: str = DEFAULT_NORMALIZE) -> list[dict]:
+    """CER / WER of each group's lines (corpus level within the group), worst CER first: dicts group, lines,
+    chars (reference characters after normalisation), cer, wer. Lines without a group form the group ''."""
+    if not len(groups) == len(refs) == len(hyps):
+        raise ValueError(f"{len(groups)} groups for {len(refs)} references and {len(hyps)} hypotheses")
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(str(g), []).append(i)
+    rows = []
+    for g, idx in members.items():
+        r, h = [refs[i] for i in idx], [hyps[i] for i in idx]
+        chars = sum(len(normalize_text(x, normalize).strip()) for x in r)
+        rows.append({"group": g, "lines": len(idx), "chars": chars, "cer": cer(r, h, normalize),
+                     "wer": wer(r, h, normalize)})
+    return sorted(rows, key=lambda row: (-row["cer"], row["group"]))
 
 
 def format_seed_metrics(split: str, epoch: int, cer: float, wer: float) -> str:  # noqa: F811
