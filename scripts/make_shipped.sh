@@ -62,5 +62,17 @@ $B train --config configs/ocr_default.yaml --resume
 .venv/bin/python scripts/interpolate_encoder.py $S/encoder_zeroshot $S/encoder_ppocr 0.5 $S/encoder_wise50 \
     --into $S/ocr_default/best $S/ocr_default_wise50
 
+# 5c. a second round (2026-12-02): from round 1's average, with lines in the 19 CI handwriting fonts added, a lower
+#     peak LR, selected on those lines' val split; then the average of round 1's and round 2's weights, swapped
+#     into the OCR model (its ctc_collapse connector reads the CTC head's output, so the encoder drops in).
+#     This is what ships as shipped:encoder_ctc and shipped:ocr_default.
+[ -f $S/synth48_hand/settings.json ] || $B data synth --corpus $G/train.txt --out $S/synth48_hand --n 8000 \
+    --style handwriting --seed 12 --val-fraction 0.05 --test-fraction 0 --height 48
+$B encoder train --init $S/encoder_wise50 --augment handwriting --data $S/synth48 $S/synth48_hand $H \
+    $S/ehri_lines $S/ehri_lines --val-data $S/synth48_hand --out $S/encoder_ft2 --steps 1000 --minutes 62 \
+    --batch-size 16 --lr 1e-4 --resume
+.venv/bin/python scripts/interpolate_encoder.py $S/encoder_wise50 $S/encoder_ft2 0.5 $S/encoder_ft2w \
+    --into $S/ocr_default_wise50 $S/ocr_default_ft2w
+
 # 6. float16 copies into the package, with model cards
 .venv/bin/python scripts/ship.py
