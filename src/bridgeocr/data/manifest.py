@@ -81,7 +81,8 @@ def read_split_file(path: Path, problems: list[str], strict: bool = False) -> di
                 raise err
             problems.append(str(err))
             continue
-        out[_norm(parts[0])] = SplitRow(canonical_split(parts[1]), lineno, parts[2].strip() if len(parts) > 2 else "")
+        group = parts[2].strip() if len(parts) > 2 else ""
+        out[_norm(parts[0])] = SplitRow(canonical_split(parts[1]), lineno, group)
     return out
 
 
@@ -160,13 +161,14 @@ def _manifest_splits(path: Path, split: str | None, split_file, problems: list[s
     bad rows are then not the caller's problem."""
     split_path = Path(split_file) if split_file else find_split_file(path)
     if split is None:
-        return split_path, (read_split_file(split_path, []) if split_path and split_path.is_file() else None), None
-    splits = read_split_file(split_path, problems, strict) if split_path else None
-    if split is not None and splits is None:
+        groups_only = read_split_file(split_path, []) if split_path and split_path.is_file() else None
+        return split_path, groups_only, None
+    if split_path is None:
         raise DataError(str(path), f"split {split!r} asked for but no split file found "
                         f"(expected {AUTO_SPLIT_FILES.get(path.name, 'split.tsv')} beside it, or --split-file)")
-    want = canonical_split(split) if split is not None else None
-    if splits is not None and want not in {row.split for row in splits.values()}:
+    splits = read_split_file(split_path, problems, strict)
+    want = canonical_split(split)
+    if want not in {row.split for row in splits.values()}:
         known = sorted({row.split for row in splits.values()})
         raise DataError(str(split_path), f"no rows for split {split!r} (splits: {', '.join(known)})")
     return split_path, splits, want

@@ -71,7 +71,8 @@ def evaluate_model(model, source, image_cfg: ImageConfig, beam: int | None = Non
                    progress: bool = True, desc: str = "decode", num_workers: int = 0,
                    decoding: str | None = "gpt", features=None, normalize: str = DEFAULT_NORMALIZE) -> dict:
     """Decode every line of `source` -> dict(cer, wer, n, skipped, skip_messages, lines_per_s, decoding,
-    normalize, ids, refs, hyps, confidences, line_cer, groups: each line's LineSample.group). Bad samples are skipped and counted, never fatal.
+    normalize, ids, refs, hyps, confidences, line_cer, groups: each line's LineSample.group). Bad samples
+    are skipped and counted, never fatal.
     `features`: a FeatureStore holding the model's (frozen) encoder tokens for these lines (then the
     time measured is the connector's and the decoder's alone). `normalize`: the Unicode normal form
     references and hypotheses are scored in (nfc | nfkc | none); refs / hyps are kept as they were."""

@@ -122,8 +122,10 @@ def make_data(plan: DemoPlan) -> Path:
     t0 = time.time()
     summary = make_dataset(corpus=plan.corpus, out=data, n=plan.n, seed=0, height=48)
     c = summary["counts"]
+    unused = sum(f.get("used_for", "").startswith("none") for f in summary["fonts"])
+    left_out = f" ({unused} benchmark-only fonts left out)" if unused else ""
     _say(plan, f"synthesised {sum(c.values())} lines (train {c['train']}, val {c['val']}, test {c['test']}) "
-               f"with {len(summary['fonts'])} fonts in {time.time() - t0:.0f} s -> {data}")
+               f"with {len(summary['fonts']) - unused} fonts{left_out} in {time.time() - t0:.0f} s -> {data}")
     return data
 
 
