@@ -26,6 +26,7 @@ def test_demo_end_to_end_and_resume(tmp_path, capsys):
         assert (out / "runs" / name / "best" / "model.safetensors").is_file()
         assert (out / "runs" / name / "loss_gap.json").is_file()
     assert "[val] CER at epoch" in report and "Best setting" in report
+    assert "test CER by font" in report and "| font | lines | CER | share of the errors |" in report
     assert (out / "compare" / "compare.md").is_file()
     metrics = json.loads((out / "runs" / "qformer_kd" / "metrics.json").read_text())
     assert metrics["config"]["loss"]["kd_alpha"] == 0.1 and metrics["config"]["loss"]["kd_teacher"] == "prefix"
@@ -56,6 +57,27 @@ def test_ctc_reference_reads_the_test_lines_with_the_encoder_alone(tmp_path):
     result = ctc_reference(plan, data)
     assert result["lines"] == 2 and result["cer"] >= 0  # the 2 test lines of 8 (every 4th)
     assert "encoder alone" in plan.log[-1]
+
+
+def test_hardest_fonts_gives_each_fonts_cer_and_share_of_the_errors(tmp_path, make_line_png):
+    from bridgeocr.experiments.demo import hardest_fonts
+
+    data = tmp_path / "data"
+    rows, split = [], []
+    for i, (font, ref) in enumerate([("A", "abcd"), ("A", "abcd"), ("B", "xy"), ("C", "pq")]):
+        make_line_png(data / "images" / "test" / f"{i}.png")
+        rows.append(f"images/test/{i}.png\t{ref}")
+        split.append(f"images/test/{i}.png\ttest\t{font}")
+    (data / "manifest.tsv").write_text("\n".join(rows) + "\n")
+    (data / "split.tsv").write_text("\n".join(split) + "\n")
+    pred = tmp_path / "predictions_test.tsv"
+    pred.write_text("id\treference\thypothesis\tcer\tconfidence\n"  # A: 1 edit in 8 chars, B: 2 in 2, C: 0
+                    "images/test/0\tabcd\tabcd\t0\t0\nimages/test/1\tabcd\tabce\t0.25\t0\n"
+                    "images/test/2\txy\t\t1\t0\nimages/test/3\tpq\tpq\t0\t0\n")
+    lines = hardest_fonts(pred, data, k=2)
+    assert lines[2] == "| B | 1 | 1.0000 | 67% |" and lines[3] == "| A | 2 | 0.1250 | 33% |"
+    assert lines[4] == "| the other 1 fonts | 1 | 0.0000 | 0% |"
+    assert hardest_fonts(tmp_path / "none.tsv", data) == []
 
 
 def test_unknown_setting_is_a_clear_error(tmp_path):

@@ -27,6 +27,8 @@ from bridgeocr.data.sources import open_source
 from bridgeocr.data.synth import make_dataset
 from bridgeocr.data.tokenizers import load_tokenizer
 from bridgeocr.errors import BridgeOCRError
+from bridgeocr.eval.evaluate import read_predictions
+from bridgeocr.eval.metrics import group_scores
 from bridgeocr.experiments.compare import compare
 from bridgeocr.experiments.loss_gap import loss_gap_cli
 from bridgeocr.experiments.sweep import run_status
@@ -273,6 +275,31 @@ def ctc_reference(plan: DemoPlan, data: Path) -> dict:
     return result
 
 
+def hardest_fonts(predictions: Path, data: Path, k: int = 8) -> list[str]:
+    """Report lines: a setting's test CER by font, worst first, with each font's share of the errors (where
+    the errors are: a few hard hands can hold most of them). [] without predictions or fonts."""
+    if not predictions.is_file():
+        return []
+    rows = read_predictions(predictions)
+    font = {sample.id: sample.group for sample in open_source(data, "test")}
+    groups = group_scores([font.get(r["id"], "") for r in rows], [r["reference"] for r in rows],
+                          [r["hypothesis"] for r in rows])
+    if len(groups) < 2:
+        return []
+    edits = {g["group"]: g["cer"] * g["chars"] for g in groups}
+    total = sum(edits.values()) or 1.0
+    lines = ["| font | lines | CER | share of the errors |", "|---|---:|---:|---:|"]
+    lines += [f"| {g['group'] or '(none)'} | {g['lines']} | {g['cer']:.4f} | {edits[g['group']] / total:.0%} |"
+              for g in groups[:k]]
+    rest = groups[k:]
+    if rest:
+        chars = sum(g["chars"] for g in rest)
+        lines.append(f"| the other {len(rest)} fonts | {sum(g['lines'] for g in rest)} | "
+                     f"{sum(edits[g['group']] for g in rest) / max(chars, 1):.4f} | "
+                     f"{sum(edits[g['group']] for g in rest) / total:.0%} |")
+    return lines
+
+
 def _fmt(value, spec=".4f") -> str:
     return "–" if value is None else format(value, spec)
 
@@ -305,6 +332,11 @@ def write_report(plan: DemoPlan, results: dict[str, dict], seconds: float, refer
     if reference:
         lines += [f"For scale, the encoder alone (its CTC head, no GPT) reads the same test lines at CER "
                   f"{_fmt(reference.get('cer'))}, WER {_fmt(reference.get('wer'))}.", ""]
+    fonts = hardest_fonts(plan.out / "runs" / best / "predictions_test.tsv", plan.out / "data")
+    if fonts:
+        lines += [f"## Where {best} errs: test CER by font", "",
+                  "The fonts it reads worst first (`bridgeocr evaluate --by-group` gives the same for any model).",
+                  ""] + fonts + [""]
     for png, title in (("curves.png", "Training loss and validation CER"),
                        ("frontier.png", "Test CER against decode speed")):
         if any(Path(f).name == png for f in figures["files"]):
