@@ -100,11 +100,21 @@ def test_manifest_tsv_and_split(manifest_dir):
         open_source(manifest_dir, strict=True)
 
 
-def test_manifest_groups_come_from_the_split_files_third_column(manifest_dir):
+def test_manifest_groups_come_from_the_split_files_third_column(manifest_dir, monkeypatch):
     assert [s.group for s in open_source(manifest_dir, "train")] == ["g0", "g0"]
     assert [s.group for s in open_source(manifest_dir)] == ["g0", "g0", "g1", "g2"]  # every line: still grouped
     (manifest_dir / "split.tsv").write_text("img/0.png\ttrain\nimg/2.png\tval\tg1\n")
     assert [s.group for s in open_source(manifest_dir)] == ["", "", "g1", ""]  # no column, no row: no group
+    from bridgeocr.data import manifest
+
+    def unreadable(path, problems, strict=False):
+        raise DataError(str(path), "cannot read (Permission denied)")
+
+    monkeypatch.setattr(manifest, "read_split_file", unreadable)  # not needed for every line: they are read
+    assert [s.group for s in open_source(manifest_dir)] == ["", "", "", ""]
+    with pytest.raises(DataError, match="Permission denied"):  # needed for a split: the error stands
+        open_source(manifest_dir, "train")
+    monkeypatch.undo()
     (manifest_dir / "split.tsv").unlink()
     assert [s.group for s in open_source(manifest_dir)] == ["", "", "", ""]
 

@@ -161,8 +161,7 @@ def _manifest_splits(path: Path, split: str | None, split_file, problems: list[s
     bad rows are then not the caller's problem."""
     split_path = Path(split_file) if split_file else find_split_file(path)
     if split is None:
-        groups_only = read_split_file(split_path, []) if split_path and split_path.is_file() else None
-        return split_path, groups_only, None
+        return split_path, _groups_only(split_path), None
     if split_path is None:
         raise DataError(str(path), f"split {split!r} asked for but no split file found "
                         f"(expected {AUTO_SPLIT_FILES.get(path.name, 'split.tsv')} beside it, or --split-file)")
@@ -172,6 +171,17 @@ def _manifest_splits(path: Path, split: str | None, split_file, problems: list[s
         known = sorted({row.split for row in splits.values()})
         raise DataError(str(split_path), f"no rows for split {split!r} (splits: {', '.join(known)})")
     return split_path, splits, want
+
+
+def _groups_only(split_path: Path | None) -> dict[str, SplitRow] | None:
+    """A split file read for its groups alone (no split asked for): it may be absent, unreadable or have bad
+    rows, and reading every line works as it did without it."""
+    if split_path is None or not split_path.is_file():
+        return None
+    try:
+        return read_split_file(split_path, [])
+    except DataError:
+        return None
 
 
 def _manifest_samples(path: Path, splits: dict[str, SplitRow] | None, want: str | None,
