@@ -145,7 +145,7 @@ def open_manifest(path, split: str | None = None, *, split_file=None, strict: bo
     problems: list[str] = []
     split_path, splits, want = _manifest_splits(path, split, split_file, problems, strict)
     samples, seen, missing = _manifest_samples(path, splits, want, problems, strict, allow_outside)
-    if splits is not None:
+    if want is not None:  # rows of the split asked for that the manifest lacks
         for rel, row in splits.items():
             if row.split == want and rel not in seen:
                 missing += 1
