@@ -104,8 +104,10 @@ class BridgeOCR:
         self.path = path
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, device: str | None = None) -> BridgeOCR:
-        """A model directory (`save_pretrained` / a run's `best/`); None: the model shipped with bridgeocr."""
+    def from_pretrained(cls, path: str | Path | None = None, device: str | None = None,
+                        widen: float | None = None) -> BridgeOCR:
+        """A model directory (`save_pretrained` / a run's `best/`); None: the model shipped with bridgeocr.
+        `widen`: its `model.widen_crowded` (None: its own; models/widening.py)."""
 
         if path is None:
             if not (DEFAULT_MODEL_DIR / "config.json").is_file():
@@ -114,7 +116,7 @@ class BridgeOCR:
             path = DEFAULT_MODEL_DIR
         else:
             path = resolve_pretrained(path)
-        model, image_cfg, meta = load_checkpoint(path, device=device)
+        model, image_cfg, meta = load_checkpoint(path, device=device, widen=widen)
         return cls(model, image_cfg, meta, Path(path))
 
     @property
@@ -303,7 +305,7 @@ def _say(bar, msg: str) -> None:
 
 
 def recognize_cli(inputs, checkpoint, beam, batch_size, format, decoding, recursive=False, out=None,
-                  layout=None, overwrite=False) -> int:
+                  layout=None, overwrite=False, widen=None) -> int:
     """Stream one result line per readable image, in input order, to stdout or `out`, each line written and
     flushed as its batch finishes (a Ctrl-C or a kill leaves only whole lines). Unreadable images and inputs
     that match nothing -> one `error: ...` line each on stderr, skipped; exit 1 if there was any. Ctrl-C:
@@ -315,7 +317,7 @@ def recognize_cli(inputs, checkpoint, beam, batch_size, format, decoding, recurs
     if format in ("page", "alto") or layout is not None:
         _check_layout_format(format, layout)
         return recognize_layout(inputs, layout, checkpoint, beam, batch_size, format, decoding, recursive, out,
-                                overwrite)
+                                overwrite, widen)
     fmt = format or "text"
     problem = _Problems()
     paths = iter_inputs(list(inputs), recursive=bool(recursive), on_problem=problem)
@@ -324,7 +326,7 @@ def recognize_cli(inputs, checkpoint, beam, batch_size, format, decoding, recurs
         return 1
     if out:  # a full or read-only disk is found now, not after the decode
         ensure_writable(Path(out).parent)
-    ocr = BridgeOCR.from_pretrained(checkpoint)
+    ocr = BridgeOCR.from_pretrained(checkpoint, widen=widen)
     skipped = _SkippedImages(problem)
     stream = _open_results(out)
     where = f" to {out}" if out else ""
@@ -428,7 +430,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def recognize_layout(inputs, layout, checkpoint=None, beam=None, batch_size=32, fmt=None, decoding=None,
-                     recursive=False, out=None, overwrite=False) -> int:
+                     recursive=False, out=None, overwrite=False, widen=None) -> int:
     """Page images + their PAGE / ALTO layout -> the same PAGE / ALTO with every line's transcription and
     confidence (data/layout.py, `write_page_result`: all other elements kept as they were).
 
@@ -458,7 +460,7 @@ def recognize_layout(inputs, layout, checkpoint=None, beam=None, batch_size=32, 
     for folder in sorted({str(t.parent) for _, _, t in jobs}):  # a full or read-only disk: now, not later
         ensure_writable(folder)
     plans = _plan_pages(jobs, problem)
-    ocr = BridgeOCR.from_pretrained(checkpoint)
+    ocr = BridgeOCR.from_pretrained(checkpoint, widen=widen)
     return _PageWriter(plans, problem).run(ocr, beam=beam, batch_size=batch_size, decoding=decoding)
 
 

@@ -60,6 +60,10 @@ def add_decoding_args(p) -> None:
                           "one parallel pass (on print and typewriting 1.4x the lines/s of --joint at batch 32, "
                           "2.5x at batch 1, same CER; on hard handwriting no faster and ~10 %% more errors: "
                           "docs/benchmarks.md); a model without a CTC head reads with the GPT, greedy")
+    p.add_argument("--widen", type=nonneg_float, default=None, metavar="DENSITY",
+                   help="read a line again, stretched wider, when its first CTC reading emits more than DENSITY "
+                   "letters per frame (a narrow hand or condensed face has fewer frames than letters); 0: read "
+                   "every line once. Default: the model's model.widen_crowded (docs/reading.md section 7)")
 
 
 def _add_data(sub):
@@ -267,7 +271,7 @@ def _add_train_eval(sub):
                    "a table worst first, and groups.tsv in --out")
     p.set_defaults(target="bridgeocr.eval.evaluate:evaluate_cli",
                    keys=["checkpoint", "data", "split", "beam", "batch_size", "max_samples", "out", "decoding",
-                         "allow_outside", "max_skipped", "normalize", "split_by", "by_group"])
+                         "allow_outside", "max_skipped", "normalize", "split_by", "by_group", "widen"])
 
     p = sub.add_parser("recognize", help="transcribe line images (files, folders, globs), or the lines of pages "
                        "with their PAGE / ALTO layout (--layout)",
@@ -296,7 +300,7 @@ def _add_train_eval(sub):
                    help="with --layout: the result may replace the input XML (without --out: in place)")
     p.set_defaults(target="bridgeocr.api:recognize_cli",
                    keys=["inputs", "checkpoint", "beam", "batch_size", "format", "decoding", "recursive",
-                         "out", "layout", "overwrite"])
+                         "out", "layout", "overwrite", "widen"])
 
     p = sub.add_parser("loss-gap", help="reference vs connector vs downsampled loss (the seed's diagnostic)")
     p.add_argument("--checkpoint", required=True)

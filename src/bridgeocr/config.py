@@ -141,6 +141,10 @@ class ModelConfig:
     # joint decoding scores with the CTC head only each hypothesis' N best next ids by the GPT (+ EOS): ESPnet's
     # partial scoring (models/joint_decoding.py). 0: every id (exact). Measured in docs/benchmarks.md
     joint_pre_beam: int = 0
+    # reading: a line whose first greedy CTC path emits more letters per frame than this is read again,
+    # stretched wider by letters / frames / this (models/widening.py; needs the CTC head). 0: off.
+    # Measured in docs/reading.md section 7
+    widen_crowded: float = 0.0
     # GPT decoding: a line ends once it repeats one unit (2-16 tokens) this many times in a row, keeping one
     # copy (a decoder caught in a loop; models/decoding.py). 0: off. 4 measured in docs/reading.md 4b
     stop_repeats: int = 4
@@ -303,6 +307,7 @@ RULES = (
     ("model.joint_ctc_weight", *UNIT),
     ("model.joint_beam", *POSITIVE),
     ("model.joint_pre_beam", *NONNEG),
+    ("model.widen_crowded", *NONNEG),
     ("model.stop_repeats", *NONNEG),
     ("model.max_text_tokens", *POSITIVE),
     ("loss.kd_alpha", *NONNEG),

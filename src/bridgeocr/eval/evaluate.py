@@ -249,13 +249,13 @@ def source_has_splits(spec) -> bool:
 
 def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, decoding=None,
                  allow_outside=False, max_skipped=None, normalize=DEFAULT_NORMALIZE, split_by="page",
-                 by_group=False) -> int:
+                 by_group=False, widen=None) -> int:
     """`split`: train / val / test (or another split the source names), `all` (every line), or None: `test`
     when the source has splits, else `all` (said in one line). Output is labelled with the split read.
     `by_group`: also score each group of lines (LineSample.group), printed worst first and written to
-    OUT/groups.tsv and metrics.json."""
+    OUT/groups.tsv and metrics.json. `widen`: the model's `widen_crowded` for this read (None: its own)."""
 
-    model, image_cfg, meta = load_checkpoint(checkpoint)
+    model, image_cfg, meta = load_checkpoint(checkpoint, widen=widen)
     unsplit = split is None and not source_has_splits(data)
     if split is None:
         split = "all" if unsplit else "test"

@@ -22,8 +22,9 @@ __all__ = ["load_checkpoint", "image_config_for", "resolve_device", "TRAINING_ME
 TRAINING_META = "training.json"  # written by the trainer beside an OCRModel's own files
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device | None = None):
+def load_checkpoint(path: str | Path, device: str | torch.device | None = None, widen: float | None = None):
     """-> (model, its ImageConfig, training metadata (epoch, step, ...) or {}), the model on `device` in eval mode.
+    `widen`: its `model.widen_crowded` for this session (None: its own; models/widening.py).
 
     A directory that does not match is refused with one BridgeOCRError naming the file (models/model_dir.py):
     no tokenizer.json (its output could not be turned into text), a tokenizer of another size than the
@@ -38,11 +39,15 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None):
     device = resolve_device(device)
     if is_encoder_dir(path):  # an encoder + CTC head alone: reads with greedy CTC
         reader = EncoderReader.from_pretrained(path)
+        if widen is not None:
+            reader.cfg.widen_crowded = float(widen)
         classes = reader.ctc_head.vocab_size
         check_tokenizer_matches(reader.tokenizer, classes, path / "tokenizer.json", exact=classes,
                                 exact_what="the encoder's CTC head has {n} classes")
         return reader.to(device).eval(), encoder_image_config(reader.encoder), {}
     model = OCRModel.from_pretrained(path)
+    if widen is not None:
+        model.cfg.widen_crowded = float(widen)
     meta = read_config_json(path / TRAINING_META) if (path / TRAINING_META).is_file() else {}
     image_cfg = image_config_for(model, meta)
     model.to(device).eval()

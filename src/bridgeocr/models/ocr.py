@@ -40,6 +40,7 @@ from bridgeocr.models.model_dir import (
     safetensors_shapes,
 )
 from bridgeocr.models.ppocr import import_ppocr
+from bridgeocr.models.widening import encoder_limits, widened_tokens
 from bridgeocr.shipped import resolve_pretrained
 
 OCR_FORMAT = "bridgeocr-ocr"
@@ -182,6 +183,18 @@ class OCRModel(nn.Module):
             return images, image_mask.to(torch.bool)
         return self.encoder(images, image_mask)
 
+    @property
+    def widens(self) -> bool:
+        """Whether a reading may encode a line twice (`cfg.widen_crowded` with a CTC head to measure it)."""
+        return self.cfg.widen_crowded > 0 and self.ctc_head is not None
+
+    def reading_tokens(self, images: torch.Tensor, image_mask: torch.Tensor):
+        """`encoder_tokens` as a reading sees them: crowded lines encoded again wider (`cfg.widen_crowded`,
+        models/widening.py). Training (`forward`) reads each line once, as it is."""
+        mult, widest = encoder_limits(self.encoder)
+        return widened_tokens(self.encoder_tokens, self.ctc_head, images, image_mask, self.cfg.widen_crowded,
+                              mult, widest)
+
     def encode(self, images: torch.Tensor, image_mask: torch.Tensor):
         """-> (visual [B, M, d_model], visual_mask [B, M]): the connector's output."""
         lines = self.encode_lines(images, image_mask)
@@ -189,7 +202,7 @@ class OCRModel(nn.Module):
 
     def encode_lines(self, images: torch.Tensor, image_mask: torch.Tensor, with_ctc: bool = False) -> EncodedLines:
         """What a search reads: the visual prefix, and with `with_ctc` the CTC head's frame log-posteriors."""
-        enc, enc_mask = self.encoder_tokens(images, image_mask)
+        enc, enc_mask = self.reading_tokens(images, image_mask)
         visual, vmask = self.connector(enc, enc_mask)
         if not with_ctc or self.ctc_head is None:
             return EncodedLines(visual, vmask)
@@ -220,7 +233,7 @@ class OCRModel(nn.Module):
         """Greedy CTC with the encoder's head: fast, no language model."""
         if self.ctc_head is None:
             raise BridgeOCRError("this model has no CTC head (train with model.ctc_head=true)")
-        return ctc_read(self.encoder_tokens, self.ctc_head, images, image_mask, self.tokenizer)
+        return ctc_read(self.reading_tokens, self.ctc_head, images, image_mask, self.tokenizer)
 
     def decoding_for(self, decoding: str | None = None) -> str:
         """The decoding a read uses: the one asked for, else `cfg.decoding` (gpt when it needs a missing head).

@@ -450,13 +450,15 @@ def _report_skipped(data) -> dict:
 
 
 def _test(cfg, run_dir: Path, best, data, best_epoch: int) -> dict | None:
-    """The best checkpoint on the test split (its cached encoder features when they match) -> evaluate's
-    result, written as predictions_test.tsv; None for an empty split."""
+    """The best checkpoint on the test split (its cached encoder features when they match, and when it
+    reads each line once: a model that widens crowded lines reads their pixels) -> evaluate's result,
+    written as predictions_test.tsv; None for an empty split."""
     test_src = open_split(cfg, cfg.data.test_split, cfg.data.max_eval_samples)
     if not test_src:
         print(f"{cfg.data.source}: split {cfg.data.test_split!r} is empty; no test metrics", flush=True)
         return None
-    store = data.store if data.store is not None and _same_encoder(best, data.store, cfg) else None
+    cached = data.store is not None and not best.widens and _same_encoder(best, data.store, cfg)
+    store = data.store if cached else None
     if store is not None:
         fill_store(best.encoder, store, test_src, cfg.data.image, batch_size=cfg.optim.batch_size,
                    desc="encoder features [test]")
