@@ -65,9 +65,11 @@ def machine(device: str) -> dict:
 
 
 def decodings(model, pre_beam: int, beams=None, weights=None) -> list[tuple]:
-    """(label, decoding, beam, pre_beam, CTC weight) of every way the model reads; the model's default first."""
+    """(label, decoding, beam, pre_beam, CTC weight, widen) of every way the model reads; the model's default
+    first. A model that widens crowded lines (models/widening.py) also gets its main rows reading every line
+    once (`--widen 0`): what the second look costs and what it buys."""
     if model.ctc_head is None:
-        return [("GPT greedy (default)", "gpt", 1, None, None)]
+        return [("GPT greedy (default)", "gpt", 1, None, None, None)]
     beam, weight = model.cfg.joint_beam, model.cfg.joint_ctc_weight
     default = model.decoding_for(None)
     rows = [(f"joint beam {beam}, exact", "joint", beam, 0, None),
@@ -76,22 +78,28 @@ def decodings(model, pre_beam: int, beams=None, weights=None) -> list[tuple]:
             ("GPT greedy", "gpt", 1, None, None),
             ("CTC head", "ctc", None, None, None)]
     rows = [(label + (" (default)" if how == default and (how != "joint" or pb == model.cfg.joint_pre_beam)
-                      else ""), how, b, pb, w) for label, how, b, pb, w in rows]
+                      else ""), how, b, pb, w, None) for label, how, b, pb, w in rows]
+    if model.widens:
+        rows += [(f"{label.replace(' (default)', '')}, read once (--widen 0)", how, b, pb, w, 0.0)
+                 for label, how, b, pb, w, _ in rows if how == "ctc" or (how == "joint" and pb == 0)
+                 or how == "fast"]
     sweep = [(b, w) for b in (beams or [beam]) for w in (weights or [weight]) if (b, w) != (beam, weight)]
-    return rows + [(f"joint beam {b}, CTC weight {w:g}", "joint", b, None, w) for b, w in sweep]
+    return rows + [(f"joint beam {b}, CTC weight {w:g}", "joint", b, None, w, None) for b, w in sweep]
 
 
-def read_ours(model, image_cfg, lines, how, beam, pre_beam, batch_size, weight=None) -> dict:
-    saved = model.cfg.joint_pre_beam, model.cfg.joint_ctc_weight
+def read_ours(model, image_cfg, lines, how, beam, pre_beam, batch_size, weight=None, widen=None) -> dict:
+    saved = model.cfg.joint_pre_beam, model.cfg.joint_ctc_weight, model.cfg.widen_crowded
     if pre_beam is not None:
         model.cfg.joint_pre_beam = pre_beam
     if weight is not None:
         model.cfg.joint_ctc_weight = weight
+    if widen is not None:
+        model.cfg.widen_crowded = widen
     try:
         res = evaluate_model(model, lines, image_cfg, beam=beam, batch_size=batch_size, progress=False,
                              decoding=how)
     finally:
-        model.cfg.joint_pre_beam, model.cfg.joint_ctc_weight = saved
+        model.cfg.joint_pre_beam, model.cfg.joint_ctc_weight, model.cfg.widen_crowded = saved
     return res
 
 
@@ -108,11 +116,12 @@ def run_set(name, source, split, min_chars, args, model, image_cfg, tmp: Path) -
           f"{chars / max(1, len(lines)):.0f} chars per line", flush=True)
     rows = []
     read_ours(model, image_cfg, lines[:4], "ctc" if model.ctc_head is not None else "gpt", 1, None, 4)  # warm-up
-    for label, how, beam, pb, weight in decodings(model, args.pre_beam, args.joint_beams, args.joint_weights):
+    for label, how, beam, pb, weight, widen in decodings(model, args.pre_beam, args.joint_beams,
+                                                         args.joint_weights):
         for bs in args.batch_sizes:
             speeds, res = [], None
             for _ in range(args.repeats):
-                res = read_ours(model, image_cfg, lines, how, beam, pb, bs, weight)
+                res = read_ours(model, image_cfg, lines, how, beam, pb, bs, weight, widen)
                 speeds.append(res["lines_per_s"])
             rows.append({"system": f"bridgeocr {label}", "batch": bs, "lines": res["n"], "cer": res["cer"],
                          "wer": res["wer"], "lines_per_s": speeds, "decoding": res["decoding"]})

@@ -74,5 +74,9 @@ $B encoder train --init $S/encoder_wise50 --augment handwriting --data $S/synth4
 .venv/bin/python scripts/interpolate_encoder.py $S/encoder_wise50 $S/encoder_ft2 0.5 $S/encoder_ft2w \
     --into $S/ocr_default_wise50 $S/ocr_default_ft2w
 
+# 5d. both read their lines 1.25x wider than their aspect ratio gives (data.image.width_scale; chosen on the
+#     validation sets, docs/reading.md section 7): recorded in their config.json, no weights change
+.venv/bin/python scripts/set_width_scale.py $S/encoder_ft2w $S/ocr_default_ft2w --scale 1.25
+
 # 6. float16 copies into the package, with model cards
 .venv/bin/python scripts/ship.py

@@ -82,6 +82,12 @@ with `model.ctc_head=true`); lines are read 48 px high (its config.json says so;
      weights (alpha 0.5). Greedy CTC, round 1 -> round 2's average, on lines none of it trained on: held-out
      print fonts 0.0036 -> 0.0030, held-out handwriting fonts 0.2051 -> 0.2036, EHRI test pages 0.0169 ->
      0.0145, Hooker val 0.389 -> 0.329 (300 lines each; `docs/benchmarks.md`, "A second fine-tuning round").
+- Read wider: its config.json says `width_scale: 1.25` (every line stretched 1.25x before the trunk; step 5d),
+  and a line whose greedy CTC path still fills more than 0.65 of its frames is read again wider
+  (`model.widen_crowded`). One frame per 8 px is fewer frames than letters for narrow hands. Chosen on
+  validation sets (`docs/reading.md` section 7). Greedy CTC on lines none of it trained on, read as is -> read
+  wider: held-out print fonts 0.0030 -> 0.0020, held-out handwriting fonts 0.2036 -> 0.1651, EHRI test 0.0145
+  -> 0.0130, the demo's test lines 0.0262 -> 0.0141.
 - `encoder_card.json`: the average's inputs (`zero_shot` is round 1's average, `fine_tuned` round 2's run) and
   round 2's training card (`fine_tuned_card`, its `val_cer_ctc_greedy` on the handwriting val lines).
 """),
@@ -89,8 +95,9 @@ with `model.ctc_head=true`); lines are read 48 px high (its config.json says so;
 The PP-OCR-based encoder (`shipped:encoder_ctc`, frozen) and the shipped GPT (`shipped:gpt_lm`) joined by
 bridgeocr's `ctc_collapse` connector (the encoder's CTC reading, one GPT embedding per character,
 `docs/reading.md`), trained with CE + CTC (0.5): what `bridgeocr recognize` uses without `--checkpoint`. It
-reads 48 px lines with joint CTC / GPT beam search (`decoding: joint`; beam 4, CTC weight 0.5,
-`models/joint_decoding.py`); `--ctc` is the fast path, `--gpt` the GPT alone.
+reads 48 px lines, stretched 1.25x wider (`image.width_scale` in its config.json; crowded lines read again
+wider, `model.widen_crowded` 0.65: `docs/reading.md` section 7), with joint CTC / GPT beam search (`decoding:
+joint`; beam 4, CTC weight 0.5, `models/joint_decoding.py`); `--ctc` is the fast path, `--gpt` the GPT alone.
 
 - Weights: the encoder's are PP-OCRv6_rec_small's (PaddleOCR, Apache-2.0, from the rapidocr==3.10.0 wheel,
   Apache-2.0, `MODEL_LICENSES.md`) as fine-tuned by bridgeocr; the GPT's and the connector's are bridgeocr's.
@@ -103,6 +110,9 @@ reads 48 px lines with joint CTC / GPT beam search (`decoding: joint`; beam 4, C
   same head vocabulary drops in). Joint decoding, 300 lines each, before (round 1's encoder) -> now: held-out
   print fonts 0.0029 -> 0.0019, held-out handwriting fonts 0.192 -> 0.187, Hooker val 0.333 -> 0.285, EHRI val
   0.016 -> 0.013, EHRI test 0.017 -> 0.013.
+- Then read wider (step 5d, no weights changed): held-out print fonts 0.0019 -> 0.0015, held-out handwriting
+  fonts 0.187 -> 0.155, Hooker val 0.285 -> 0.280, EHRI val 0.0132 -> 0.0103, EHRI test 0.0133 -> 0.0126, the
+  demo's test lines 0.0211 -> 0.0159 (`docs/benchmarks.md`, "Read wider").
 - Evaluations on sets none of it trained on (held-out fonts, Hooker val, EHRI pages it never saw), next to
   PP-OCRv6 and Tesseract: `docs/benchmarks.md`, "PP-OCR encoder" and "A second fine-tuning round".
 """),

@@ -28,6 +28,15 @@ def test_pad_policy_keeps_aspect_and_inverts():
     assert preprocess_image(line_image(30, 8), CFG).shape == (1, 16, 60)
 
 
+def test_width_scale_stretches_every_line_and_max_width_still_caps_it():
+    from dataclasses import replace
+
+    wide = replace(CFG, width_scale=1.25)
+    assert preprocess_image(line_image(40, 20), wide).shape == (1, 16, 40)  # 32 px at height 16, x1.25
+    assert preprocess_image(line_image(60, 20), wide).shape == (1, 16, 60)
+    assert preprocess_image(line_image(200, 20), wide).shape == (1, 16, 64)
+
+
 def test_resize_policy_fixed_width():
     for w in (10, 60, 300):
         assert preprocess_image(line_image(w, 20), CFG, "resize").shape == (1, 16, 40)

@@ -244,6 +244,32 @@ def test_encoder_dir_reads_with_evaluate_and_recognize(tiny_onnx, tmp_path):
         ocr.recognize(Image.new("L", (90, 30), 255), decoding="gpt")
 
 
+def test_a_recorded_width_scale_is_how_an_encoder_dir_and_an_ocr_model_read(tiny_onnx, tmp_path):
+    from conftest import load_script, tiny_ocr_model
+
+    from bridgeocr.config import ExperimentConfig
+    from bridgeocr.models.encoder import adopt_encoder_image
+    from bridgeocr.models.load import load_checkpoint
+
+    set_scale = load_script("scripts/set_width_scale.py").set_scale
+    tok = _tokenizer()
+    encoder, head, _ = import_ppocr(tiny_onnx, tok)
+    save_encoder(tmp_path / "enc", encoder, head)
+    tok.save(tmp_path / "enc" / "tokenizer.json")
+    assert load_checkpoint(tmp_path / "enc")[1].width_scale == 1.0
+    set_scale(tmp_path / "enc", 1.25)
+    assert load_checkpoint(tmp_path / "enc")[1].width_scale == 1.25
+    cfg = ExperimentConfig()  # training on that encoder reads its lines the same way
+    cfg.model.encoder.kind, cfg.model.encoder.pretrained = "ppocr", str(tmp_path / "enc")
+    adopt_encoder_image(cfg)
+    assert cfg.data.image.width_scale == 1.25 and cfg.data.image.height == 48
+    model = tiny_ocr_model(ctc=True)
+    model.save_pretrained(tmp_path / "ocr")
+    set_scale(tmp_path / "ocr", 1.5)
+    _, image_cfg, _ = load_checkpoint(tmp_path / "ocr")
+    assert image_cfg.width_scale == 1.5 and image_cfg.height == model.image_height
+
+
 def _real_onnx():
     try:
         return rapidocr_onnx_path()

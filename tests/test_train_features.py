@@ -49,6 +49,7 @@ def test_fingerprint_follows_weights_and_image_settings_not_the_freeze_flag():
     assert encoder_fingerprint(model.encoder, image) == fp
     assert encoder_fingerprint(model.encoder, ImageConfig(height=16, width_multiple=4, resize_width=99)) == fp
     assert encoder_fingerprint(model.encoder, ImageConfig(height=16, width_multiple=4, max_width=99)) != fp
+    assert encoder_fingerprint(model.encoder, ImageConfig(height=16, width_multiple=4, width_scale=1.25)) != fp
     with torch.no_grad():
         next(model.encoder.parameters()).add_(1e-3)
     assert encoder_fingerprint(model.encoder, image) != fp

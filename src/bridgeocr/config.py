@@ -29,6 +29,9 @@ class ImageConfig:
     max_width: int = 1024  # pad policy: lines wider than this are downscaled
     resize_width: int = 256  # resize policy: every line gets this width
     width_multiple: int = 8  # padded widths are rounded up to this (the encoder's patch width)
+    # pad policy: every line is stretched this much wider than its aspect ratio gives. The shipped PP-OCR
+    # encoder reads at 1.25: one frame per 8 px is too few for many Latin hands (docs/reading.md section 7)
+    width_scale: float = 1.0
 
 
 @dataclass
@@ -144,7 +147,7 @@ class ModelConfig:
     # reading: a line whose first greedy CTC path emits more letters per frame than this is read again,
     # stretched wider by letters / frames / this (models/widening.py; needs the CTC head). 0: off.
     # Measured in docs/reading.md section 7
-    widen_crowded: float = 0.0
+    widen_crowded: float = 0.65
     # GPT decoding: a line ends once it repeats one unit (2-16 tokens) this many times in a row, keeping one
     # copy (a decoder caught in a loop; models/decoding.py). 0: off. 4 measured in docs/reading.md 4b
     stop_repeats: int = 4
@@ -277,6 +280,7 @@ RULES = (
     ("data.image.max_width", *POSITIVE),
     ("data.image.resize_width", *POSITIVE),
     ("data.image.width_multiple", *POSITIVE),
+    ("data.image.width_scale", *GT0),
     ("data.max_train_samples", *_or_null(POSITIVE)),
     ("data.max_eval_samples", *_or_null(POSITIVE)),
     ("data.max_val_samples", *_or_null(POSITIVE)),

@@ -36,7 +36,7 @@ def target_width(width: int, height: int, cfg: ImageConfig, policy: str | None =
         return int(cfg.resize_width)
     if width <= 0 or height <= 0:
         return 0
-    w = max(1, round(width * cfg.height / height))
+    w = max(1, round(width * cfg.height / height * cfg.width_scale))
     return min(w, int(cfg.max_width))
 
 
@@ -82,7 +82,7 @@ def size_warnings(width: int, height: int, cfg: ImageConfig, policy: str | None 
         out.append(("narrow", f"{width}x{height} px is {w} px wide at height {cfg.height}, narrower than "
                     f"one {patch} px encoder patch"))
     if policy == "pad":
-        natural = width * cfg.height / height
+        natural = width * cfg.height / height * cfg.width_scale
         if natural > MAX_SQUEEZE * cfg.max_width:
             out.append(("squeezed", f"{width}x{height} px is squeezed {natural / cfg.max_width:.1f}x "
                         f"horizontally (about {round(natural)} px at height {cfg.height} into max_width "

@@ -348,11 +348,11 @@ def adopt_encoder_image(cfg) -> None:
     image = encoder_image(cfg.model.encoder)
     if not image:
         return
-    for key in ("height", "max_width", "width_multiple"):
+    for key in ("height", "max_width", "width_multiple", "width_scale"):
         if key in image and getattr(cfg.data.image, key) != image[key]:
             print(f"the encoder reads data.image.{key}={image[key]} (was {getattr(cfg.data.image, key)})",
                   flush=True)
-            setattr(cfg.data.image, key, int(image[key]))
+            setattr(cfg.data.image, key, float(image[key]) if key == "width_scale" else int(image[key]))
 
 
 def encoder_meta(encoder: nn.Module, ctc_vocab_size: int | None = None, ctc_upsample: int = 1) -> dict:

@@ -28,6 +28,8 @@ def encoder_image_config(encoder: nn.Module) -> ImageConfig:
     for key in ("max_width", "width_multiple"):
         if key in image:
             setattr(cfg, key, int(image[key]))
+    if "width_scale" in image:
+        cfg.width_scale = float(image["width_scale"])
     return cfg
 
 

@@ -52,6 +52,8 @@ def image_key(image_cfg: ImageConfig) -> dict:
         key["resize_width"] = image_cfg.resize_width
     else:
         key["max_width"] = image_cfg.max_width
+        if image_cfg.width_scale != 1.0:  # absent at 1: the stores made before the setting stay valid
+            key["width_scale"] = image_cfg.width_scale
     return key
 
 
