@@ -128,6 +128,14 @@ def test_evaluate_joint_decoding_is_recorded(tmp_path, capsys):
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["decoding"] == "joint CTC/GPT, beam 2, CTC weight 0.5"
     assert metrics["n"] > 0
+    assert metrics["reading"] == {"width_scale": 1.0, "widen_crowded": 0.65}  # the model's default
+    assert main(["evaluate", "--checkpoint", str(d), "--data", str(data), "--split", "all", "--joint",
+                 "--beam", "2", "--widen", "0", "--out", str(tmp_path / "ev0")]) == 0
+    once = json.loads((tmp_path / "ev0" / "metrics.json").read_text())
+    assert once["reading"]["widen_crowded"] == 0.0 and once["n"] == metrics["n"]
+    with pytest.raises(SystemExit) as bad:  # argparse's one-line usage error
+        main(["evaluate", "--checkpoint", str(d), "--data", str(data), "--widen", "-1"])
+    assert bad.value.code == 2 and "--widen: must be >= 0" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(ckpt_without_head(tmp_path)), "--data", str(data),
                  "--split", "all", "--joint"]) == 2
     assert "CTC head" in capsys.readouterr().err

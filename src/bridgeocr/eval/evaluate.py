@@ -104,6 +104,10 @@ def evaluate_model(model, source, image_cfg: ImageConfig, beam: int | None = Non
         "seconds": dt,
         "lines_per_s": len(refs) / dt if dt > 0 else 0.0,
         "decoding": describe_decoding(model, decoding, beam),
+        # how wide the lines were read (models/widening.py): their stretch, and the density above which a
+        # line was read again (0: never; cached tokens are read as they were stored)
+        "reading": {"width_scale": float(image_cfg.width_scale),
+                    "widen_crowded": float(model.cfg.widen_crowded) if reads_wider(model, features) else 0.0},
         "normalize": normalize,
         "ids": ids, "refs": refs, "hyps": hyps, "confidences": confs,
         "line_cer": line_cers(refs, hyps, normalize),
@@ -217,6 +221,11 @@ def summary(result: dict) -> dict:
     return {k: result[k] for k in keys if k in result}
 
 
+def reads_wider(model, features=None) -> bool:
+    """Whether a read may re-read crowded lines: the model widens and reads pixels, not cached tokens."""
+    return bool(getattr(model, "widens", False)) and features is None
+
+
 def describe_decoding(model, decoding: str | None, beam: int | None) -> str:
     """How a read decodes, in words for logs and metrics.json ("CTC head", "GPT, beam 1", ...)."""
     how, beam = model.decoding_for(decoding), model.beam_for(decoding, beam)
@@ -299,7 +308,7 @@ def evaluate_cli(checkpoint, data, split, beam, batch_size, max_samples, out, de
         write_predictions(out / "predictions.tsv", result)
         write_json(out / "metrics.json", {
             "checkpoint": str(checkpoint), "data": str(data), "split": split, "beam": beam, "decoding": how,
-            "epoch": epoch, **summary(result), "rows": rows, "dropped": dropped,
+            "epoch": epoch, **summary(result), "reading": result["reading"], "rows": rows, "dropped": dropped,
             f"{label}_cer": result["cer"], f"{label}_wer": result["wer"],
             **({"groups": groups} if groups is not None else {}),
         })

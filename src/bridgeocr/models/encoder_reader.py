@@ -45,6 +45,10 @@ class EncoderReader(nn.Module):
         if widen_crowded is not None:
             self.cfg.widen_crowded = widen_crowded
 
+    @property
+    def widens(self) -> bool:
+        return self.cfg.widen_crowded > 0
+
     def reading_tokens(self, images, image_mask):
         """The encoder's tokens, crowded lines encoded again wider (OCRModel.reading_tokens)."""
         mult, widest = encoder_limits(self.encoder)
