@@ -57,8 +57,8 @@ def add_decoding_args(p) -> None:
                           "the most accurate, the slowest")
     how.add_argument("--fast", dest="decoding", action="store_const", const="fast",
                      help="the speed preset: joint decoding at beam 1, the CTC head's reading checked by the GPT in "
-                          "one parallel pass (on print and typewriting 1.4x the lines/s of --joint at batch 32, "
-                          "2.5x at batch 1, same CER; on hard handwriting no faster and ~10 %% more errors: "
+                          "one parallel pass (on print and typewriting 1.5-1.7x the lines/s of --joint at batch 32, "
+                          "2.5-3x at batch 1, at +0-2 %% CER; on hard handwriting 1.3x at +3 %%: "
                           "docs/benchmarks.md); a model without a CTC head reads with the GPT, greedy")
     p.add_argument("--widen", type=nonneg_float, default=None, metavar="DENSITY",
                    help="read a line again, stretched wider, when its first CTC reading emits more than DENSITY "

@@ -16,7 +16,7 @@ from bridgeocr.data.tokenizers import load_tokenizer
 from bridgeocr.errors import ConfigError
 from bridgeocr.models.ctc import CTCHead, ctc_read
 from bridgeocr.models.encoder import load_encoder
-from bridgeocr.models.widening import encoder_limits, widened_tokens
+from bridgeocr.models.widening import reading_tokens
 
 __all__ = ["EncoderReader", "encoder_image_config"]
 
@@ -36,24 +36,21 @@ def encoder_image_config(encoder: nn.Module) -> ImageConfig:
 class EncoderReader(nn.Module):
     """Duck-types the reading side of OCRModel (`read`, `decoding_for`, `beam_for`, `tokenizer`, `cfg`)."""
 
-    def __init__(self, encoder: nn.Module, ctc_head: CTCHead, tokenizer, where: str = "encoder",
-                 widen_crowded: float | None = None):
+    def __init__(self, encoder: nn.Module, ctc_head: CTCHead, tokenizer, where: str = "encoder"):
         super().__init__()
         self.encoder, self.ctc_head, self.tokenizer, self.where = encoder, ctc_head, tokenizer, where
         self.image_height = encoder.image_height
         self.cfg = ModelConfig(encoder=encoder.cfg, ctc_head=True, ctc_upsample=ctc_head.upsample, decoding="ctc")
-        if widen_crowded is not None:
-            self.cfg.widen_crowded = widen_crowded
 
     @property
     def widens(self) -> bool:
+        """Whether a reading may encode a line twice (OCRModel.widens; an encoder dir always has its head)."""
         return self.cfg.widen_crowded > 0
 
     def reading_tokens(self, images, image_mask):
         """The encoder's tokens, crowded lines encoded again wider (OCRModel.reading_tokens)."""
-        mult, widest = encoder_limits(self.encoder)
-        return widened_tokens(self.encoder, self.ctc_head, images, image_mask, self.cfg.widen_crowded,
-                              mult, widest)
+        return reading_tokens(self.encoder, self.encoder, self.ctc_head, images, image_mask,
+                              self.cfg.widen_crowded)
 
     @classmethod
     def from_pretrained(cls, path) -> EncoderReader:

@@ -38,20 +38,22 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None, 
                              "(copy the tokenizer the model was trained with into the directory)")
     device = resolve_device(device)
     if is_encoder_dir(path):  # an encoder + CTC head alone: reads with greedy CTC
-        reader = EncoderReader.from_pretrained(path)
-        if widen is not None:
-            reader.cfg.widen_crowded = float(widen)
+        reader = _widen(EncoderReader.from_pretrained(path), widen)
         classes = reader.ctc_head.vocab_size
         check_tokenizer_matches(reader.tokenizer, classes, path / "tokenizer.json", exact=classes,
                                 exact_what="the encoder's CTC head has {n} classes")
         return reader.to(device).eval(), encoder_image_config(reader.encoder), {}
-    model = OCRModel.from_pretrained(path)
-    if widen is not None:
-        model.cfg.widen_crowded = float(widen)
+    model = _widen(OCRModel.from_pretrained(path), widen)
     meta = read_config_json(path / TRAINING_META) if (path / TRAINING_META).is_file() else {}
     image_cfg = image_config_for(model, meta)
     model.to(device).eval()
     return model, image_cfg, meta
+
+
+def _widen(model, widen: float | None):
+    if widen is not None:
+        model.cfg.widen_crowded = float(widen)
+    return model
 
 
 def image_config_for(model, meta: dict | None = None) -> ImageConfig:

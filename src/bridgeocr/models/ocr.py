@@ -40,7 +40,7 @@ from bridgeocr.models.model_dir import (
     safetensors_shapes,
 )
 from bridgeocr.models.ppocr import import_ppocr
-from bridgeocr.models.widening import encoder_limits, widened_tokens
+from bridgeocr.models.widening import reading_tokens
 from bridgeocr.shipped import resolve_pretrained
 
 OCR_FORMAT = "bridgeocr-ocr"
@@ -191,9 +191,8 @@ class OCRModel(nn.Module):
     def reading_tokens(self, images: torch.Tensor, image_mask: torch.Tensor):
         """`encoder_tokens` as a reading sees them: crowded lines encoded again wider (`cfg.widen_crowded`,
         models/widening.py). Training (`forward`) reads each line once, as it is."""
-        mult, widest = encoder_limits(self.encoder)
-        return widened_tokens(self.encoder_tokens, self.ctc_head, images, image_mask, self.cfg.widen_crowded,
-                              mult, widest)
+        return reading_tokens(self.encoder_tokens, self.encoder, self.ctc_head, images, image_mask,
+                              self.cfg.widen_crowded)
 
     def encode(self, images: torch.Tensor, image_mask: torch.Tensor):
         """-> (visual [B, M, d_model], visual_mask [B, M]): the connector's output."""

@@ -5,9 +5,9 @@ gives one frame per 8 px of a 48 px line. A narrow hand or a condensed face has 
 so it has fewer frames than letters, and CTC must drop letters (docs/reading.md section 7: the
 DkgHandwriting faces read at CER 0.36, and 0.14 once widened 1.5 times).
 
-The first reading says how full a line's frames are: the letters its greedy CTC path emits per frame. A
-line fuller than `density` is stretched horizontally by `letters / frames / density` (at most `MAX_SCALE`,
-and never past the encoder's widest line), then read again. Lines with room keep their first reading, so
+The first reading says how full a line's frames are: the letters its greedy CTC path emits per frame (its
+density). A line denser than `threshold` (`model.widen_crowded`) is stretched horizontally by density /
+threshold (at most `MAX_SCALE`, and never past the encoder's widest line), then read again. Lines with room keep their first reading, so
 widening never changes a line that was not crowded. This is bridgeocr's own step (no library offers it):
 a text-line recogniser's fixed stride meets a script's letter width here.
 """
@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from bridgeocr.models.ctc import BLANK
 
-__all__ = ["MAX_SCALE", "ctc_density", "widen_scales", "widen_images", "widened_tokens"]
+__all__ = ["MAX_SCALE", "ctc_density", "widen_scales", "widen_images", "encoder_limits", "widened_tokens",
+           "reading_tokens"]
 
 MAX_SCALE = 2.0  # beyond 2x the letters of a line with 1 letter per frame get 2 frames each
 
@@ -103,3 +104,10 @@ def widened_tokens(encode, head, images: torch.Tensor, image_mask: torch.Tensor,
     merged[crowded], merged_mask[crowded] = 0, False
     merged[crowded, :again.shape[1]], merged_mask[crowded, :again_mask.shape[1]] = again, again_mask.to(torch.bool)
     return merged, merged_mask
+
+
+def reading_tokens(encode, encoder, head, images: torch.Tensor, image_mask: torch.Tensor, threshold: float):
+    """`widened_tokens` within `encoder`'s limits: how OCRModel and EncoderReader read (`encode` may pass
+    cached tokens through, as OCRModel.encoder_tokens does)."""
+    mult, widest = encoder_limits(encoder)
+    return widened_tokens(encode, head, images, image_mask, threshold, mult, widest)
