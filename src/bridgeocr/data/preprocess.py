@@ -268,8 +268,9 @@ def pad_images(images: list[torch.Tensor], width_multiple: int = 8) -> tuple[tor
         raise ValueError(f"Collator: images of different heights {sorted(heights)}")
     mult = max(1, int(width_multiple))
     width = max(mult, math.ceil(max(t.shape[2] for t in images) / mult) * mult)
-    batch = torch.zeros(len(images), 1, heights.pop(), width, dtype=torch.float32)
-    mask = torch.zeros(len(images), width, dtype=torch.bool)
+    device = images[0].device  # a batch is padded where its lines are (models/widening.py re-pads on the GPU)
+    batch = torch.zeros(len(images), 1, heights.pop(), width, dtype=torch.float32, device=device)
+    mask = torch.zeros(len(images), width, dtype=torch.bool, device=device)
     for i, t in enumerate(images):
         batch[i, :, :, :t.shape[2]] = t
         mask[i, :t.shape[2]] = True

@@ -293,10 +293,9 @@ def hardest_fonts(predictions: Path, data: Path, k: int = 8) -> list[str]:
               for g in groups[:k]]
     rest = groups[k:]
     if rest:
-        chars = sum(g["chars"] for g in rest)
+        chars, rest_edits = sum(g["chars"] for g in rest), sum(edits[g["group"]] for g in rest)
         lines.append(f"| the other {len(rest)} fonts | {sum(g['lines'] for g in rest)} | "
-                     f"{sum(edits[g['group']] for g in rest) / max(chars, 1):.4f} | "
-                     f"{sum(edits[g['group']] for g in rest) / total:.0%} |")
+                     f"{rest_edits / max(chars, 1):.4f} | {rest_edits / total:.0%} |")
     return lines
 
 

@@ -7,18 +7,17 @@ DkgHandwriting faces read at CER 0.36, and 0.14 once widened 1.5 times).
 
 The first reading says how full a line's frames are: the letters its greedy CTC path emits per frame (its
 density). A line denser than `threshold` (`model.widen_crowded`) is stretched horizontally by density /
-threshold (at most `MAX_SCALE`, and never past the encoder's widest line), then read again. Lines with room keep their first reading, so
-widening never changes a line that was not crowded. This is bridgeocr's own step (no library offers it):
+threshold (at most `MAX_SCALE`, and never past the encoder's widest line), then read again. Lines with room
+keep their first reading, so widening never changes a line that was not crowded. This is bridgeocr's own step (no library offers it):
 a text-line recogniser's fixed stride meets a script's letter width here.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
+from bridgeocr.data.preprocess import pad_images
 from bridgeocr.models.ctc import BLANK
 
 __all__ = ["MAX_SCALE", "ctc_density", "widen_scales", "widen_images", "encoder_limits", "widened_tokens",
@@ -47,8 +46,8 @@ def widen_images(images: torch.Tensor, image_mask: torch.Tensor, scales, width_m
                  max_width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Stretch each line's real columns by its scale (bilinear) and pad the batch again -> (images, mask).
 
-    images [B, C, H, W] with image_mask [B, W] (real columns), as `data.preprocess.pad_images` gives them;
-    the new widths are rounded up to `width_multiple` and capped at `max_width`."""
+    images [B, 1, H, W] with image_mask [B, W] (real columns), as `data.preprocess.pad_images` gives them and
+    pads them again here; the new widths are rounded up to `width_multiple` and capped at `max_width`."""
     mult = max(1, int(width_multiple))
     lines = []
     for img, real, scale in zip(images, image_mask, [float(s) for s in scales]):
@@ -61,14 +60,10 @@ def widen_images(images: torch.Tensor, image_mask: torch.Tensor, scales, width_m
             line = F.interpolate(line.unsqueeze(0), size=(img.shape[1], new), mode="bilinear",
                                  align_corners=False).squeeze(0)
         lines.append(line)
-    width = max(mult, math.ceil(max(t.shape[2] for t in lines) / mult) * mult)
-    if max_width:
-        width = min(width, max(int(max_width), max(t.shape[2] for t in lines)))
-    out = images.new_zeros(len(lines), images.shape[1], images.shape[2], width)
-    mask = torch.zeros(len(lines), width, dtype=torch.bool, device=image_mask.device)
-    for i, t in enumerate(lines):
-        out[i, :, :, :t.shape[2]] = t
-        mask[i, :t.shape[2]] = True
+    out, mask = pad_images(lines, mult)
+    if max_width:  # rounding up to the multiple must not pass the encoder's widest line
+        width = max(int(max_width), max(t.shape[2] for t in lines))
+        out, mask = out[..., :width], mask[:, :width]
     return out, mask
 
 
