@@ -35,8 +35,9 @@ def test_every_decoding_in_one_table_and_the_goals(bench, tmp_path):
     result = bench.run_set("box", str(tmp_path / "manifest.tsv"), "test", 0, args, model, image_cfg, tmp_path)
     systems = {r["system"] for r in result["rows"]}
     assert {"bridgeocr CTC head", "bridgeocr GPT greedy", "bridgeocr fast (joint beam 1, draft and check)",
-            "bridgeocr joint beam 4, pre-beam 3", "bridgeocr joint beam 2, CTC weight 0.5"} <= systems
-    assert [s for s in systems if s.endswith("(default)")] == ["bridgeocr joint beam 4, exact (default)"]
+            "bridgeocr joint beam 4, draft first, pre-beam 3", "bridgeocr joint beam 4, full search (--full-search)",
+            "bridgeocr joint beam 2, CTC weight 0.5"} <= systems
+    assert [s for s in systems if s.endswith("(default)")] == ["bridgeocr joint beam 4, draft first (default)"]
     assert all(r["lines"] == 12 and len(r["lines_per_s"]) == 2 for r in result["rows"])
     assert "| bridgeocr CTC head | 4 |" in bench.table(result)
     assert bench.goals(result, 4) == ["box: no Tesseract row, goals not checked"]
@@ -44,5 +45,7 @@ def test_every_decoding_in_one_table_and_the_goals(bench, tmp_path):
             "decoding": "tesseract"}
     result["rows"].append(tess)
     checked = bench.goals(result, 4)
+    assert any("full search (--full-search): 0.00x Tesseract's lines/s, CER +0.0% vs the full joint search" in line
+               for line in checked)  # the full search is the reference CER
     assert checked and all(line.endswith(("missed (goal >= 1.0x, <= +2 %)", "missed (goal >= 3x)"))
                            for line in checked)  # nothing reads at a billion lines/s

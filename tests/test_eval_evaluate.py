@@ -126,8 +126,12 @@ def test_evaluate_joint_decoding_is_recorded(tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(d), "--data", str(data), "--split", "all", "--joint",
                  "--beam", "2", "--out", str(tmp_path / "ev")]) == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    assert metrics["decoding"] == "joint CTC/GPT, beam 2, CTC weight 0.5"
+    assert metrics["decoding"] == "joint CTC/GPT, beam 2, CTC weight 0.5, draft first"
     assert metrics["n"] > 0
+    assert main(["evaluate", "--checkpoint", str(d), "--data", str(data), "--split", "all", "--full-search",
+                 "--beam", "2", "--out", str(tmp_path / "full")]) == 0
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert full["decoding"] == "joint CTC/GPT, beam 2, CTC weight 0.5" and full["n"] == metrics["n"]
     assert metrics["reading"] == {"width_scale": 1.0, "widen_crowded": 0.65}  # the model's default
     assert main(["evaluate", "--checkpoint", str(d), "--data", str(data), "--split", "all", "--joint",
                  "--beam", "2", "--widen", "0", "--out", str(tmp_path / "ev0")]) == 0

@@ -162,6 +162,52 @@ def test_joint_greedy_is_the_stepwise_beam_1_search(rounds):
     assert off_draft >= 5  # the joint reading really left the drafts
 
 
+def test_draft_first_search_searches_only_where_the_draft_does_not_hold():
+    """Draft first: a line the beam-1 joint reading follows along its CTC draft to the end keeps that reading;
+    every other line gets exactly the beam search's hypothesis (ids and GPT log-probs)."""
+    from bridgeocr.models.joint_decoding import _collapse, draft_first_search, joint_greedy, joint_search
+
+    kept = searched = 0
+    for seed in range(8):
+        model, args, ctc, lengths = _uncertain_case(seed)
+        kw = dict(ctc_log_probs=ctc, ctc_lengths=lengths, ctc_weight=0.5, suppress=(0, 1))
+        out = draft_first_search(*args, beam=3, **kw)
+        greedy = joint_greedy(*args, **kw)
+        full = joint_search(*args, beam=3, **kw)
+        drafts = [_collapse(p[:n], {0, 1, 2}) for p, n in zip(ctc.argmax(-1).tolist(), lengths.tolist())]
+        for b, (ids, lps) in enumerate(out):
+            if greedy[b][0] == drafts[b]:  # read whole on the first check
+                assert ids == greedy[b][0]
+                kept += 1
+            else:
+                assert ids == full[b][0] and lps == pytest.approx(full[b][1], abs=1e-4)
+                searched += 1
+    assert kept >= 5 and searched >= 5  # both kinds of line were exercised
+
+
+def test_joint_draft_config_picks_the_search(monkeypatch):
+    """model.joint_draft (default true) reads joint beam > 1 draft first; false: every line is beam-searched;
+    beam 1 is the draft-and-check greedy search either way."""
+    import bridgeocr.models.decoding as decoding
+
+    calls = []
+    for name in ("draft_first_search", "joint_search", "joint_greedy"):
+        real = getattr(decoding, name)
+        monkeypatch.setattr(decoding, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    model = make_ocr()
+    imgs, mask = torch.rand(2, 1, 32, 96), torch.ones(2, 96, dtype=torch.bool)
+    assert model.cfg.joint_draft
+    model.read(imgs, mask, decoding="joint", beam=3)
+    assert calls[0] == "draft_first_search"
+    calls.clear()
+    model.cfg.joint_draft = False
+    model.read(imgs, mask, decoding="joint", beam=3)
+    assert calls == ["joint_search"]
+    calls.clear()
+    model.read(imgs, mask, decoding="joint", beam=1)
+    assert calls[0] == "joint_greedy"
+
+
 def test_pre_beam_keeps_the_best_hypothesis_when_it_holds_it():
     """Partial scoring (the GPT's P best ids + EOS per hypothesis) finds the exact search's best
     hypothesis whenever each of its tokens is among the GPT's P best for its prefix; a pre-beam that

@@ -2,12 +2,13 @@
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from bridgeocr.config import ModelConfig
 from bridgeocr.data.sample import Batch
 from bridgeocr.errors import ConfigError
 from bridgeocr.models.ocr import OCRModel
-from bridgeocr.shipped import SHIPPED_DIR, export_shipped, resolve_pretrained
+from bridgeocr.shipped import HALF_FROM, SHIPPED_DIR, export_shipped, resolve_pretrained
 
 
 def test_resolve_passes_paths_and_rejects_unknown_names(tmp_path):
@@ -34,6 +35,14 @@ def test_fp16_export_round_trip(tmp_path):
     shipped = export_shipped(tmp_path / "full", tmp_path / "ship", "tiny", "made by a test")
     assert (shipped / "MODEL_CARD.md").read_text().startswith("# tiny")
     assert (shipped / "model.safetensors").stat().st_size < 0.6 * (tmp_path / "full" / "model.safetensors").stat().st_size
+    stored = load_file(str(shipped / "model.safetensors"))
+    full = load_file(str(tmp_path / "full" / "model.safetensors"))
+    assert any(v.dtype == torch.float16 for v in stored.values())
+    for k, v in stored.items():  # large weights halved; small tensors (scalars, norms, biases) kept exact
+        if full[k].is_floating_point() and full[k].numel() < HALF_FROM:
+            assert v.dtype == torch.float32 and torch.equal(v, full[k]), k
+        elif full[k].is_floating_point():
+            assert v.dtype == torch.float16, k
     loaded = OCRModel.from_pretrained(shipped).eval()
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
     images, mask = torch.rand(2, 1, 32, 64), torch.ones(2, 64, dtype=torch.bool)

@@ -53,8 +53,13 @@ def add_decoding_args(p) -> None:
     how.add_argument("--ctc", dest="decoding", action="store_const", const="ctc",
                      help="decode with the encoder's CTC head (fast, no language model)")
     how.add_argument("--joint", dest="decoding", action="store_const", const="joint",
-                     help="beam search scored by the CTC head and the GPT together (model.joint_ctc_weight); "
-                          "the most accurate, the slowest")
+                     help="beam search scored by the CTC head and the GPT together (model.joint_ctc_weight), on "
+                          "the lines where the GPT does not accept the CTC head's reading whole (draft first; "
+                          "--full-search: on every line); the most accurate")
+    how.add_argument("--full-search", dest="decoding", action="store_const", const="full",
+                     help="joint decoding with the beam search on every line (model.joint_draft=false); by default "
+                          "a line the GPT's check of the CTC head's reading accepts whole keeps it and only the "
+                          "others are searched: same CER, 1.2-1.4x the lines/s (docs/benchmarks.md)")
     how.add_argument("--fast", dest="decoding", action="store_const", const="fast",
                      help="the speed preset: joint decoding at beam 1, the CTC head's reading checked by the GPT in "
                           "one parallel pass (on print and typewriting 1.5-1.7x the lines/s of --joint at batch 32, "

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from bridgeocr.errors import ConfigError
-from bridgeocr.models.joint_decoding import joint_greedy, joint_search
+from bridgeocr.models.joint_decoding import draft_first_search, joint_greedy, joint_search
 from bridgeocr.models.stepping import Hypothesis, Stepper, log_probs
 
 __all__ = ["Hypothesis", "generate", "search", "greedy_search", "beam_search", "repeat_tail"]
@@ -141,12 +141,13 @@ def beam_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_id
 @torch.no_grad()
 def generate(model, images, image_mask, beam: int = 1, max_new_tokens: int | None = None,
              length_penalty: float = 1.0, use_cache: bool = True, ctc_weight: float = 0.0,
-             pre_beam: int | None = None) -> list[Hypothesis]:
+             pre_beam: int | None = None, draft: bool | None = None) -> list[Hypothesis]:
     """OCRModel -> one Hypothesis per image (eval mode for the call; the caller's mode is restored): the model
     encodes the lines (`OCRModel.encode_lines`), a search writes them (`search`), the tokenizer spells them.
 
     ctc_weight > 0: joint CTC / GPT decoding (`joint_decoding.py`) with the model's CTC head, scoring
-    `pre_beam` candidates per hypothesis (None: `model.cfg.joint_pre_beam`; 0: every id)."""
+    `pre_beam` candidates per hypothesis (None: `model.cfg.joint_pre_beam`; 0: every id); at beam > 1 `draft`
+    first (`joint_decoding.draft_first_search`; None: `model.cfg.joint_draft`)."""
     was_training = model.training
     model.eval()
     try:
@@ -154,7 +155,8 @@ def generate(model, images, image_mask, beam: int = 1, max_new_tokens: int | Non
             raise ConfigError("joint decoding needs the encoder's CTC head (train with model.ctc_head=true)")
         lines = model.encode_lines(images, image_mask, with_ctc=ctc_weight > 0)
         results = search(model, lines, beam, max_new_tokens, length_penalty, use_cache, ctc_weight,
-                         model.cfg.joint_pre_beam if pre_beam is None else pre_beam)
+                         model.cfg.joint_pre_beam if pre_beam is None else pre_beam,
+                         model.cfg.joint_draft if draft is None else draft)
     finally:
         model.train(was_training)
     tok = model.tokenizer
@@ -162,9 +164,9 @@ def generate(model, images, image_mask, beam: int = 1, max_new_tokens: int | Non
 
 
 def search(model, lines, beam: int, max_new_tokens: int | None, length_penalty: float, use_cache: bool,
-           ctc_weight: float, pre_beam: int) -> list[tuple[list[int], list[float]]]:
-    """The decoder strategy for (beam, ctc_weight): greedy, beam search, joint greedy (draft and check) or
-    joint beam search, over the model's GPT reading `lines` (an EncodedLines)."""
+           ctc_weight: float, pre_beam: int, draft: bool = True) -> list[tuple[list[int], list[float]]]:
+    """The decoder strategy for (beam, ctc_weight, draft): greedy, beam search, joint greedy (draft and check),
+    joint beam search draft first, or on every line, over the model's GPT reading `lines` (an EncodedLines)."""
     gpt = model.decoder
     n = min(max_new_tokens or model.cfg.max_text_tokens, gpt.cfg.n_positions)
     args = (gpt, lines.visual, lines.visual_mask, model.cfg.attach_layer, model.bos_id, model.eos_id, n)
@@ -174,6 +176,8 @@ def search(model, lines, beam: int, max_new_tokens: int | None, length_penalty: 
                    suppress=suppress, use_cache=use_cache)
         if beam <= 1:  # greedy joint: the CTC head's reading checked by the GPT in parallel
             return joint_greedy(*args, **ctc)
+        if draft:  # the beam search only where the checked draft does not hold
+            return draft_first_search(*args, beam=beam, pre_beam=pre_beam, **ctc)
         return joint_search(*args, beam=beam, pre_beam=pre_beam, **ctc)
     stop = int(model.cfg.stop_repeats or 0)
     if beam <= 1:

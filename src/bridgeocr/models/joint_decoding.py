@@ -234,8 +234,8 @@ def _collapse(path: list[int], skip: set[int], after: int | None = None) -> list
 @torch.no_grad()
 def joint_greedy(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_id: int, max_new_tokens: int,
                  ctc_log_probs: torch.Tensor, ctc_lengths: torch.Tensor, ctc_weight: float = 0.5,
-                 suppress: tuple[int, ...] = (), rounds: int = 8,
-                 use_cache: bool = True) -> list[tuple[list[int], list[float]]]:
+                 suppress: tuple[int, ...] = (), rounds: int = 8, use_cache: bool = True,
+                 fallback_beam: int = 1, pre_beam: int = 0) -> list[tuple[list[int], list[float]]]:
     """Greedy joint CTC / GPT decoding, the result of `joint_search(beam=1)`, at a fraction of its cost.
 
     Why: stepping the GPT one token at a time is what joint decoding pays for, and the CTC head's own
@@ -245,7 +245,11 @@ def joint_greedy(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_i
     keeps its draft up to the first position where the argmax differs, takes the argmax there, and gets a
     new draft for the rest (the CTC head's best path after the frame where its prefix most likely ends).
     Lines still open after `rounds` checks are finished by the stepwise search. Drafts only decide how
-    much work is done, never the result."""
+    much work is done, never the result.
+
+    `fallback_beam` K > 1 (with `rounds=1`): the *draft-first beam search* (`draft_first_search`): lines
+    whose draft the joint score accepts whole in the first check keep it, the others get the beam-K search
+    (`joint_search`, scoring `pre_beam` candidates)."""
     B, dev = prefix.shape[0], prefix.device
     scorer = CTCPrefixScorer(ctc_log_probs, ctc_lengths)
     paths = _ctc_best_path(ctc_log_probs, ctc_lengths)
@@ -272,11 +276,28 @@ def joint_greedy(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_i
     if rest:  # lines whose drafts kept missing: the stepwise search, from the start
         idx = torch.tensor(rest, device=dev)
         out = joint_search(gpt, prefix[idx], prefix_mask[idx], attach_layer, bos_id, eos_id, max_new_tokens,
-                           ctc_log_probs[idx], ctc_lengths[idx], ctc_weight=ctc_weight, beam=1,
-                           use_cache=use_cache, suppress=suppress)
+                           ctc_log_probs[idx], ctc_lengths[idx], ctc_weight=ctc_weight, beam=fallback_beam,
+                           use_cache=use_cache, suppress=suppress, pre_beam=pre_beam)
         for b, (ids_b, lps_b) in zip(rest, out):
             state.accepted[b], state.lps[b] = ids_b, lps_b
     return list(zip(state.accepted, state.lps))
+
+
+def draft_first_search(gpt, prefix, prefix_mask, attach_layer: int, bos_id: int, eos_id: int,
+                       max_new_tokens: int, ctc_log_probs: torch.Tensor, ctc_lengths: torch.Tensor,
+                       ctc_weight: float = 0.5, beam: int = 4, use_cache: bool = True,
+                       suppress: tuple[int, ...] = (), pre_beam: int = 0) -> list[tuple[list[int], list[float]]]:
+    """Joint beam-K decoding that searches only the lines that need it.
+
+    Why: on print and typewriting 90-95 % of lines are read whole by the CTC head's draft, checked once by the
+    GPT in one parallel pass, and the beam search then nearly always returns that same reading; it pays
+    for the lines where the two models disagree (docs/benchmarks.md, "Draft first"). So every line's draft
+    is checked once (`joint_greedy`, one round); a line the joint argmax follows to its end keeps it; every
+    other line gets `joint_search` at `beam` from the start. On a line read whole the result can differ from
+    the full search's only where the beam would have left a path both models agree on at every step."""
+    return joint_greedy(gpt, prefix, prefix_mask, attach_layer, bos_id, eos_id, max_new_tokens, ctc_log_probs,
+                        ctc_lengths, ctc_weight=ctc_weight, suppress=suppress, rounds=1, use_cache=use_cache,
+                        fallback_beam=beam, pre_beam=pre_beam)
 
 
 class _Walk:

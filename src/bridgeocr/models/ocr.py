@@ -50,6 +50,10 @@ DECODINGS = ("gpt", "ctc", "joint")
 # the speed preset (`--fast`): greedy joint decoding, which checks the CTC head's reading with the GPT in one
 # parallel pass (models/joint_decoding.joint_greedy); its speed and CER cost are in docs/benchmarks.md
 FAST = "fast"
+# joint decoding with the beam search on every line, also those the checked draft reads whole (what joint
+# decoding did before `model.joint_draft`): slower at the same CER, docs/benchmarks.md "Draft first"
+FULL = "full"
+PRESETS = (FAST, FULL)
 
 __all__ = ["OCRModel", "OCROutput", "Hypothesis"]
 
@@ -223,10 +227,11 @@ class OCRModel(nn.Module):
         return self.decoder(input_ids, attention_mask)[0]
 
     def generate(self, images, image_mask, beam: int = 1, max_new_tokens: int | None = None,
-                 length_penalty: float = 1.0, ctc_weight: float = 0.0) -> list[Hypothesis]:
-        """The GPT's reading (ctc_weight > 0: joint CTC / GPT beam search with the CTC head)."""
+                 length_penalty: float = 1.0, ctc_weight: float = 0.0, draft: bool | None = None) -> list[Hypothesis]:
+        """The GPT's reading (ctc_weight > 0: joint CTC / GPT beam search with the CTC head; `draft`: draft
+        first, None = `cfg.joint_draft`)."""
         return generate(self, images, image_mask, beam=beam, max_new_tokens=max_new_tokens,
-                        length_penalty=length_penalty, ctc_weight=ctc_weight)
+                        length_penalty=length_penalty, ctc_weight=ctc_weight, draft=draft)
 
     def ctc_decode(self, images, image_mask) -> list[Hypothesis]:
         """Greedy CTC with the encoder's head: fast, no language model."""
@@ -237,14 +242,14 @@ class OCRModel(nn.Module):
     def decoding_for(self, decoding: str | None = None) -> str:
         """The decoding a read uses: the one asked for, else `cfg.decoding` (gpt when it needs a missing head).
         `fast` (a preset, FAST_DECODING) is joint decoding at beam 1, or the GPT's greedy one without a head."""
-        if decoding == FAST:
+        if decoding in PRESETS:
             return "joint" if self.ctc_head is not None else "gpt"
         if decoding is None:
             decoding = self.cfg.decoding
             if decoding in ("ctc", "joint") and self.ctc_head is None:
                 decoding = "gpt"
         if decoding not in DECODINGS:
-            raise ConfigError(f"decoding: expected one of {', '.join(DECODINGS + (FAST,))}, got {decoding!r}")
+            raise ConfigError(f"decoding: expected one of {', '.join(DECODINGS + PRESETS)}, got {decoding!r}")
         return decoding
 
     def beam_for(self, decoding: str | None, beam: int | None = None) -> int:
@@ -254,13 +259,14 @@ class OCRModel(nn.Module):
         return beam or (self.cfg.joint_beam if self.decoding_for(decoding) == "joint" else 1)
 
     def read(self, images, image_mask, beam: int | None = None, decoding: str | None = None) -> list[Hypothesis]:
-        """Transcribe a batch: `decoding` gpt | ctc | joint | fast, None = the model's `cfg.decoding`;
+        """Transcribe a batch: `decoding` gpt | ctc | joint | fast | full, None = the model's `cfg.decoding`;
         `beam` None = `beam_for`'s default."""
         how, beam = self.decoding_for(decoding), self.beam_for(decoding, beam)
         if how == "ctc":
             return self.ctc_decode(images, image_mask)
         if how == "joint":
-            return self.generate(images, image_mask, beam=beam, ctc_weight=self.cfg.joint_ctc_weight)
+            return self.generate(images, image_mask, beam=beam, ctc_weight=self.cfg.joint_ctc_weight,
+                                 draft=self.cfg.joint_draft and decoding != FULL)
         return self.generate(images, image_mask, beam=beam)
 
     # ------------------------------------------------------------------------------------ save/load
