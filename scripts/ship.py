@@ -97,7 +97,9 @@ bridgeocr's `ctc_collapse` connector (the encoder's CTC reading, one GPT embeddi
 `docs/reading.md`), trained with CE + CTC (0.5): what `bridgeocr recognize` uses without `--checkpoint`. It
 reads 48 px lines, stretched 1.25x wider (`image.width_scale` in its config.json; crowded lines read again
 wider, `model.widen_crowded` 0.65: `docs/reading.md` section 7), with joint CTC / GPT beam search (`decoding:
-joint`; beam 4, CTC weight 0.5, `models/joint_decoding.py`); `--ctc` is the fast path, `--gpt` the GPT alone.
+joint`; beam 4, CTC weight 0.5, `models/joint_decoding.py`), searching only the lines where the GPT does not
+accept the CTC head's reading whole (`model.joint_draft`; `--full-search`: every line); `--ctc` is the fast path,
+`--gpt` the GPT alone.
 
 - Weights: the encoder's are PP-OCRv6_rec_small's (PaddleOCR, Apache-2.0, from the rapidocr==3.10.0 wheel,
   Apache-2.0, `MODEL_LICENSES.md`) as fine-tuned by bridgeocr; the GPT's and the connector's are bridgeocr's.

@@ -57,14 +57,15 @@ def add_decoding_args(p) -> None:
                           "the lines where the GPT does not accept the CTC head's reading whole (draft first; "
                           "--full-search: on every line); the most accurate")
     how.add_argument("--full-search", dest="decoding", action="store_const", const="full",
-                     help="joint decoding with the beam search on every line (model.joint_draft=false); by default "
-                          "a line the GPT's check of the CTC head's reading accepts whole keeps it and only the "
-                          "others are searched: same CER, 1.2-1.4x the lines/s (docs/benchmarks.md)")
+                     help="joint decoding with the beam search on every line (model.joint_draft=false). By default "
+                          "a line whose CTC reading the GPT's check accepts whole keeps it and only the others are "
+                          "searched: on print and typewriting 1.5x the lines/s at batch 32 and 2-3x at batch 1, at "
+                          "the same CER (docs/benchmarks.md, \"Draft first\")")
     how.add_argument("--fast", dest="decoding", action="store_const", const="fast",
                      help="the speed preset: joint decoding at beam 1, the CTC head's reading checked by the GPT in "
-                          "one parallel pass (on print and typewriting 1.5-1.7x the lines/s of --joint at batch 32, "
-                          "2.5-3x at batch 1, at +0-2 %% CER; on hard handwriting 1.3x at +3 %%: "
-                          "docs/benchmarks.md); a model without a CTC head reads with the GPT, greedy")
+                          "one parallel pass (1.1x the lines/s of --joint at batch 32, up to 1.6x at batch 1, at "
+                          "+0-5 %% CER: docs/benchmarks.md, \"Draft first\"); a model without a CTC head reads with "
+                          "the GPT, greedy")
     p.add_argument("--widen", type=nonneg_float, default=None, metavar="DENSITY",
                    help="read a line again, stretched wider, when its first CTC reading emits more than DENSITY "
                    "letters per frame (a narrow hand or condensed face has fewer frames than letters); 0: read "
