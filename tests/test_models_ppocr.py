@@ -129,10 +129,10 @@ def test_export_back_to_onnx_runs_the_current_weights_in_onnxruntime(tiny_onnx, 
         torch_out = encoder(images, mask)[0]
         monkeypatch.setenv("BRIDGEOCR_ORT", "1")
         ort_out = encoder(images, mask)[0]
-        assert encoder._ort.session is not None  # it did run on onnxruntime
+        assert encoder._ort.sessions  # it did run on onnxruntime
         # its threads do not busy-wait after a call: the torch side runs next on the same cores
-        options = encoder._ort.session.get_session_options()
-        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        for session in encoder._ort.sessions.values():
+            assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
         torch.testing.assert_close(ort_out, torch_out, atol=1e-4, rtol=1e-4)
         next(iter(encoder.graph.params.values())).mul_(0.5)  # new weights: a new session, new numbers
         changed = encoder(images, mask)[0]
@@ -140,9 +140,30 @@ def test_export_back_to_onnx_runs_the_current_weights_in_onnxruntime(tiny_onnx, 
         torch.testing.assert_close(changed, encoder(images, mask)[0], atol=1e-4, rtol=1e-4)
     assert not torch.allclose(changed, ort_out, atol=1e-3)
     monkeypatch.setenv("BRIDGEOCR_ORT", "1")
-    encoder._ort.session = None
+    encoder._ort.sessions = {}
     encoder(images, mask)[0].sum().backward()  # trainable: the torch executor, gradients flow
-    assert encoder._ort.session is None and all(p.grad is not None for p in encoder.graph.params.values())
+    assert not encoder._ort.sessions and all(p.grad is not None for p in encoder.graph.params.values())
+
+
+def test_width_groups_run_side_by_side_with_the_same_result(tiny_onnx):
+    """OrtRunner.run_many: several inputs on single-threaded calls in as many workers as torch has threads,
+    each output the one a call of its own gives, in input order."""
+    encoder = import_ppocr(tiny_onnx)[0].eval()
+    runner = encoder._ort
+    xs = [torch.rand(1, 3, 48, w) for w in (64, 160, 96, 32)]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        many = runner.run_many(xs)
+        assert set(runner.sessions) == {1} and runner._workers == 2  # one single-threaded session, 2 workers
+        alone = [runner(x) for x in xs]
+        assert 2 in runner.sessions
+        for a, b in zip(many, alone):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        torch.set_num_threads(1)
+        assert len(runner.run_many(xs)) == 4 and runner._workers == 2  # one thread: one call after another
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_erf_gelu_is_fused_into_one_node(tiny_onnx):

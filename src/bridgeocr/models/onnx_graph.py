@@ -22,6 +22,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -464,12 +465,18 @@ class OnnxGraph(nn.Module):
 class OrtRunner:
     """An onnxruntime session over an OnnxGraph's current weights, rebuilt when they change: the frozen
     encoder's fast path (onnxruntime runs PP-OCR's graph ~2.5x faster than the node-by-node torch executor
-    on a CPU). `available()` is False without onnxruntime or `onnx`, or with BRIDGEOCR_ORT=0."""
+    on a CPU). `available()` is False without onnxruntime or `onnx`, or with BRIDGEOCR_ORT=0.
+
+    `run_many` runs several inputs (a batch's width groups) at once, one single-threaded session call per
+    worker thread, as many workers as torch has threads: one input at a time on two threads spends part of
+    each convolution waiting for the other thread; two inputs side by side do not (on 2 cores, 32 lines of
+    400-1,200 px: ~1.25x the lines/s, docs/benchmarks.md "Encoder")."""
 
     def __init__(self, graph: OnnxGraph):
         self.graph = graph
-        self.session = None
+        self.sessions: dict[int, object] = {}  # intra-op threads -> session over the weights of `version`
         self.version = None
+        self._pool, self._workers = None, 0
 
     @staticmethod
     def available() -> bool:
@@ -477,21 +484,40 @@ class OrtRunner:
             return False
         return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def _session(self, threads: int):
         import onnxruntime as ort  # lazy: an optional extra, used only where `available()`
 
         version = self.graph.weights_version()
-        if self.session is None or version != self.version:
+        if version != self.version:
+            self.sessions, self.version = {}, version
+        if threads not in self.sessions:
             opts = ort.SessionOptions()
-            opts.intra_op_num_threads = torch.get_num_threads()
+            opts.intra_op_num_threads = threads
             opts.log_severity_level = 3
             # no busy-waiting between runs: onnxruntime's threads spin after each call by default, and here
             # the torch side (connector, CTC head, GPT search) runs on the same cores right after it; the spin
             # took a core from it (without it, on 2 cores: --fast at batch 1 1.5-1.7x faster, the default
             # joint decoding 1.1-1.2x; docs/benchmarks.md)
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self.session = ort.InferenceSession(self.graph.to_onnx().SerializeToString(), opts,
-                                                providers=["CPUExecutionProvider"])
-            self.version = version
-        (out,) = self.session.run(None, {self.graph.spec["inputs"][0]: x.detach().float().cpu().numpy()})
+            self.sessions[threads] = ort.InferenceSession(self.graph.to_onnx().SerializeToString(), opts,
+                                                          providers=["CPUExecutionProvider"])
+        return self.sessions[threads]
+
+    def _run(self, session, x: torch.Tensor) -> torch.Tensor:
+        (out,) = session.run(None, {self.graph.spec["inputs"][0]: x.detach().float().cpu().numpy()})
         return torch.from_numpy(out)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(self._session(torch.get_num_threads()), x)
+
+    def run_many(self, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """`[self(x) for x in xs]`, the inputs spread over `torch.get_num_threads()` single-threaded calls."""
+        workers = min(torch.get_num_threads(), len(xs))
+        if workers <= 1:
+            return [self(x) for x in xs]
+        session = self._session(1)
+        if self._workers != workers:
+            self._pool, self._workers = ThreadPoolExecutor(workers, thread_name_prefix="bridgeocr-ort"), workers
+        order = sorted(range(len(xs)), key=lambda i: -xs[i].numel())  # the largest first: even finishing times
+        outs = dict(zip(order, self._pool.map(lambda i: self._run(session, xs[i]), order)))
+        return [outs[i] for i in range(len(xs))]

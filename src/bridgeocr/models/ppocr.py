@@ -82,13 +82,12 @@ class PPOCREncoder(nn.Module):
                            patch_width=self.stride, pretrained=None)
         self._ort = OrtRunner(graph)
 
-    def _run_graph(self, x: torch.Tensor) -> torch.Tensor:
-        """The graph on onnxruntime when nothing needs its gradient (a frozen encoder, any evaluation) on a
-        CPU, else the trainable torch executor (the two agree to ~1e-5, tests/test_models_ppocr.py)."""
+    def _on_ort(self, x: torch.Tensor) -> bool:
+        """Whether the graph runs on onnxruntime: when nothing needs its gradient (a frozen encoder, any
+        evaluation) on a CPU; else the trainable torch executor runs it (the two agree to ~1e-5,
+        tests/test_models_ppocr.py)."""
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.graph.parameters())
-        if not needs_grad and x.device.type == "cpu" and OrtRunner.available():
-            return self._ort(x).to(x.dtype)
-        return self.graph(x)
+        return not needs_grad and x.device.type == "cpu" and OrtRunner.available()
 
     @property
     def d_out(self) -> int:
@@ -119,9 +118,13 @@ class PPOCREncoder(nn.Module):
             image_mask = nn.functional.pad(image_mask, (0, width - W))
         ink = images * image_mask[:, None, None, :].to(images.dtype)  # padding is blank paper
         out = images.new_zeros(B, n_max, self._d_out)
-        for n, idx in groups.items():
-            feats = self._run_graph(self.pixels(ink[idx, :, :, : n * self.stride]))  # [g, n, d]
-            out[idx, :n] = feats.to(out.dtype)
+        inputs = [self.pixels(ink[idx, :, :, : n * self.stride]) for n, idx in groups.items()]
+        if self._on_ort(images):  # the width groups side by side (OrtRunner.run_many)
+            feats = self._ort.run_many(inputs)
+        else:
+            feats = [self.graph(x) for x in inputs]
+        for (n, idx), f in zip(groups.items(), feats):  # f: [g, n, d]
+            out[idx, :n] = f.to(out.dtype)
         mask = torch.arange(n_max, device=images.device)[None] < torch.tensor(counts, device=images.device)[:, None]
         return out, mask
 
