@@ -59,11 +59,11 @@ def add_decoding_args(p) -> None:
     how.add_argument("--full-search", dest="decoding", action="store_const", const="full",
                      help="joint decoding with the beam search on every line (model.joint_draft=false). By default "
                           "a line whose CTC reading the GPT's check accepts whole keeps it and only the others are "
-                          "searched: on print and typewriting 1.5x the lines/s at batch 32 and 2-3x at batch 1, at "
+                          "searched: on print and typewriting 1.3-1.6x the lines/s at batch 32 and 2x at batch 1, at "
                           "the same CER (docs/benchmarks.md, \"Draft first\")")
     how.add_argument("--fast", dest="decoding", action="store_const", const="fast",
                      help="the speed preset: joint decoding at beam 1, the CTC head's reading checked by the GPT in "
-                          "one parallel pass (1.1x the lines/s of --joint at batch 32, up to 1.6x at batch 1, at "
+                          "one parallel pass (1.1-1.3x the lines/s of --joint at batch 32, up to 1.6x at batch 1, at "
                           "+0-5 %% CER: docs/benchmarks.md, \"Draft first\"); a model without a CTC head reads with "
                           "the GPT, greedy")
     p.add_argument("--widen", type=nonneg_float, default=None, metavar="DENSITY",

@@ -146,7 +146,7 @@ class ModelConfig:
     joint_pre_beam: int = 0
     # joint decoding at beam > 1 checks the CTC head's reading with the GPT first (one parallel pass) and runs
     # the beam search only on lines where the joint score departs from it (models/joint_decoding.py,
-    # draft_first_search; `--full-beam` / false: every line). Measured in docs/benchmarks.md, "Draft first"
+    # draft_first_search; `--full-search` / false: every line). Measured in docs/benchmarks.md, "Draft first"
     joint_draft: bool = True
     # reading: a line whose first greedy CTC path emits more letters per frame than this is read again,
     # stretched wider by letters / frames / this (models/widening.py; needs the CTC head). 0: off.

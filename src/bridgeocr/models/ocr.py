@@ -241,7 +241,8 @@ class OCRModel(nn.Module):
 
     def decoding_for(self, decoding: str | None = None) -> str:
         """The decoding a read uses: the one asked for, else `cfg.decoding` (gpt when it needs a missing head).
-        `fast` (a preset, FAST_DECODING) is joint decoding at beam 1, or the GPT's greedy one without a head."""
+        The presets `fast` (joint decoding at beam 1) and `full` (joint beam search on every line) are joint
+        decoding, or the GPT's without a head."""
         if decoding in PRESETS:
             return "joint" if self.ctc_head is not None else "gpt"
         if decoding is None:

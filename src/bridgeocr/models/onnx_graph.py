@@ -512,12 +512,14 @@ class OrtRunner:
 
     def run_many(self, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """`[self(x) for x in xs]`, the inputs spread over `torch.get_num_threads()` single-threaded calls."""
-        workers = min(torch.get_num_threads(), len(xs))
-        if workers <= 1:
+        threads = torch.get_num_threads()
+        if threads <= 1 or len(xs) <= 1:
             return [self(x) for x in xs]
         session = self._session(1)
-        if self._workers != workers:
-            self._pool, self._workers = ThreadPoolExecutor(workers, thread_name_prefix="bridgeocr-ort"), workers
+        if self._workers != threads:  # torch's thread count changed: a pool of the new size
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            self._pool, self._workers = ThreadPoolExecutor(threads, thread_name_prefix="bridgeocr-ort"), threads
         order = sorted(range(len(xs)), key=lambda i: -xs[i].numel())  # the largest first: even finishing times
         outs = dict(zip(order, self._pool.map(lambda i: self._run(session, xs[i]), order)))
         return [outs[i] for i in range(len(xs))]
