@@ -382,3 +382,27 @@ def test_ocr_model_with_kind_ppocr_maps_the_head_and_round_trips(tiny_onnx, tmp_
     assert [h.text for h in model.read(x, m, decoding="ctc")] == [h.text for h in again.read(x, m, decoding="ctc")]
     with pytest.raises(ConfigError, match="data.image.height=48"):
         OCRModel(cfg, tok.vocab_size, image_height=32, tokenizer=tok)
+
+
+
+def test_a_forked_process_makes_its_own_sessions_and_workers(tiny_onnx, monkeypatch):
+    """onnxruntime's threads and the width-group workers belong to the process that made them: in a forked
+    process (another pid) OrtRunner makes new ones instead of waiting forever on its parent's."""
+    import os
+
+    encoder = import_ppocr(tiny_onnx)[0].eval()
+    runner = encoder._ort
+    xs = [torch.rand(1, 3, 48, w) for w in (64, 96)]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        first = runner.run_many(xs)
+        pool, session = runner._pool, runner.sessions[1]
+        real = os.getpid()
+        monkeypatch.setattr(os, "getpid", lambda: real + 1)  # as a forked child sees it
+        again = runner.run_many(xs)
+        assert runner._pool is not pool and runner.sessions[1] is not session
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(first, again):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -476,7 +476,7 @@ class OrtRunner:
         self.graph = graph
         self.sessions: dict[int, object] = {}  # intra-op threads -> session over the weights of `version`
         self.version = None
-        self._pool, self._workers = None, 0
+        self._pool, self._workers, self._pid = None, 0, None
 
     @staticmethod
     def available() -> bool:
@@ -487,7 +487,7 @@ class OrtRunner:
     def _session(self, threads: int):
         import onnxruntime as ort  # lazy: an optional extra, used only where `available()`
 
-        version = self.graph.weights_version()
+        version = (self.graph.weights_version(), os.getpid())  # a forked process has none of the sessions' threads
         if version != self.version:
             self.sessions, self.version = {}, version
         if threads not in self.sessions:
@@ -516,10 +516,11 @@ class OrtRunner:
         if threads <= 1 or len(xs) <= 1:
             return [self(x) for x in xs]
         session = self._session(1)
-        if self._workers != threads:  # torch's thread count changed: a pool of the new size
-            if self._pool is not None:
+        if self._workers != threads or self._pid != os.getpid():  # a new thread count, or a forked process
+            if self._pool is not None and self._pid == os.getpid():  # (a fork has none of its threads)
                 self._pool.shutdown(wait=False)
-            self._pool, self._workers = ThreadPoolExecutor(threads, thread_name_prefix="bridgeocr-ort"), threads
+            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="bridgeocr-ort")
+            self._workers, self._pid = threads, os.getpid()
         order = sorted(range(len(xs)), key=lambda i: -xs[i].numel())  # the largest first: even finishing times
         outs = dict(zip(order, self._pool.map(lambda i: self._run(session, xs[i]), order)))
         return [outs[i] for i in range(len(xs))]
