@@ -173,7 +173,7 @@ def goals(result: dict, batch: int) -> list[str]:
     """Issue 15's goals on one set, from the rows measured."""
     tess = next((r for r in result["rows"] if r["decoding"] == "tesseract"), None)
     ours = [r for r in result["rows"] if r["system"].startswith("bridgeocr") and r["batch"] == batch]
-    exact = next((r for r in ours if FULL_ROW in r["system"]), None)
+    full = next((r for r in ours if FULL_ROW in r["system"]), None)
     ctc = next((r for r in ours if "CTC head" in r["system"]), None)
     if tess is None:
         return [f"{result['set']}: no Tesseract row, goals not checked"]
@@ -181,7 +181,7 @@ def goals(result: dict, batch: int) -> list[str]:
     out = []
     for r in (x for x in ours if x["decoding"].startswith("joint")):
         speed = statistics.fmean(r["lines_per_s"]) / t
-        worse = (r["cer"] / exact["cer"] - 1) if exact and exact["cer"] > 0 else 0.0
+        worse = (r["cer"] / full["cer"] - 1) if full and full["cer"] > 0 else 0.0
         ok = speed >= 1.0 and worse <= 0.02
         out.append(f"{result['set']}, batch {batch}: {r['system']}: {speed:.2f}x Tesseract's lines/s, CER "
                    f"{worse:+.1%} vs the full joint search -> {'met' if ok else 'missed'} (goal >= 1.0x, <= +2 %)")

@@ -267,11 +267,10 @@ def test_encoder_dir_reads_with_evaluate_and_recognize(tiny_onnx, tmp_path):
 
 
 def test_a_recorded_width_scale_is_how_an_encoder_dir_and_an_ocr_model_read(tiny_onnx, tmp_path):
-    from conftest import load_script, tiny_ocr_model
-
     from bridgeocr.config import ExperimentConfig
     from bridgeocr.models.encoder import adopt_encoder_image
     from bridgeocr.models.load import load_checkpoint
+    from conftest import load_script, tiny_ocr_model
 
     set_scale = load_script("scripts/set_width_scale.py").set_scale
     tok = _tokenizer()

@@ -7,7 +7,7 @@ import torch.nn as nn
 from bridgeocr.models.ctc import BLANK
 from bridgeocr.models.ocr import OCRModel
 from bridgeocr.models.widening import MAX_SCALE, ctc_density, widen_images, widen_scales, widened_tokens
-from test_models_ocr import V, StubTokenizer, make_batch, tiny_cfg
+from test_models_ocr import StubTokenizer, V, make_batch, tiny_cfg
 
 
 def one_hot_logits(paths, vocab=6):

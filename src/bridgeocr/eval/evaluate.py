@@ -232,7 +232,7 @@ def describe_decoding(model, decoding: str | None, beam: int | None) -> str:
     if how == "ctc":
         return "CTC head"
     if how == "joint":
-        draft = beam > 1 and model.cfg.joint_draft and decoding != "full"
+        draft = beam > 1 and model.drafts_first(decoding)
         return f"joint CTC/GPT, beam {beam}, CTC weight {model.cfg.joint_ctc_weight:g}" + (", draft first" * draft)
     return f"GPT, beam {beam}"
 

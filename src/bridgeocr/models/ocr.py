@@ -259,6 +259,11 @@ class OCRModel(nn.Module):
             return 1
         return beam or (self.cfg.joint_beam if self.decoding_for(decoding) == "joint" else 1)
 
+    def drafts_first(self, decoding: str | None = None) -> bool:
+        """Whether joint decoding at beam > 1 searches only the lines whose checked draft does not hold
+        (`cfg.joint_draft`; the `full` preset searches every line)."""
+        return self.cfg.joint_draft and decoding != FULL
+
     def read(self, images, image_mask, beam: int | None = None, decoding: str | None = None) -> list[Hypothesis]:
         """Transcribe a batch: `decoding` gpt | ctc | joint | fast | full, None = the model's `cfg.decoding`;
         `beam` None = `beam_for`'s default."""
@@ -267,7 +272,7 @@ class OCRModel(nn.Module):
             return self.ctc_decode(images, image_mask)
         if how == "joint":
             return self.generate(images, image_mask, beam=beam, ctc_weight=self.cfg.joint_ctc_weight,
-                                 draft=self.cfg.joint_draft and decoding != FULL)
+                                 draft=self.drafts_first(decoding))
         return self.generate(images, image_mask, beam=beam)
 
     # ------------------------------------------------------------------------------------ save/load

@@ -8,8 +8,8 @@ DkgHandwriting faces read at CER 0.36, and 0.14 once widened 1.5 times).
 The first reading says how full a line's frames are: the letters its greedy CTC path emits per frame (its
 density). A line denser than `threshold` (`model.widen_crowded`) is stretched horizontally by density /
 threshold (at most `MAX_SCALE`, and never past the encoder's widest line), then read again. Lines with room
-keep their first reading, so widening never changes a line that was not crowded. This is bridgeocr's own step (no library offers it):
-a text-line recogniser's fixed stride meets a script's letter width here.
+keep their first reading, so widening never changes a line that was not crowded. This is bridgeocr's own
+step (no library offers it): a text-line recogniser's fixed stride meets a script's letter width here.
 """
 
 from __future__ import annotations
