@@ -12,8 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
-from bridgeocr.config import ImageConfig
-from bridgeocr.models.load import TRAINING_META
+from bridgeocr.models.load import TRAINING_META, reading_image_config
+from bridgeocr.models.ocr import image_config_from
 
 
 def set_scale(path: Path, scale: float) -> str:
@@ -24,13 +24,11 @@ def set_scale(path: Path, scale: float) -> str:
     else:
         if isinstance(meta.get("encoder", {}).get("image"), dict):
             meta["encoder"]["image"]["width_scale"] = scale
-        image = meta.get("image")
-        if not isinstance(image, dict):
-            training = path / TRAINING_META
-            image = json.loads(training.read_text()).get("image") if training.is_file() else None
-            image = dict(image) if isinstance(image, dict) else {"height": meta.get("image_height", 32)}
-        known = {k: v for k, v in image.items() if k in ImageConfig.__dataclass_fields__}
-        meta["image"] = {**vars(ImageConfig(**known)), "width_scale": scale}
+        training = path / TRAINING_META
+        trained = json.loads(training.read_text()).get("image") if training.is_file() else None
+        image = reading_image_config(image_config_from(meta.get("image")), trained, meta.get("image_height", 32),
+                                     meta.get("model", {}).get("encoder", {}).get("patch_width", 8))
+        meta["image"] = {**vars(image), "width_scale": scale}
     cfg_file.write_text(json.dumps(meta, indent=2))
     return f"{cfg_file}: width_scale {scale}"
 

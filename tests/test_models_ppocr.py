@@ -267,7 +267,7 @@ def test_encoder_dir_reads_with_evaluate_and_recognize(tiny_onnx, tmp_path):
 
 
 def test_a_recorded_width_scale_is_how_an_encoder_dir_and_an_ocr_model_read(tiny_onnx, tmp_path):
-    from bridgeocr.config import ExperimentConfig
+    from bridgeocr.config import ExperimentConfig, ImageConfig
     from bridgeocr.models.encoder import adopt_encoder_image
     from bridgeocr.models.load import load_checkpoint
     from conftest import load_script, tiny_ocr_model
@@ -289,6 +289,8 @@ def test_a_recorded_width_scale_is_how_an_encoder_dir_and_an_ocr_model_read(tiny
     set_scale(tmp_path / "ocr", 1.5)
     _, image_cfg, _ = load_checkpoint(tmp_path / "ocr")
     assert image_cfg.width_scale == 1.5 and image_cfg.height == model.image_height
+    # the rest as the loader would have read the model before (models/load.reading_image_config)
+    assert image_cfg.width_multiple == model.cfg.encoder.patch_width != ImageConfig().width_multiple
 
 
 def _real_onnx():

@@ -17,7 +17,7 @@ from bridgeocr.models.model_dir import check_tokenizer_matches, read_config_json
 from bridgeocr.models.ocr import OCRModel, image_config_from
 from bridgeocr.shipped import resolve_pretrained
 
-__all__ = ["load_checkpoint", "image_config_for", "resolve_device", "TRAINING_META"]
+__all__ = ["load_checkpoint", "image_config_for", "reading_image_config", "resolve_device", "TRAINING_META"]
 
 TRAINING_META = "training.json"  # written by the trainer beside an OCRModel's own files
 
@@ -59,14 +59,21 @@ def _widen(model, widen: float | None):
 def image_config_for(model, meta: dict | None = None) -> ImageConfig:
     """The preprocessing a model reads with: its own (config.json), else the training metadata's, else
     defaults with the encoder's patch height and width."""
-    if model.image_config is not None:
-        return model.image_config
-    from_meta = image_config_from((meta or {}).get("image"))
+    return reading_image_config(model.image_config, (meta or {}).get("image"), model.image_height,
+                                model.cfg.encoder.patch_width)
+
+
+def reading_image_config(own: ImageConfig | None, trained: dict | None, image_height: int,
+                         patch_width: int) -> ImageConfig:
+    """`image_config_for`'s rule on its parts (also for tools that edit a model directory's JSON without
+    building the model): `own` (config.json "image"), else `trained` (training.json "image"), else defaults
+    at `image_height` with widths in multiples of `patch_width`."""
+    if own is not None:
+        return own
+    from_meta = image_config_from(trained)
     if from_meta is not None:
         return from_meta
-    cfg = ImageConfig(height=int(model.image_height))
-    cfg.width_multiple = int(model.cfg.encoder.patch_width)
-    return cfg
+    return ImageConfig(height=int(image_height), width_multiple=int(patch_width))
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -17,6 +17,7 @@ other items of its batch); its scale and bias stay trainable.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import os
@@ -462,6 +463,11 @@ class OnnxGraph(nn.Module):
         return tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
 
 
+@functools.cache
+def _ort_installed() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+
+
 class OrtRunner:
     """An onnxruntime session over an OnnxGraph's current weights, rebuilt when they change: the frozen
     encoder's fast path (onnxruntime runs PP-OCR's graph ~2.5x faster than the node-by-node torch executor
@@ -476,18 +482,23 @@ class OrtRunner:
         self.graph = graph
         self.sessions: dict[int, object] = {}  # intra-op threads -> session over the weights of `version`
         self.version = None
-        self._pool, self._workers, self._pid = None, 0, None
+        self._pool, self._workers, self._pid = None, 0, os.getpid()
 
     @staticmethod
     def available() -> bool:
-        if os.environ.get("BRIDGEOCR_ORT", "1") == "0":
-            return False
-        return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+        return os.environ.get("BRIDGEOCR_ORT", "1") != "0" and _ort_installed()
+
+    def _own_process(self) -> None:
+        """A forked process has none of the sessions' or the workers' threads: it makes its own."""
+        if self._pid != os.getpid():
+            self.sessions, self.version, self._pool, self._workers = {}, None, None, 0
+            self._pid = os.getpid()
 
     def _session(self, threads: int):
         import onnxruntime as ort  # lazy: an optional extra, used only where `available()`
 
-        version = (self.graph.weights_version(), os.getpid())  # a forked process has none of the sessions' threads
+        self._own_process()
+        version = self.graph.weights_version()
         if version != self.version:
             self.sessions, self.version = {}, version
         if threads not in self.sessions:
@@ -515,12 +526,11 @@ class OrtRunner:
         threads = torch.get_num_threads()
         if threads <= 1 or len(xs) <= 1:
             return [self(x) for x in xs]
-        session = self._session(1)
-        if self._workers != threads or self._pid != os.getpid():  # a new thread count, or a forked process
-            if self._pool is not None and self._pid == os.getpid():  # (a fork has none of its threads)
+        session = self._session(1)  # (after a fork, the pool is gone too)
+        if self._workers != threads:  # a new thread count: a pool that size
+            if self._pool is not None:
                 self._pool.shutdown(wait=False)
-            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="bridgeocr-ort")
-            self._workers, self._pid = threads, os.getpid()
+            self._pool, self._workers = ThreadPoolExecutor(threads, thread_name_prefix="bridgeocr-ort"), threads
         order = sorted(range(len(xs)), key=lambda i: -xs[i].numel())  # the largest first: even finishing times
         outs = dict(zip(order, self._pool.map(lambda i: self._run(session, xs[i]), order)))
         return [outs[i] for i in range(len(xs))]
