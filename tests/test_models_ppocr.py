@@ -407,3 +407,36 @@ def test_a_forked_process_makes_its_own_sessions_and_workers(tiny_onnx, monkeypa
         torch.set_num_threads(threads)
     for a, b in zip(first, again):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_read_at_height_keeps_the_width_and_resizes_the_pool_over_the_rows(tiny_onnx, tmp_path):
+    """A 32 px line through the 48 px graph: the rows the trunk leaves (4 here, 6 at 48 px) fold into one token
+    row, torch and onnxruntime agree, a line keeps its frames (width scale x 1.5), and the directory the script
+    writes reads that way after loading; a height too small to leave a row is refused."""
+    from bridgeocr.models.load import load_checkpoint
+    from bridgeocr.models.ppocr import read_at_height
+    from conftest import load_script
+
+    encoder, head, _ = import_ppocr(tiny_onnx, _tokenizer())
+    read_at_height(encoder, 32)
+    pool = [n for n in encoder.graph.spec["nodes"] if n["op"] == "AveragePool"][0]
+    assert pool["attrs"]["kernel_shape"] == [4, 2] and pool["attrs"]["strides"] == [4, 2]
+    assert encoder.image_height == 32 and encoder.image["width_scale"] == pytest.approx(1.5)
+    images, mask = torch.rand(2, 1, 32, 96), torch.ones(2, 96, dtype=torch.bool)
+    with torch.no_grad():
+        tokens, tmask = encoder(images, mask)
+        x = encoder.pixels(images)
+        assert torch.allclose(encoder.graph(x), encoder._ort(x), atol=1e-4)
+    assert tokens.shape[:2] == (2, 96 // 8) and tmask.all()
+    with pytest.raises(ValueError, match="height 48"):  # it reads 32 px lines now
+        encoder(torch.rand(1, 1, 48, 96), torch.ones(1, 96, dtype=torch.bool))
+
+    save_encoder(tmp_path / "enc", *import_ppocr(tiny_onnx, _tokenizer())[:2])
+    _tokenizer().save(tmp_path / "enc" / "tokenizer.json")
+    load_script("scripts/read_at_height.py").main([str(tmp_path / "enc"), str(tmp_path / "enc32"), "--height", "32"])
+    reader, image_cfg, _ = load_checkpoint(tmp_path / "enc32")
+    assert image_cfg.height == 32 and image_cfg.width_scale == pytest.approx(1.5)
+    with torch.no_grad():
+        assert torch.allclose(reader.encoder(images, mask)[0], tokens, atol=1e-5)
+    with pytest.raises(ConfigError, match="rows"):
+        read_at_height(encoder, 4)

@@ -30,7 +30,8 @@ from bridgeocr.errors import ConfigError
 from bridgeocr.models.ctc import BLANK, CTCHead
 from bridgeocr.models.onnx_graph import OnnxGraph, OrtRunner, prune_spec, spec_from_onnx
 
-__all__ = ["PPOCREncoder", "PPOCR_IMAGE", "DEFAULT_ONNX", "rapidocr_onnx_path", "import_ppocr", "map_ctc_head"]
+__all__ = ["PPOCREncoder", "PPOCR_IMAGE", "DEFAULT_ONNX", "rapidocr_onnx_path", "import_ppocr", "map_ctc_head",
+           "read_at_height"]
 
 DEFAULT_ONNX = "PP-OCRv6_rec_small.onnx"
 PPOCR_IMAGE = {"height": 48, "channels": 3, "mean": 0.5, "std": 0.5, "paper": "white", "max_width": 2048,
@@ -127,6 +128,55 @@ class PPOCREncoder(nn.Module):
             out[idx, :n] = f.to(out.dtype)
         mask = torch.arange(n_max, device=images.device)[None] < torch.tensor(counts, device=images.device)[:, None]
         return out, mask
+
+
+def _row_pool(spec: dict) -> dict:
+    """The AveragePool that folds the trunk's last rows into one token row (kernel height = stride height > 1)."""
+    pools = [n for n in spec["nodes"] if n["op"] == "AveragePool" and len(n["attrs"].get("kernel_shape", [])) == 2
+             and n["attrs"]["kernel_shape"][0] == n["attrs"].get("strides", [1, 1])[0] > 1]
+    if len(pools) != 1:
+        raise ConfigError(f"PP-OCR graph: expected one AveragePool over the rows, found {len(pools)}")
+    return pools[0]
+
+
+def _rows_into(graph: OnnxGraph, node: dict, height: int, channels: int) -> int:
+    """How many rows reach `node` from a line `height` px high (ONNX shape inference)."""
+    from onnx import shape_inference  # lazy: onnx is an optional extra (`ppocr`)
+
+    model = graph.to_onnx()
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    del dims[:]
+    for d in (1, channels, height, 64):
+        dims.add().dim_value = d
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in shape_inference.infer_shapes(model).graph.value_info}
+    shape = shapes.get(node["inputs"][0])
+    if not shape or len(shape) != 4 or shape[2] < 1:
+        raise ConfigError(f"PP-OCR graph: cannot tell how many rows a {height} px line leaves")
+    return int(shape[2])
+
+
+def read_at_height(encoder: PPOCREncoder, height: int) -> PPOCREncoder:
+    """The encoder, in place, reading lines `height` px high, each as wide as before: its width_scale grows by
+    old height / new, so a line keeps its frames per letter. Fewer rows cost proportionally less (32 px: 2/3 of
+    the multiply-adds of 48 px). The convolutions are indifferent to the height; the pool that folds the last
+    rows into one token is resized to the rows the new height leaves (PP-OCRv6: 3 at 48 px, 2 at 32 px).
+    The weights do not change: a network trained at another height reads worse until it is fine-tuned
+    (`encoder train --init`; docs/benchmarks.md "The encoder's cost")."""
+    height = int(height)
+    if height < 8:
+        raise ConfigError(f"PP-OCR encoder: a height of {height} px leaves no rows to read")
+    pool = _row_pool(encoder.graph.spec)
+    rows = _rows_into(encoder.graph, pool, height, int(encoder.image["channels"]))
+    kernel, strides = list(pool["attrs"]["kernel_shape"]), list(pool["attrs"]["strides"])
+    kernel[0] = strides[0] = rows
+    pool["attrs"].update(kernel_shape=kernel, strides=strides)
+    old = encoder.image_height
+    encoder.image.update(height=height, width_scale=float(encoder.image.get("width_scale", 1.0)) * old / height)
+    encoder.image_height = height
+    encoder.cfg = replace(encoder.cfg, patch_height=height)
+    encoder._ort = OrtRunner(encoder.graph)  # its sessions were built on the old graph
+    return encoder
 
 
 def map_ctc_head(weight: np.ndarray, bias: np.ndarray | None, classes: list[str], tokenizer,
