@@ -440,3 +440,37 @@ def test_read_at_height_keeps_the_width_and_resizes_the_pool_over_the_rows(tiny_
         assert torch.allclose(reader.encoder(images, mask)[0], tokens, atol=1e-5)
     with pytest.raises(ConfigError, match="rows"):
         read_at_height(encoder, 4)
+
+
+def test_an_ocr_model_reads_at_another_height_with_an_encoder_fine_tuned_there(tiny_onnx, tmp_path):
+    """scripts/read_at_height.py on an OCR model directory: the model reads 32 px lines, as wide as before,
+    with the encoder and CTC head of `--weights` (an encoder directory at that height)."""
+    from bridgeocr.config import ConnectorConfig, DecoderConfig, EncoderConfig, ModelConfig
+    from bridgeocr.models.load import load_checkpoint
+    from bridgeocr.models.ocr import OCRModel
+    from bridgeocr.models.ppocr import read_at_height
+    from conftest import load_script
+
+    tok = _tokenizer()
+    cfg = ModelConfig(encoder=EncoderConfig(kind="ppocr", onnx=str(tiny_onnx)), ctc_head=True,
+                      connector=ConnectorConfig(kind="ctc_collapse"),
+                      decoder=DecoderConfig(n_layer=1, n_embd=16, n_head=2, n_positions=64))
+    OCRModel(cfg, tok.vocab_size, image_height=48, tokenizer=tok).save_pretrained(tmp_path / "m")
+    encoder, head, _ = import_ppocr(tiny_onnx, tok)
+    read_at_height(encoder, 32)
+    with torch.no_grad():  # "fine-tuned": weights the model did not have
+        for p in (*encoder.parameters(), *head.parameters()):
+            p.add_(0.01)
+    save_encoder(tmp_path / "enc32", encoder, head)
+    script = load_script("scripts/read_at_height.py")
+    script.main([str(tmp_path / "m"), str(tmp_path / "m32"), "--height", "32", "--weights", str(tmp_path / "enc32")])
+    model, image_cfg, _ = load_checkpoint(tmp_path / "m32")
+    assert image_cfg.height == model.image_height == 32 and image_cfg.width_scale == pytest.approx(1.5)
+    for a, b in zip(model.encoder.parameters(), encoder.parameters()):
+        assert torch.equal(a, b)
+    x, m = torch.rand(1, 1, 32, 64), torch.ones(1, 64, dtype=torch.bool)
+    with torch.no_grad():
+        assert torch.allclose(model.ctc_head(model.encoder(x, m)[0]), head(encoder(x, m)[0]), atol=1e-5)
+    assert len(model.read(x, m)) == 1
+    with pytest.raises(SystemExit, match="reads 32 px lines, not 40"):
+        script.main([str(tmp_path / "m"), str(tmp_path / "m40"), "--height", "40", "--weights", str(tmp_path / "enc32")])
