@@ -35,27 +35,23 @@ from decoding import machine, parse_set  # noqa: E402  (benchmarks/decoding.py)
 
 from bridgeocr.data.sources import open_source  # noqa: E402
 from bridgeocr.eval.evaluate import evaluate_model, load_checkpoint, make_loader  # noqa: E402
+from bridgeocr.models.onnx_graph import inferred_shapes, ort_session  # noqa: E402
 
 DEFAULT_SETS = ("print=runs/bench/print_heldout@test", "hand=runs/bench/hand_heldout@test",
                 "ehri=runs/data/ehri_lines@val")
 PROBE_WIDTH = 608  # px at height 48: the held-out print lines' mean width
 
 
-def session(model_bytes: bytes, threads: int, profile: bool = False):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as OrtRunner runs it
-    opts.enable_profiling = profile
-    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+def probe(s, height: int, width: int = PROBE_WIDTH) -> dict:
+    """One random line [1, 3, height, width] as the session's feed."""
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, height, width)).astype(np.float32)
+    return {s.get_inputs()[0].name: x}
 
 
 def ms_per_line(model_bytes: bytes, height: int, width: int = PROBE_WIDTH, runs: int = 20) -> float:
     """Median milliseconds of one [1, 3, height, width] call at one thread (3 warm-up calls first)."""
-    s = session(model_bytes, 1)
-    x = {s.get_inputs()[0].name: np.random.default_rng(0).uniform(-1, 1, (1, 3, height, width)).astype(np.float32)}
+    s = ort_session(model_bytes, 1)
+    x = probe(s, height, width)
     for _ in range(3):
         s.run(None, x)
     times = []
@@ -68,20 +64,12 @@ def ms_per_line(model_bytes: bytes, height: int, width: int = PROBE_WIDTH, runs:
 
 def conv_macs(model, height: int, width: int = PROBE_WIDTH) -> dict[str, float]:
     """Multiply-accumulates of the graph's convolutions on one line, by kind (pointwise / depthwise / other)."""
-    import onnx
-    from onnx import helper, shape_inference
+    from onnx import helper
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    inp = m.graph.input[0].type.tensor_type
-    del inp.shape.dim[:]
-    for d in (1, 3, height, width):
-        inp.shape.dim.add().dim_value = d
-    m = shape_inference.infer_shapes(m)
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in m.graph.value_info}
-    weights = {t.name: list(t.dims) for t in m.graph.initializer}
+    shapes = inferred_shapes(model, (1, 3, height, width))
+    weights = {t.name: list(t.dims) for t in model.graph.initializer}
     macs: dict[str, float] = collections.Counter()
-    for node in m.graph.node:
+    for node in model.graph.node:
         if node.op_type != "Conv" or node.output[0] not in shapes:
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -94,8 +82,8 @@ def conv_macs(model, height: int, width: int = PROBE_WIDTH) -> dict[str, float]:
 
 def op_profile(model_bytes: bytes, height: int, runs: int = 10) -> list[tuple[str, float]]:
     """onnxruntime's own profile at one thread: (op, share of the kernel time), largest first."""
-    s = session(model_bytes, 1, profile=True)
-    x = {s.get_inputs()[0].name: np.random.default_rng(0).uniform(-1, 1, (1, 3, height, PROBE_WIDTH)).astype(np.float32)}
+    s = ort_session(model_bytes, 1, profile=True)
+    x = probe(s, height)
     for _ in range(runs):
         s.run(None, x)
     path = s.end_profiling()
@@ -141,7 +129,7 @@ def read_ctc(reader, image_cfg, sets: dict, model_bytes: bytes | None = None) ->
     runner = reader.encoder._ort
     if model_bytes is not None:
         made = {}
-        runner._session = lambda threads: made.setdefault(threads, session(model_bytes, threads))
+        runner._session = lambda threads: made.setdefault(threads, ort_session(model_bytes, threads))
     try:
         out = {}
         first = next(iter(sets.values()))

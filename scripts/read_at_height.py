@@ -17,8 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bridgeocr.models.encoder import is_encoder_dir, load_encoder, save_encoder
-from bridgeocr.models.load import TRAINING_META, image_config_for
-from bridgeocr.models.ocr import OCRModel
+from bridgeocr.models.load import load_checkpoint
 from bridgeocr.models.ppocr import PPOCREncoder, read_at_height
 from bridgeocr.shipped import resolve_pretrained
 
@@ -36,11 +35,9 @@ def retarget_encoder(src: Path, out: Path, height: int) -> str:
 
 
 def retarget_model(src: Path, out: Path, height: int, weights: Path | None) -> str:
-    model = OCRModel.from_pretrained(src)
+    model, image, _ = load_checkpoint(src, device="cpu")  # with the image settings it reads with
     if not isinstance(model.encoder, PPOCREncoder):
         raise SystemExit(f"{src}: its encoder is not PP-OCR's (only its pool over the rows can be resized)")
-    meta = json.loads((src / TRAINING_META).read_text()) if (src / TRAINING_META).is_file() else {}
-    image = image_config_for(model, meta)
     read_at_height(model.encoder, height)
     if weights is not None:
         encoder, head = load_encoder(weights)

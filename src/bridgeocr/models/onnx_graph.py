@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from bridgeocr.errors import ConfigError
 
-__all__ = ["OnnxGraph", "OrtRunner", "spec_from_onnx", "prune_spec", "fuse_gelu", "OPS"]
+__all__ = ["OnnxGraph", "OrtRunner", "ort_session", "inferred_shapes", "spec_from_onnx", "prune_spec", "fuse_gelu", "OPS"]
 
 # ------------------------------------------------------------------------------------------ reading ONNX
 
@@ -463,6 +463,39 @@ class OnnxGraph(nn.Module):
         return tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
 
 
+def ort_session(model_bytes: bytes, threads: int, profile: bool = False):
+    """An onnxruntime CPU session over a serialised model, as bridgeocr runs its graphs: `threads` intra-op
+    threads that do not busy-wait between runs (`profile`: onnxruntime's own profiling on)."""
+    import onnxruntime as ort  # lazy: an optional extra, used only where `OrtRunner.available()`
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    # no busy-waiting between runs: onnxruntime's threads spin after each call by default, and here the torch
+    # side (connector, CTC head, GPT search) runs on the same cores right after it; the spin took a core from
+    # it (without it, on 2 cores: --fast at batch 1 1.5-1.7x faster, the default joint decoding 1.1-1.2x;
+    # docs/benchmarks.md)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.enable_profiling = profile
+    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def inferred_shapes(model, input_shape: Sequence[int]) -> dict[str, list[int]]:
+    """Every intermediate tensor's shape (ONNX shape inference) when the model's first input has `input_shape`;
+    the model itself is left as it is."""
+    import onnx  # lazy: an optional extra (`ppocr`)
+    from onnx import shape_inference
+
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    dims = fixed.graph.input[0].type.tensor_type.shape.dim
+    del dims[:]
+    for d in input_shape:
+        dims.add().dim_value = int(d)
+    return {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in shape_inference.infer_shapes(fixed).graph.value_info}
+
+
 @functools.cache
 def _ort_installed() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
@@ -495,23 +528,12 @@ class OrtRunner:
             self._pid = os.getpid()
 
     def _session(self, threads: int):
-        import onnxruntime as ort  # lazy: an optional extra, used only where `available()`
-
         self._own_process()
         version = self.graph.weights_version()
         if version != self.version:
             self.sessions, self.version = {}, version
         if threads not in self.sessions:
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads
-            opts.log_severity_level = 3
-            # no busy-waiting between runs: onnxruntime's threads spin after each call by default, and here
-            # the torch side (connector, CTC head, GPT search) runs on the same cores right after it; the spin
-            # took a core from it (without it, on 2 cores: --fast at batch 1 1.5-1.7x faster, the default
-            # joint decoding 1.1-1.2x; docs/benchmarks.md)
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self.sessions[threads] = ort.InferenceSession(self.graph.to_onnx().SerializeToString(), opts,
-                                                          providers=["CPUExecutionProvider"])
+            self.sessions[threads] = ort_session(self.graph.to_onnx().SerializeToString(), threads)
         return self.sessions[threads]
 
     def _run(self, session, x: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch.nn as nn
 from bridgeocr.config import EncoderConfig
 from bridgeocr.errors import ConfigError
 from bridgeocr.models.ctc import BLANK, CTCHead
-from bridgeocr.models.onnx_graph import OnnxGraph, OrtRunner, prune_spec, spec_from_onnx
+from bridgeocr.models.onnx_graph import OnnxGraph, OrtRunner, inferred_shapes, prune_spec, spec_from_onnx
 
 __all__ = ["PPOCREncoder", "PPOCR_IMAGE", "DEFAULT_ONNX", "rapidocr_onnx_path", "import_ppocr", "map_ctc_head",
            "read_at_height"]
@@ -141,15 +141,7 @@ def _row_pool(spec: dict) -> dict:
 
 def _rows_into(graph: OnnxGraph, node: dict, height: int, channels: int) -> int:
     """How many rows reach `node` from a line `height` px high (ONNX shape inference)."""
-    from onnx import shape_inference  # lazy: onnx is an optional extra (`ppocr`)
-
-    model = graph.to_onnx()
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    del dims[:]
-    for d in (1, channels, height, 64):
-        dims.add().dim_value = d
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in shape_inference.infer_shapes(model).graph.value_info}
+    shapes = inferred_shapes(graph.to_onnx(), (1, channels, height, 64))
     shape = shapes.get(node["inputs"][0])
     if not shape or len(shape) != 4 or shape[2] < 1:
         raise ConfigError(f"PP-OCR graph: cannot tell how many rows a {height} px line leaves")
