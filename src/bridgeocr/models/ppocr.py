@@ -77,7 +77,6 @@ class PPOCREncoder(nn.Module):
         super().__init__()
         self.graph, self.source = graph, source
         self.image = dict(PPOCR_IMAGE if image is None else image)
-        self.image_height = int(self.image["height"])
         self._d_out = int(d_out)
         self.cfg = replace(cfg, kind="ppocr", dim=int(d_out), patch_height=self.image_height,
                            patch_width=self.stride, pretrained=None)
@@ -93,6 +92,11 @@ class PPOCREncoder(nn.Module):
     @property
     def d_out(self) -> int:
         return self._d_out
+
+    @property
+    def image_height(self) -> int:
+        """The line height it reads: its image settings' (read_at_height changes them)."""
+        return int(self.image["height"])
 
     def pixels(self, images: torch.Tensor) -> torch.Tensor:
         """bridgeocr's ink-is-1 grey [B,1,H,W] -> the network's normalised paper-white RGB."""
@@ -165,7 +169,6 @@ def read_at_height(encoder: PPOCREncoder, height: int) -> PPOCREncoder:
     pool["attrs"].update(kernel_shape=kernel, strides=strides)
     old = encoder.image_height
     encoder.image.update(height=height, width_scale=float(encoder.image.get("width_scale", 1.0)) * old / height)
-    encoder.image_height = height
     encoder.cfg = replace(encoder.cfg, patch_height=height)
     encoder._ort = OrtRunner(encoder.graph)  # its sessions were built on the old graph
     return encoder
