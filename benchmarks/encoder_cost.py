@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -127,10 +128,7 @@ def int8_model(model, reader, image_cfg, calibration: list, tmp: Path) -> bytes:
 def read_ctc(reader, image_cfg, sets: dict, model_bytes: bytes | None = None) -> dict:
     """CTC-head CER and lines/s on every set at batch 32; `model_bytes`: run this graph instead of the encoder's."""
     runner = reader.encoder._ort
-    if model_bytes is not None:
-        made = {}
-        runner._session = lambda threads: made.setdefault(threads, ort_session(model_bytes, threads))
-    try:
+    with runner.replaced_by(model_bytes) if model_bytes is not None else contextlib.nullcontext():
         out = {}
         first = next(iter(sets.values()))
         evaluate_model(reader, first[:4], image_cfg, batch_size=4, progress=False, decoding="ctc")  # warm-up
@@ -138,9 +136,6 @@ def read_ctc(reader, image_cfg, sets: dict, model_bytes: bytes | None = None) ->
             res = evaluate_model(reader, lines, image_cfg, batch_size=32, progress=False, decoding="ctc")
             out[name] = (res["cer"], res["lines_per_s"])
         return out
-    finally:
-        if model_bytes is not None:
-            del runner._session  # the class's own again
 
 
 def main() -> int:

@@ -167,6 +167,24 @@ def test_width_groups_run_side_by_side_with_the_same_result(tiny_onnx):
         torch.set_num_threads(threads)
 
 
+def test_a_replacement_model_runs_while_the_block_lasts(tiny_onnx):
+    """OrtRunner.replaced_by: another serialised model (a benchmark's quantised copy) answers inside the
+    block, with its own sessions; after it, the graph's own sessions and numbers come back."""
+    encoder = import_ppocr(tiny_onnx)[0].eval()
+    runner, x = encoder._ort, torch.rand(1, 3, 48, 64)
+    own = runner(x)
+    own_sessions = dict(runner.sessions)
+    other = import_ppocr(_tiny_ppocr_onnx(tiny_onnx.parent / "other.onnx", seed=1))[0].graph
+    with runner.replaced_by(other.to_onnx().SerializeToString()):
+        replaced = runner(x)
+        assert all(s not in own_sessions.values() for s in runner.sessions.values())
+    with torch.no_grad():
+        torch.testing.assert_close(replaced, other(x), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(replaced, own, atol=1e-3)
+    assert runner.sessions == own_sessions
+    torch.testing.assert_close(runner(x), own)
+
+
 def test_erf_gelu_is_fused_into_one_node(tiny_onnx):
     spec, _, _ = spec_from_onnx(tiny_onnx)
     ops = [n["op"] for n in spec["nodes"]]

@@ -17,6 +17,7 @@ other items of its batch); its scale and bias stay trainable.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import math
@@ -516,6 +517,7 @@ class OrtRunner:
         self.sessions: dict[int, object] = {}  # intra-op threads -> session over the weights of `version`
         self.version = None
         self._pool, self._workers, self._pid = None, 0, os.getpid()
+        self._replacement: bytes | None = None  # replaced_by's model
 
     @staticmethod
     def available() -> bool:
@@ -529,12 +531,26 @@ class OrtRunner:
 
     def _session(self, threads: int):
         self._own_process()
-        version = self.graph.weights_version()
-        if version != self.version:
-            self.sessions, self.version = {}, version
+        if self._replacement is None:
+            version = self.graph.weights_version()
+            if version != self.version:
+                self.sessions, self.version = {}, version
         if threads not in self.sessions:
-            self.sessions[threads] = ort_session(self.graph.to_onnx().SerializeToString(), threads)
+            model = self._replacement or self.graph.to_onnx().SerializeToString()
+            self.sessions[threads] = ort_session(model, threads)
         return self.sessions[threads]
+
+    @contextlib.contextmanager
+    def replaced_by(self, model_bytes: bytes):
+        """Run this serialised model instead of the graph while the block lasts (a benchmark's quantised or
+        edited copy, read through the same encoder, batching and decoding); the graph's own sessions after."""
+        saved = self.sessions, self.version
+        self.sessions, self._replacement = {}, model_bytes
+        try:
+            yield self
+        finally:
+            self.sessions, self.version = saved
+            self._replacement = None
 
     def _run(self, session, x: torch.Tensor) -> torch.Tensor:
         (out,) = session.run(None, {self.graph.spec["inputs"][0]: x.detach().float().cpu().numpy()})
