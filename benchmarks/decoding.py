@@ -91,6 +91,16 @@ def decodings(model, pre_beam: int, beams=None, weights=None) -> list[tuple]:
     return rows + [(f"joint beam {b}, CTC weight {w:g}", "joint", b, None, w, None) for b, w in sweep]
 
 
+ROW_KEYS = ("joint", "prebeam", "full", "fast", "gpt", "ctc", "joint-once", "fast-once", "ctc-once")
+
+
+def row_key(how: str, pre_beam: int | None, widen: float | None) -> str:
+    """A row's name for `--rows`: its decoding, `prebeam` for the partial-scoring row, `-once` for the rows
+    that read every line once."""
+    key = "prebeam" if how == "joint" and pre_beam else how
+    return key + ("-once" if widen == 0 else "")
+
+
 def read_ours(model, image_cfg, lines, how, beam, pre_beam, batch_size, weight=None, widen=None) -> dict:
     saved = model.cfg.joint_pre_beam, model.cfg.joint_ctc_weight, model.cfg.widen_crowded
     if pre_beam is not None:
@@ -122,6 +132,8 @@ def run_set(name, source, split, min_chars, args, model, image_cfg, tmp: Path) -
     read_ours(model, image_cfg, lines[:4], "ctc" if model.ctc_head is not None else "gpt", 1, None, 4)  # warm-up
     for label, how, beam, pb, weight, widen in decodings(model, args.pre_beam, args.joint_beams,
                                                          args.joint_weights):
+        if args.rows and row_key(how, pb, widen) not in args.rows:
+            continue
         for bs in args.batch_sizes:
             speeds, res = [], None
             for _ in range(args.repeats):
@@ -181,7 +193,11 @@ def goals(result: dict, batch: int) -> list[str]:
     out = []
     for r in (x for x in ours if x["decoding"].startswith("joint")):
         speed = statistics.fmean(r["lines_per_s"]) / t
-        worse = (r["cer"] / full["cer"] - 1) if full and full["cer"] > 0 else 0.0
+        if full is None:  # (--rows without `full`): the CER half of the goal cannot be read off this run
+            out.append(f"{result['set']}, batch {batch}: {r['system']}: {speed:.2f}x Tesseract's lines/s -> "
+                       f"{'missed' if speed < 1.0 else 'speed met, CER not checked (no full-search row)'}")
+            continue
+        worse = (r["cer"] / full["cer"] - 1) if full["cer"] > 0 else 0.0
         ok = speed >= 1.0 and worse <= 0.02
         out.append(f"{result['set']}, batch {batch}: {r['system']}: {speed:.2f}x Tesseract's lines/s, CER "
                    f"{worse:+.1%} vs the full joint search -> {'met' if ok else 'missed'} (goal >= 1.0x, <= +2 %)")
@@ -205,6 +221,9 @@ def main() -> int:
     ap.add_argument("--max-samples", type=int, default=200, help="first N lines of each set (0: all)")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--pre-beam", type=int, default=16, help="the partial-scoring row's pre-beam (default 16)")
+    ap.add_argument("--rows", type=lambda v: v.split(","), default=None, metavar="KEY,...",
+                    help=f"only these of our rows ({', '.join(ROW_KEYS)}; default: all; extra beams and weights "
+                         "are joint rows)")
     ap.add_argument("--repeats", type=int, default=2, help="timings per row (default 2: mean ± half range)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--peer-python", default=None, help="the peers' interpreter (default .venv-peers/bin/python)")

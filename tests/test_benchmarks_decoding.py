@@ -31,7 +31,7 @@ def test_every_decoding_in_one_table_and_the_goals(bench, tmp_path):
     model.cfg.decoding = "joint"  # as the shipped model reads
     image_cfg = ImageConfig(height=16, width_multiple=4)
     args = argparse.Namespace(max_samples=0, batch_sizes=[1, 4], repeats=2, pre_beam=3, joint_beams=[2],
-                              joint_weights=None, no_peers=True, peer_python=None)
+                              joint_weights=None, no_peers=True, peer_python=None, rows=None)
     result = bench.run_set("box", str(tmp_path / "manifest.tsv"), "test", 0, args, model, image_cfg, tmp_path)
     systems = {r["system"] for r in result["rows"]}
     assert {"bridgeocr CTC head", "bridgeocr GPT greedy", "bridgeocr fast (joint beam 1, draft and check)",
@@ -49,3 +49,23 @@ def test_every_decoding_in_one_table_and_the_goals(bench, tmp_path):
                for line in checked)  # the full search is the reference CER
     assert checked and all(line.endswith(("missed (goal >= 1.0x, <= +2 %)", "missed (goal >= 3x)"))
                            for line in checked)  # nothing reads at a billion lines/s
+
+
+def test_rows_picks_our_rows_by_name(bench, tmp_path):
+    from bridgeocr.config import ImageConfig
+
+    make_box_dataset(tmp_path, n=6, splits=("test",))
+    model = tiny_ocr_model(ctc=True).eval()
+    model.cfg.decoding = "joint"
+    args = argparse.Namespace(max_samples=0, batch_sizes=[4], repeats=1, pre_beam=3, joint_beams=None,
+                              joint_weights=None, no_peers=True, peer_python=None, rows=["joint", "ctc"])
+    result = bench.run_set("box", str(tmp_path / "manifest.tsv"), "test", 0, args, model,
+                           ImageConfig(height=16, width_multiple=4), tmp_path)
+    assert [r["system"] for r in result["rows"]] == ["bridgeocr joint beam 4, draft first (default)",
+                                                     "bridgeocr CTC head"]
+    assert bench.row_key("joint", 16, None) == "prebeam" and bench.row_key("ctc", None, 0.0) == "ctc-once"
+    assert {bench.row_key(how, pb, widen) for _, how, _, pb, _, widen in bench.decodings(model, 3)} <= set(bench.ROW_KEYS)
+    tess = {"system": "tesseract", "batch": 1, "lines": 6, "cer": 0.1, "wer": 0.2, "lines_per_s": [1e-9],
+            "decoding": "tesseract"}
+    result["rows"].append(tess)  # no full-search row to compare the CER with: the speed alone is judged
+    assert bench.goals(result, 4)[0].endswith("speed met, CER not checked (no full-search row)")
