@@ -118,6 +118,35 @@ accept the CTC head's reading whole (`model.joint_draft`; `--full-search`: every
 - Evaluations on sets none of it trained on (held-out fonts, Hooker val, EHRI pages it never saw), next to
   PP-OCRv6 and Tesseract: `docs/benchmarks.md`, "PP-OCR encoder" and "A second fine-tuning round".
 """),
+    "ocr_fast": (RUNS / "ocr_default_h32", "ocr_fast: the shipped OCR model reading 32 px lines (1.2-1.5x the lines/s)",
+                 f"""
+`shipped:ocr_default` with its encoder re-targeted to 32 px lines and fine-tuned there: the PP-OCR trunk does
+two thirds of the multiply-adds of 48 px lines (issue 15, `docs/benchmarks.md` "A 32 px model"). The same GPT,
+connector, decoding (joint CTC / GPT, beam 4, draft first) and vocabulary; each line is read as wide as before
+(`image.width_scale` 1.875 at 32 px = 1.25 at 48 px), crowded lines again wider (`model.widen_crowded` 0.65).
+`bridgeocr recognize --checkpoint shipped:ocr_fast`; `@ctc` / `--ctc` reads with its CTC head alone.
+
+- When to use it: print and typewriting (as accurate as ocr_default or better on the sets below, 1.4-1.5x the
+  lines/s) and when speed matters more than the last errors on unfamiliar handwriting styles: on handwriting
+  fonts no training line used it makes ~6 % more errors than ocr_default.
+- Weights: the encoder's are PP-OCRv6_rec_small's (PaddleOCR, Apache-2.0, from the rapidocr==3.10.0 wheel,
+  Apache-2.0, `MODEL_LICENSES.md`) as fine-tuned by bridgeocr; the GPT's and the connector's are ocr_default's.
+- Hardware: 2 CPU cores, float32, no GPU.
+- Command: step 5e of `scripts/make_shipped.sh`. `scripts/read_at_height.py` re-targets shipped:encoder_ctc to
+  32 px (the AveragePool over the last rows resized from 3 to 2 rows; no weight changes); `bridgeocr encoder
+  train --init` on round 2's data (48 px synthetic print + handwriting-font lines, Hooker train, EHRI train
+  twice, `--augment handwriting`), 1,500 steps of 16 lines, peak LR 1e-4, 72 minutes, selected on the
+  handwriting lines' val split (val CER 0.0314); then the average of its start and the fine-tuned weights at
+  alpha 0.75 (`scripts/interpolate_encoder.py`), chosen by the mean CER relative to ocr_default's encoder over
+  four validation sets (alpha 1.0 / 0.75 / 0.5: 0.775 / 0.747 / 0.87); swapped into ocr_default with
+  `scripts/read_at_height.py ... --weights`.
+- Greedy CTC on validation sets, 300 lines each (182 EHRI), 48 px encoder -> this one: hand-font val 0.0387 ->
+  0.0238, Hooker val 0.3314 -> 0.3004, EHRI val 0.0115 -> 0.0092, print val 0.0093 -> 0.0062.
+- Joint decoding on lines none of it trained on, 300 lines each (149 EHRI test), ocr_default -> ocr_fast, one
+  run, 2 threads: held-out print fonts 0.0016 -> 0.0014 (18.9 -> 26.6 lines/s), held-out handwriting fonts
+  0.1546 -> 0.1639 (15.9 -> 19.2), EHRI test 0.0128 -> 0.0120 (12.0 -> 15.3); Hooker val 0.2807 -> 0.2622
+  (21.4 -> 26.9; Hooker's writer is in the training data).
+"""),
 }
 
 if __name__ == "__main__":

@@ -66,3 +66,23 @@ def test_shipped_encoder_reads_a_printed_line_out_of_the_box():
     ocr = BridgeOCR.from_pretrained("shipped:encoder_ctc")
     assert ocr.image_cfg.height == 48
     assert cer([text], [ocr.recognize([img], decoding="ctc")[0].text]) < 0.1
+
+
+def test_the_fast_model_reads_32_px_lines_as_the_default_model_reads_48():
+    """shipped:ocr_fast is shipped:ocr_default on an encoder re-targeted to 32 px: the same GPT and decoding,
+    lines as wide as before (width scale 1.875 at 32 px = 1.25 at 48), and it reads a printed line."""
+    from matplotlib import font_manager
+    from PIL import Image, ImageDraw, ImageFont
+
+    from bridgeocr.api import BridgeOCR
+    from bridgeocr.eval.metrics import cer
+
+    fast, default = BridgeOCR.from_pretrained("shipped:ocr_fast"), BridgeOCR.from_pretrained("shipped:ocr_default")
+    assert (fast.image_cfg.height, default.image_cfg.height) == (32, 48)
+    assert fast.image_cfg.width_scale * 32 == pytest.approx(default.image_cfg.width_scale * 48)
+    assert fast.model.cfg.decoding == default.model.cfg.decoding == "joint"
+    text = "Received of Mr. Hooker the sum of 12 shillings."
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 26)
+    img = Image.new("L", (700, 44), 255)
+    ImageDraw.Draw(img).text((8, 6), text, font=font, fill=30)
+    assert cer([text], [fast.recognize([img])[0].text]) < 0.1
