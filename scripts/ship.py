@@ -119,7 +119,7 @@ accept the CTC head's reading whole (`model.joint_draft`; `--full-search`: every
   PP-OCRv6 and Tesseract: `docs/benchmarks.md`, "PP-OCR encoder" and "A second fine-tuning round".
 """),
     "ocr_fast": (RUNS / "ocr_default_h32", "ocr_fast: the shipped OCR model reading 32 px lines (1.2-1.5x the lines/s)",
-                 f"""
+                 """
 `shipped:ocr_default` with its encoder re-targeted to 32 px lines and fine-tuned there: the PP-OCR trunk does
 two thirds of the multiply-adds of 48 px lines (issue 15, `docs/benchmarks.md` "A 32 px model"). The same GPT,
 connector, decoding (joint CTC / GPT, beam 4, draft first) and vocabulary; each line is read as wide as before
