@@ -51,18 +51,23 @@ def test_fp16_export_round_trip(tmp_path):
     assert torch.allclose(model(batch).logits, loaded(batch).logits, atol=5e-2)
 
 
-def test_shipped_encoder_reads_a_printed_line_out_of_the_box():
-    """shipped:encoder_ctc (PP-OCR based) reads a clean line with its CTC head alone, at its own 48 px."""
+def _printed_line(text: str, family: str, size: int, width: int, height: int, ink: int):
+    """A clean printed line in a matplotlib-bundled font (found on every machine)."""
     from matplotlib import font_manager
     from PIL import Image, ImageDraw, ImageFont
 
+    img = Image.new("L", (width, height), 255)
+    ImageDraw.Draw(img).text((8, 6), text, font=ImageFont.truetype(font_manager.findfont(family), size), fill=ink)
+    return img
+
+
+def test_shipped_encoder_reads_a_printed_line_out_of_the_box():
+    """shipped:encoder_ctc (PP-OCR based) reads a clean line with its CTC head alone, at its own 48 px."""
     from bridgeocr.api import BridgeOCR
     from bridgeocr.eval.metrics import cer
 
     text = "The quick brown fox jumps over the lazy dog, 1897."
-    font = ImageFont.truetype(font_manager.findfont("DejaVu Serif"), 28)
-    img = Image.new("L", (760, 48), 255)
-    ImageDraw.Draw(img).text((8, 6), text, font=font, fill=20)
+    img = _printed_line(text, "DejaVu Serif", 28, 760, 48, ink=20)
     ocr = BridgeOCR.from_pretrained("shipped:encoder_ctc")
     assert ocr.image_cfg.height == 48
     assert cer([text], [ocr.recognize([img], decoding="ctc")[0].text]) < 0.1
@@ -71,9 +76,6 @@ def test_shipped_encoder_reads_a_printed_line_out_of_the_box():
 def test_the_fast_model_reads_32_px_lines_as_the_default_model_reads_48():
     """shipped:ocr_fast is shipped:ocr_default on an encoder re-targeted to 32 px: the same GPT and decoding,
     lines as wide as before (width scale 1.875 at 32 px = 1.25 at 48), and it reads a printed line."""
-    from matplotlib import font_manager
-    from PIL import Image, ImageDraw, ImageFont
-
     from bridgeocr.api import BridgeOCR
     from bridgeocr.eval.metrics import cer
 
@@ -82,7 +84,5 @@ def test_the_fast_model_reads_32_px_lines_as_the_default_model_reads_48():
     assert fast.image_cfg.width_scale * 32 == pytest.approx(default.image_cfg.width_scale * 48)
     assert fast.model.cfg.decoding == default.model.cfg.decoding == "joint"
     text = "Received of Mr. Hooker the sum of 12 shillings."
-    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 26)
-    img = Image.new("L", (700, 44), 255)
-    ImageDraw.Draw(img).text((8, 6), text, font=font, fill=30)
+    img = _printed_line(text, "DejaVu Sans", 26, 700, 44, ink=30)
     assert cer([text], [fast.recognize([img])[0].text]) < 0.1
