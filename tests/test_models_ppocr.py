@@ -492,3 +492,79 @@ def test_an_ocr_model_reads_at_another_height_with_an_encoder_fine_tuned_there(t
     assert len(model.read(x, m)) == 1
     with pytest.raises(SystemExit, match="reads 32 px lines, not 40"):
         script.main([str(tmp_path / "m"), str(tmp_path / "m40"), "--height", "40", "--weights", str(tmp_path / "enc32")])
+
+
+def test_halving_the_columns_earlier_keeps_one_token_per_8_px(tiny_onnx, tmp_path):
+    """halve_columns_at: the stage's row-halving conv halves the columns too and the last pool no longer does;
+    a line keeps its tokens (one per 8 px), torch and onnxruntime agree, the features differ from before (the
+    deep layers see every other column), the script's directory reads the same after loading, and a stage the
+    graph lacks, a second halving, or weights of another structure are refused."""
+    from bridgeocr.models.load import load_checkpoint
+    from bridgeocr.models.ppocr import halve_columns_at
+    from conftest import load_script
+
+    encoder, head, _ = import_ppocr(tiny_onnx, _tokenizer())
+    images, mask = torch.rand(2, 1, 48, 96), torch.ones(2, 96, dtype=torch.bool)
+    with torch.no_grad():
+        before = encoder(images, mask)[0]
+    halve_columns_at(encoder, 1)
+    nodes = encoder.graph.spec["nodes"]
+    strided = [n for n in nodes if n["op"] == "Conv" and n["attrs"].get("strides") == [2, 2]]
+    assert len(strided) == 3  # the stem's two, and the stage entry that halved only the rows
+    pool = [n for n in nodes if n["op"] == "AveragePool"][0]
+    assert pool["attrs"]["kernel_shape"] == [6, 1] and pool["attrs"]["strides"] == [6, 1]
+    with torch.no_grad():
+        tokens, tmask = encoder(images, mask)
+        x = encoder.pixels(images)
+        assert torch.allclose(encoder.graph(x), encoder._ort(x), atol=1e-4)
+    assert tokens.shape == before.shape and tmask.all()
+    assert not torch.allclose(tokens, before, atol=1e-3)
+    with pytest.raises(ConfigError, match="halved earlier"):
+        halve_columns_at(encoder, 1)
+    with pytest.raises(ConfigError, match="no stage 2; 1 later"):
+        halve_columns_at(import_ppocr(tiny_onnx, _tokenizer())[0], 2)
+
+    save_encoder(tmp_path / "enc", *import_ppocr(tiny_onnx, _tokenizer())[:2])
+    _tokenizer().save(tmp_path / "enc" / "tokenizer.json")
+    script = load_script("scripts/read_at_height.py")
+    script.main([str(tmp_path / "enc"), str(tmp_path / "half"), "--halve-columns-at", "1"])
+    reader, image_cfg, _ = load_checkpoint(tmp_path / "half")
+    assert image_cfg.height == 48 and reader.encoder.image_height == 48
+    with torch.no_grad():
+        assert torch.allclose(reader.encoder(images, mask)[0], tokens, atol=1e-5)
+    with pytest.raises(SystemExit):  # nothing to change
+        script.main([str(tmp_path / "enc"), str(tmp_path / "none")])
+
+
+def test_an_ocr_model_takes_only_weights_of_its_own_structure(tiny_onnx, tmp_path):
+    """scripts/read_at_height.py --halve-columns-at on an OCR model directory takes `--weights` of an encoder
+    halved the same way, and refuses an encoder whose strides differ."""
+    from bridgeocr.config import ConnectorConfig, DecoderConfig, EncoderConfig, ModelConfig
+    from bridgeocr.models.load import load_checkpoint
+    from bridgeocr.models.ocr import OCRModel
+    from bridgeocr.models.ppocr import halve_columns_at
+    from conftest import load_script
+
+    tok = _tokenizer()
+    cfg = ModelConfig(encoder=EncoderConfig(kind="ppocr", onnx=str(tiny_onnx)), ctc_head=True,
+                      connector=ConnectorConfig(kind="ctc_collapse"),
+                      decoder=DecoderConfig(n_layer=1, n_embd=16, n_head=2, n_positions=64))
+    OCRModel(cfg, tok.vocab_size, image_height=48, tokenizer=tok).save_pretrained(tmp_path / "m")
+    plain, head, _ = import_ppocr(tiny_onnx, tok)
+    save_encoder(tmp_path / "plain", plain, head)
+    halved = halve_columns_at(import_ppocr(tiny_onnx, tok)[0], 1)
+    with torch.no_grad():
+        for p in halved.parameters():
+            p.add_(0.01)
+    save_encoder(tmp_path / "halved", halved, head)
+    script = load_script("scripts/read_at_height.py")
+    with pytest.raises(SystemExit, match="pools and strides differ"):
+        script.main([str(tmp_path / "m"), str(tmp_path / "bad"), "--halve-columns-at", "1",
+                     "--weights", str(tmp_path / "plain")])
+    script.main([str(tmp_path / "m"), str(tmp_path / "m2"), "--halve-columns-at", "1",
+                 "--weights", str(tmp_path / "halved")])
+    model, image_cfg, _ = load_checkpoint(tmp_path / "m2")
+    x, m = torch.rand(1, 1, 48, 64), torch.ones(1, 64, dtype=torch.bool)
+    with torch.no_grad():
+        assert torch.allclose(model.encoder(x, m)[0], halved(x, m)[0], atol=1e-5)
+    assert len(model.read(x, m)) == 1

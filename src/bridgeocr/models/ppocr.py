@@ -31,7 +31,7 @@ from bridgeocr.models.ctc import BLANK, CTCHead
 from bridgeocr.models.onnx_graph import OnnxGraph, OrtRunner, inferred_shapes, prune_spec, spec_from_onnx
 
 __all__ = ["PPOCREncoder", "PPOCR_IMAGE", "DEFAULT_ONNX", "rapidocr_onnx_path", "import_ppocr", "map_ctc_head",
-           "read_at_height"]
+           "read_at_height", "halve_columns_at"]
 
 DEFAULT_ONNX = "PP-OCRv6_rec_small.onnx"
 PPOCR_IMAGE = {"height": 48, "channels": 3, "mean": 0.5, "std": 0.5, "paper": "white", "max_width": 2048,
@@ -170,6 +170,36 @@ def read_at_height(encoder: PPOCREncoder, height: int) -> PPOCREncoder:
     old = encoder.image_height
     encoder.image.update(height=height, width_scale=float(encoder.image.get("width_scale", 1.0)) * old / height)
     encoder.cfg = replace(encoder.cfg, patch_height=height)
+    encoder._ort = OrtRunner(encoder.graph)  # its sessions were built on the old graph
+    return encoder
+
+
+def _row_strided_convs(spec: dict) -> list[dict]:
+    """The convolutions that halve the rows and keep the columns (strides [2, 1]), in graph order: the entries
+    of the trunk's later stages (PP-OCRv6: stage 3, then stage 4)."""
+    return [n for n in spec["nodes"] if n["op"] == "Conv" and list(n["attrs"].get("strides", [1, 1])) == [2, 1]]
+
+
+def halve_columns_at(encoder: PPOCREncoder, stage: int = 1) -> PPOCREncoder:
+    """The encoder, in place, halving its columns at the entry of a later stage instead of in the last pool.
+
+    PP-OCR's trunk runs its later stages at 4 px per column and its final pool folds pairs of columns into the
+    8-px token; those stages hold ~2/3 of the multiply-adds (docs/benchmarks.md, "The encoder's cost"). Moving
+    the halving to the entry of the `stage`-th later stage (1: the first conv with strides [2, 1], PP-OCRv6's
+    stage 3; 2: stage 4) runs everything after it at 8 px per column: the tokens stay one per 8 px, as many
+    as before, and no weight changes shape, so the encoder fine-tunes from its old weights (`encoder train
+    --init`) and averages with them (WiSE). Untrained it reads worse: each deep feature now sees every other
+    column of the one before."""
+    pool = _row_pool(encoder.graph.spec)
+    if list(pool["attrs"]["kernel_shape"])[1] != 2 or list(pool["attrs"]["strides"])[1] != 2:
+        raise ConfigError("PP-OCR graph: its last pool does not halve the columns (halved earlier already?)")
+    convs = _row_strided_convs(encoder.graph.spec)
+    if not 1 <= stage <= len(convs):
+        raise ConfigError(f"PP-OCR graph: no stage {stage}; {len(convs)} later stage(s) halve the rows (count from 1)")
+    convs[stage - 1]["attrs"]["strides"] = [2, 2]
+    kernel, strides = list(pool["attrs"]["kernel_shape"]), list(pool["attrs"]["strides"])
+    kernel[1] = strides[1] = 1
+    pool["attrs"].update(kernel_shape=kernel, strides=strides)
     encoder._ort = OrtRunner(encoder.graph)  # its sessions were built on the old graph
     return encoder
 
