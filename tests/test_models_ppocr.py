@@ -568,3 +568,42 @@ def test_an_ocr_model_takes_only_weights_of_its_own_structure(tiny_onnx, tmp_pat
     with torch.no_grad():
         assert torch.allclose(model.encoder(x, m)[0], halved(x, m)[0], atol=1e-5)
     assert len(model.read(x, m)) == 1
+
+
+def test_a_halved_encoder_learns_from_its_teacher(tiny_onnx, tmp_path, capsys):
+    """`encoder train --teacher`: the restructured encoder trains on CTC + KL to the frozen teacher's frame
+    posteriors (logged as train/kd: ~0 while the student still is the teacher, > 0 once it is halved), the card
+    names the teacher, and a teacher over another vocabulary is refused with one line."""
+    import csv
+
+    from bridgeocr.cli import main
+    from conftest import BOX_WORDS, load_script, make_box_dataset
+
+    src = make_box_dataset(tmp_path / "data", n=12)
+    tok = CharTokenizer(sorted(set("".join(BOX_WORDS)) | {" "}))
+    tok.save(tmp_path / "tok.json")
+    enc, half = tmp_path / "enc", tmp_path / "half"
+    assert main(["encoder", "import", "--onnx", str(tiny_onnx), "--tokenizer", str(tmp_path / "tok.json"),
+                 "--out", str(enc)]) == 0
+    load_script("scripts/read_at_height.py").main([str(enc), str(half), "--halve-columns-at", "1"])
+
+    def kd_values(out):
+        rows = list(csv.DictReader(open(out / "metrics.csv")))
+        return [float(r["train/kd"]) for r in rows if r.get("train/kd")]
+
+    for student, out in ((enc, tmp_path / "same"), (half, tmp_path / "ft")):
+        assert main(["encoder", "train", "--init", str(student), "--teacher", str(enc), "--data", str(src),
+                     "--out", str(out), "--steps", "2", "--batch-size", "4", "--lr", "1e-9",
+                     "train.log_every_steps=1"]) == 0
+    assert max(kd_values(tmp_path / "same")) < 1e-7 < min(kd_values(tmp_path / "ft"))  # 1e-9 vs 3e-5 here
+    card = json.loads((tmp_path / "ft" / "encoder_card.json").read_text())
+    assert card["teacher"] == str(enc) and card["distill_weight"] == 1.0
+
+    other = CharTokenizer(list("abc "))
+    other.save(tmp_path / "other.json")
+    assert main(["encoder", "import", "--onnx", str(tiny_onnx), "--tokenizer", str(tmp_path / "other.json"),
+                 "--out", str(tmp_path / "other")]) == 0
+    capsys.readouterr()
+    assert main(["encoder", "train", "--init", str(half), "--teacher", str(tmp_path / "other"), "--data", str(src),
+                 "--out", str(tmp_path / "bad"), "--steps", "1", "--batch-size", "4"]) != 0
+    assert "--teacher" in capsys.readouterr().err

@@ -233,10 +233,18 @@ def _add_encoder(sub):
     p.add_argument("--augment", choices=["none", "print", "handwriting"], default="none",
                    help="augment training lines as real scans look (blur, noise, contrast, JPEG, rotation/shear; "
                    "handwriting adds ink width and elastic distortion); synthetic lines get it too")
+    p.add_argument("--teacher", default=None, metavar="DIR",
+                   help="an encoder directory with a CTC head (same height and vocabulary) whose frame posteriors "
+                   "the trained encoder also learns: KL(teacher || student) per frame beside the CTC loss. For "
+                   "re-training a restructured encoder (scripts/read_at_height.py --halve-columns-at) from the one "
+                   "it came from")
+    p.add_argument("--distill-weight", type=positive_float, default=1.0,
+                   help="weight of the teacher's KL beside the CTC loss (default 1)")
     add_trainer_args(p, config=True)
     p.set_defaults(target="bridgeocr.train.encoder_pretrain:train_encoder_cli",
                    keys=["data", "val_data", "out", "config", "overrides", "steps", "minutes",
-                         "batch_size", "lr", "seed", "resume", "init", "augment", "overwrite", *TRAINER_KEYS])
+                         "batch_size", "lr", "seed", "resume", "init", "augment", "overwrite", *TRAINER_KEYS,
+                         "teacher", "distill_weight"])
 
 
 def _add_train_eval(sub):

@@ -48,7 +48,7 @@ from bridgeocr.train.engine import (
     start_run,
     step_seed,
 )
-from bridgeocr.train.losses import ctc_loss, ctc_targets
+from bridgeocr.train.losses import ctc_loss, ctc_targets, kd_loss
 from bridgeocr.train.optim import param_groups
 from bridgeocr.train.run import build_tokenizer, shard
 from bridgeocr.train.schedule import lr_factor
@@ -87,7 +87,8 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
                   eval_every: int | None = None, eval_batches: int = 20, command: str = "",
                   progress: bool = True, init: str | None = None, augment: str = "none",
                   overwrite: bool = False, devices=None, num_nodes: int | None = None, strategy: str | None = None,
-                  precision: str | None = None, accelerator: str | None = None) -> dict:
+                  precision: str | None = None, accelerator: str | None = None, teacher: str | None = None,
+                  distill_weight: float = 1.0) -> dict:
     """Train encoder + CTC head on the train split of each source; keep the best by val CER in `out`.
 
     `init`: an encoder directory to start from (its CTC head too when the vocabulary matches, its tokenizer
@@ -96,7 +97,9 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
     height 48) sets `data.image` to them. `augment`: none | print | handwriting (data/augment.py).
     devices / num_nodes / strategy / precision / accelerator: the Lightning trainer's (train/engine.py),
     default the config's `train.*`; with several processes each trains on its share of the lines and
-    rank 0 evaluates. Returns the card ({} on the other processes)."""
+    rank 0 evaluates. `teacher`: an encoder directory (with its CTC head, reading the same height and
+    vocabulary) whose frame posteriors the trained one also learns, `distill_weight` x KL(teacher || student)
+    per frame beside the CTC loss (`_teacher`). Returns the card ({} on the other processes)."""
 
     out = Path(out)
     ckpt = start_run(out, resume, overwrite)
@@ -104,10 +107,11 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
     train, val = _sources(cfg, data, val_data)
     tokenizer = _tokenizer(cfg, init, train)
     encoder, head = _networks(cfg, tokenizer, init, out / "last" if ckpt is not None else None)
+    frozen = _teacher(teacher, cfg.data.image.height, head) if teacher else None
     if ckpt is not None:
         print(f"resuming from {ckpt}", flush=True)
     augmenter = None if augment in (None, "none") else Augmenter(augment, seed)
-    module = _CTCModule(encoder, head, tokenizer, lr, steps, seed,
+    module = _CTCModule(encoder, head, tokenizer, lr, steps, seed, frozen, distill_weight,
                         lambda rank, world: make_loader(
                             shard(train, rank, world, even=True), cfg.data.image, tokenizer, batch_size,
                             shuffle=True, seed=seed, max_text_tokens=cfg.model.max_text_tokens, drop_last=True,
@@ -137,7 +141,7 @@ def train_encoder(cfg: ExperimentConfig, data: list[str], val_data: str | None, 
         if (out / "model.safetensors").is_file() else saver.state["final"]
     card = _card(cfg, module, trainer, budget, full, saver.state, command=command, data=data, val_data=val_data,
                  train=train, val=val, init=init, augment=augment, stopped_by=stopped, batch_size=batch_size,
-                 lr=lr, seed=seed)
+                 lr=lr, seed=seed, teacher=teacher, distill_weight=distill_weight if teacher else None)
     write_json(out / "encoder_card.json", card)
     print(f"encoder: step {card['steps']}, best val CER {full['cer']:.4f} WER {full['wer']:.4f} on "
           f"{full['lines']} lines, {budget.elapsed() / 60:.1f} min (stopped by {stopped}); saved {out}", flush=True)
@@ -200,14 +204,36 @@ def _networks(cfg: ExperimentConfig, tokenizer, init: str | None, last: Path | N
     return encoder, head
 
 
+def _teacher(path: str, height: int, head: CTCHead) -> tuple:
+    """The frozen (encoder, CTC head) whose frame posteriors a student learns: it must read `height` px lines
+    and emit the same frames over the same vocabulary (e.g. the encoder a restructured one came from:
+    models/ppocr.halve_columns_at keeps the tokens). Why distil: a student re-learning from its teacher's
+    posteriors gets a target on every frame, not only the text's few labels, and keeps what the teacher
+    read beyond the training lines."""
+    encoder, t_head = load_encoder(resolve_pretrained(path))
+    if t_head is None:
+        raise BridgeOCRError(f"--teacher {path}: has no CTC head to learn from")
+    if encoder.image_height != height:
+        raise BridgeOCRError(f"--teacher {path}: reads {encoder.image_height} px lines, the student {height}")
+    if (t_head.vocab_size, t_head.upsample) != (head.vocab_size, head.upsample):
+        raise BridgeOCRError(f"--teacher {path}: its CTC head emits {t_head.upsample} frame(s) per token over "
+                             f"{t_head.vocab_size} symbols, the student's {head.upsample} over {head.vocab_size}")
+    for module in (encoder, t_head):
+        module.eval().requires_grad_(False)
+    return encoder, t_head
+
+
 class _CTCModule(pl.LightningModule):
     """CTC loss of encoder + head on this process's share of the lines (width-bucketed batches, the place
-    in the epoch kept by the resume state); AdamW, warm-up then cosine decay per step."""
+    in the epoch kept by the resume state), plus the KL to a frozen teacher's frame posteriors when there is
+    one; AdamW, warm-up then cosine decay per step."""
 
-    def __init__(self, encoder, head, tokenizer, lr: float, steps: int, seed: int, make_loader):
+    def __init__(self, encoder, head, tokenizer, lr: float, steps: int, seed: int, teacher, distill_weight: float,
+                 make_loader):
         super().__init__()
         self.encoder, self.head, self.lr, self.steps, self.make_loader = encoder, head, lr, steps, make_loader
-        self.seed = seed
+        self.seed, self.distill_weight = seed, distill_weight
+        self.teacher = [teacher] if teacher else []  # a list: not a submodule, so never saved nor optimised
         self.drop = [tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id]
         self.loader, self.lines, self.skipped_before = None, 0, 0
 
@@ -227,7 +253,15 @@ class _CTCModule(pl.LightningModule):
             return sum(p.sum() * 0.0 for p in self.parameters())
         targets, lengths = ctc_targets(batch.input_ids, batch.attention_mask, self.drop)
         tokens, mask = self.encoder(batch.images, batch.image_mask)
-        loss = ctc_loss(self.head(tokens), self.head.frame_mask(mask), targets, lengths)
+        logits, frames = self.head(tokens), self.head.frame_mask(mask)
+        loss = ctc_loss(logits, frames, targets, lengths)
+        if self.teacher:
+            t_encoder, t_head = (m.to(self.device) for m in self.teacher[0])
+            with torch.no_grad():
+                t_logits = t_head(t_encoder(batch.images, batch.image_mask)[0])
+            kd = kd_loss(logits, t_logits, frames)
+            self.log("train/kd", kd.detach(), on_step=True, on_epoch=False, batch_size=len(batch))
+            loss = loss + self.distill_weight * kd
         self.lines += len(batch)
         self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch))
         return loss
@@ -300,12 +334,12 @@ def _card(cfg, module, trainer, budget, full: dict, state: dict, *, data, val_da
 
 def train_encoder_cli(data, val_data, out, config, overrides, steps, minutes, batch_size, lr, seed, resume,
                       init=None, augment="none", overwrite=False, devices=None, num_nodes=None, strategy=None,
-                      precision=None, accelerator=None) -> int:
+                      precision=None, accelerator=None, teacher=None, distill_weight=1.0) -> int:
     cfg = load_config(config, overrides)
     train_encoder(cfg, data, val_data, out, steps, minutes, batch_size, lr, seed, resume,
                   command="bridgeocr " + shlex.join(sys.argv[1:]), init=init, augment=augment,
                   overwrite=bool(overwrite), devices=devices, num_nodes=num_nodes, strategy=strategy,
-                  precision=precision, accelerator=accelerator)
+                  precision=precision, accelerator=accelerator, teacher=teacher, distill_weight=distill_weight)
     return 0
 
 
