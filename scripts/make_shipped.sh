@@ -89,8 +89,7 @@ $B encoder train --init $S/encoder_h32_init --augment handwriting --data $S/synt
     --batch-size 16 --lr 1e-4 --resume train.val_every_steps=250
 .venv/bin/python scripts/interpolate_encoder.py $S/encoder_h32_init $S/encoder_h32 0.75 $S/encoder_h32w
 .venv/bin/python scripts/read_at_height.py $S/ocr_default_ft2w $S/ocr_default_h32 --height 32 --weights $S/encoder_h32w
-# (the package keeps its tokenizers in one format: ocr_default's tokenizer.json, the same 279 symbols)
-cp $S/ocr_default_ft2w/tokenizer.json $S/ocr_default_h32/ && rm -f $S/ocr_default_h32/{tokenizer_config,special_tokens_map}.json
+# (read_at_height.py keeps the source's tokenizer files as they are: every shipped tokenizer stays in one format)
 
 # 6. float16 copies into the package, with model cards
 .venv/bin/python scripts/ship.py

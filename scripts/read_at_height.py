@@ -39,6 +39,18 @@ def structure(encoder: PPOCREncoder) -> list:
     return [encoder.image_height, *[n["attrs"] for n in encoder.graph.spec["nodes"]]]
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def keep_tokenizer_files(src: Path, out: Path) -> None:
+    """The re-targeted model keeps its source's tokenizer files byte for byte (the same vocabulary; saving the
+    loaded tokenizer would rewrite bridgeocr's own format as Hugging Face's)."""
+    for name in TOKENIZER_FILES:
+        (out / name).unlink(missing_ok=True)
+        if (src / name).is_file():
+            shutil.copy2(src / name, out / name)
+
+
 def retarget_encoder(src: Path, out: Path, height: int | None, halve_at: int | None) -> str:
     encoder, head = load_encoder(src)
     if not isinstance(encoder, PPOCREncoder):
@@ -72,6 +84,7 @@ def retarget_model(src: Path, out: Path, height: int | None, halve_at: int | Non
     model.image_height = height
     model.save_pretrained(out, image=replace(image, height=height,
                                              width_scale=float(model.encoder.image.get("width_scale", image.width_scale))))
+    keep_tokenizer_files(src, out)
     return f"wrote {out}: {src} reading {height} px lines" + (f" with the encoder of {weights}" if weights else "")
 
 

@@ -474,6 +474,8 @@ def test_an_ocr_model_reads_at_another_height_with_an_encoder_fine_tuned_there(t
                       connector=ConnectorConfig(kind="ctc_collapse"),
                       decoder=DecoderConfig(n_layer=1, n_embd=16, n_head=2, n_positions=64))
     OCRModel(cfg, tok.vocab_size, image_height=48, tokenizer=tok).save_pretrained(tmp_path / "m")
+    tok_file = tmp_path / "m" / "tokenizer.json"  # laid out as no save writes it: it must come through as it is
+    tok_file.write_text(json.dumps(json.loads(tok_file.read_text()), indent=1))
     encoder, head, _ = import_ppocr(tiny_onnx, tok)
     read_at_height(encoder, 32)
     with torch.no_grad():  # "fine-tuned": weights the model did not have
@@ -484,6 +486,9 @@ def test_an_ocr_model_reads_at_another_height_with_an_encoder_fine_tuned_there(t
     script.main([str(tmp_path / "m"), str(tmp_path / "m32"), "--height", "32", "--weights", str(tmp_path / "enc32")])
     model, image_cfg, _ = load_checkpoint(tmp_path / "m32")
     assert image_cfg.height == model.image_height == 32 and image_cfg.width_scale == pytest.approx(1.5)
+    assert sorted(f.name for f in (tmp_path / "m32").glob("*token*")) == sorted(
+        f.name for f in (tmp_path / "m").glob("*token*"))  # the source's tokenizer files, as they were
+    assert (tmp_path / "m32" / "tokenizer.json").read_bytes() == (tmp_path / "m" / "tokenizer.json").read_bytes()
     for a, b in zip(model.encoder.parameters(), encoder.parameters()):
         assert torch.equal(a, b)
     x, m = torch.rand(1, 1, 32, 64), torch.ones(1, 64, dtype=torch.bool)
