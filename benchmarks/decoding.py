@@ -157,7 +157,8 @@ def run_set(name, source, split, min_chars, args, model, image_cfg, tmp: Path) -
         print(f"  {engine}: CER {rows[-1]['cer']:.4f}, {spread(speeds)} lines/s", flush=True)
     lengths = []
     default = decodings(model, args.pre_beam)[0]
-    for lo, hi in LENGTH_BINS:
+    timed = not args.rows or row_key(default[1], default[3], default[5]) in args.rows  # (the default row's)
+    for lo, hi in LENGTH_BINS if timed else ():
         part = [s for s in lines if lo <= len(s.text) < hi]
         if len(part) >= 8:
             res = read_ours(model, image_cfg, part, default[1], default[2], default[3], max(args.batch_sizes))

@@ -39,6 +39,7 @@ def test_every_decoding_in_one_table_and_the_goals(bench, tmp_path):
             "bridgeocr joint beam 2, CTC weight 0.5"} <= systems
     assert [s for s in systems if s.endswith("(default)")] == ["bridgeocr joint beam 4, draft first (default)"]
     assert all(r["lines"] == 12 and len(r["lines_per_s"]) == 2 for r in result["rows"])
+    assert result["lengths"] and result["lengths"][0]["lines"] >= 8  # the default decoding, by line length
     assert "| bridgeocr CTC head | 4 |" in bench.table(result)
     assert bench.goals(result, 4) == ["box: no Tesseract row, goals not checked"]
     tess = {"system": "tesseract", "batch": 1, "lines": 12, "cer": 0.1, "wer": 0.2, "lines_per_s": [1e9],
@@ -52,9 +53,10 @@ def test_every_decoding_in_one_table_and_the_goals(bench, tmp_path):
 
 
 def test_rows_picks_our_rows_by_name(bench, tmp_path):
+    """--rows: only the named rows, and the timings by line length (of the default row) only with it."""
     from bridgeocr.config import ImageConfig
 
-    make_box_dataset(tmp_path, n=6, splits=("test",))
+    make_box_dataset(tmp_path, n=12, splits=("test",))
     model = tiny_ocr_model(ctc=True).eval()
     model.cfg.decoding = "joint"
     args = argparse.Namespace(max_samples=0, batch_sizes=[4], repeats=1, pre_beam=3, joint_beams=None,
@@ -63,9 +65,14 @@ def test_rows_picks_our_rows_by_name(bench, tmp_path):
                            ImageConfig(height=16, width_multiple=4), tmp_path)
     assert [r["system"] for r in result["rows"]] == ["bridgeocr joint beam 4, draft first (default)",
                                                      "bridgeocr CTC head"]
+    assert result["lengths"]
+    args.rows = ["ctc"]
+    alone = bench.run_set("box", str(tmp_path / "manifest.tsv"), "test", 0, args, model,
+                          ImageConfig(height=16, width_multiple=4), tmp_path)
+    assert [r["system"] for r in alone["rows"]] == ["bridgeocr CTC head"] and alone["lengths"] == []
     assert bench.row_key("joint", 16, None) == "prebeam" and bench.row_key("ctc", None, 0.0) == "ctc-once"
     assert {bench.row_key(how, pb, widen) for _, how, _, pb, _, widen in bench.decodings(model, 3)} <= set(bench.ROW_KEYS)
-    tess = {"system": "tesseract", "batch": 1, "lines": 6, "cer": 0.1, "wer": 0.2, "lines_per_s": [1e-9],
+    tess = {"system": "tesseract", "batch": 1, "lines": 12, "cer": 0.1, "wer": 0.2, "lines_per_s": [1e-9],
             "decoding": "tesseract"}
     result["rows"].append(tess)  # no full-search row to compare the CER with: the speed alone is judged
     assert bench.goals(result, 4)[0].endswith("speed met, CER not checked (no full-search row)")
