@@ -6,6 +6,10 @@
 # Knobs (environment): SETTINGS, MINUTES (per setting, default 2: the whole script fits a 10-minute call), N (lines, default 20000), BATCH (default 64).
 # DECODE=1: also decoding speed on the GPU (issue 15): `bridgeocr bench --device cuda --quick` and benchmarks/decoding.py
 # (the shipped model: CTC head, greedy GPT, joint, --fast) at batch 64, 256 and 1024 on 2,048 of the synthesised lines.
+# DISTIL=1: also issue 15's cheaper trunk: shipped:encoder_ctc with its columns halved at stage 3 (1.27 of 1.88
+# GMAC per line; scripts/read_at_height.py --halve-columns-at 1), re-trained for DISTIL_STEPS (default 3000) of 64
+# lines, at most DISTIL_MINUTES (default 6), on 48 px lines in all CI fonts and in the handwriting ones with `--teacher
+# shipped:encoder_ctc` (KL to its frame posteriors beside CTC); the encoder comes back under $OUT/halved.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -41,4 +45,18 @@ if [ "${DECODE:-0}" = 1 ]; then
   python3 -m bridgeocr.cli bench --device cuda --quick --out "$RUN/bench" | tail -n 20
   python3 benchmarks/decoding.py --device cuda --no-peers --data "$RUN/data" --split test --max-samples 2048 \
     --batch-sizes 64 256 1024 --repeats 2 --out "$RUN/decoding" | sed -n '/^shipped/,$p'
+fi
+if [ "${DISTIL:-0}" = 1 ]; then
+  for style in all handwriting; do
+    python3 -m bridgeocr.cli data synth --out "$RUN/data48_$style" --n "${N:-20000}" --height 48 --style "$style" \
+      --val-fraction 0.02 --test-fraction 0 "${corpus[@]}" "${fonts[@]}" | tail -n 2
+  done
+  python3 scripts/read_at_height.py shipped:encoder_ctc "$RUN/halved_init" --halve-columns-at 1
+  python3 -m bridgeocr.cli encoder train --init "$RUN/halved_init" --teacher shipped:encoder_ctc --augment handwriting \
+    --data "$RUN/data48_all" "$RUN/data48_handwriting" --val-data "$RUN/data48_handwriting" --out "$RUN/halved" \
+    --steps "${DISTIL_STEPS:-3000}" --minutes "${DISTIL_MINUTES:-6}" --batch-size 64 --lr 3e-4 --precision bf16-mixed \
+    data.num_workers=8 2>&1 | grep -v "it/s]$" || true
+  if [ -n "${OUT:-}" ] && [ -f "$RUN/halved/model.safetensors" ]; then
+    mkdir -p "$OUT/halved" && cp "$RUN/halved"/{config.json,model.safetensors,tokenizer.json,encoder_card.json} "$OUT/halved/"
+  fi
 fi
