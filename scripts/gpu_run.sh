@@ -5,11 +5,14 @@
 #   GPU:   device run, carry [".whl", ".devdata"], command "bash scripts/gpu_run.sh"
 # Knobs (environment): SETTINGS, MINUTES (per setting, default 2: the whole script fits a 10-minute call), N (lines, default 20000), BATCH (default 64).
 # DECODE=1: also decoding speed on the GPU (issue 15): `bridgeocr bench --device cuda --quick` and benchmarks/decoding.py
-# (the shipped model: CTC head, greedy GPT, joint, --fast) at batch 64, 256 and 1024 on 2,048 of the synthesised lines.
+# (the shipped model: CTC head, greedy GPT, joint, --fast) at batch 64, 256 and 1024 on DECODE_LINES (default 2,048)
+# of the synthesised test lines; DEVICE=cpu runs it here (a dry run).
 # DISTIL=1: also issue 15's cheaper trunk: shipped:encoder_ctc with its columns halved at stage 3 (1.27 of 1.88
 # GMAC per line; scripts/read_at_height.py --halve-columns-at 1), re-trained for DISTIL_STEPS (default 3000) of 64
 # lines, at most DISTIL_MINUTES (default 6), on 48 px lines in all CI fonts and in the handwriting ones with `--teacher
 # shipped:encoder_ctc` (KL to its frame posteriors beside CTC); the encoder comes back under $OUT/halved.
+# Issue 15 on one lease: SETTINGS=" " DECODE=1 DISTIL=1 DISTIL_MINUTES=4 (an estimate, never run on a GPU: the
+# synthesis of 60,000 lines ~1-2 min, the decoding rows a few minutes, 4 of training; timeout_s 600).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -42,9 +45,10 @@ for path in sorted(Path(sys.argv[1]).glob("*/metrics.json")):
           f"{f(m['test_wer'], '.4f')} | {(m.get('test') or {}).get('decoding', '–')} | {m['precision']} |")
 PY
 if [ "${DECODE:-0}" = 1 ]; then
-  python3 -m bridgeocr.cli bench --device cuda --quick --out "$RUN/bench" | tail -n 20
-  python3 benchmarks/decoding.py --device cuda --no-peers --data "$RUN/data" --split test --max-samples 2048 \
-    --batch-sizes 64 256 1024 --repeats 2 --out "$RUN/decoding" | sed -n '/^shipped/,$p'
+  python3 -m bridgeocr.cli bench --device "${DEVICE:-cuda}" --quick --out "$RUN/bench" | tail -n 20
+  python3 benchmarks/decoding.py --device "${DEVICE:-cuda}" --no-peers --data "$RUN/data" --split test \
+    --max-samples "${DECODE_LINES:-2048}" --rows gpt,joint,fast,ctc --batch-sizes 64 256 1024 --repeats 2 \
+    --out "$RUN/decoding" | sed -n '/^shipped/,$p'
 fi
 if [ "${DISTIL:-0}" = 1 ]; then
   for style in all handwriting; do
