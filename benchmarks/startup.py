@@ -10,9 +10,9 @@ Every timing runs in a fresh Python process (a warm process has its imports and 
   onnxruntime session is built here), the same line again (the steady cost of one line);
 - the command: `bridgeocr recognize IMAGE`, wall time of the whole process, as a user waits for it.
 
-Without `--image`, one printed line is drawn in DejaVu Sans. Prints the
-machine (CPU, count, load average before and after) and the versions that matter, then a Markdown table of
-the median and range of the repeats; `--out` also keeps startup.json.
+Without `--image`, one printed line is drawn in DejaVu Sans. Prints the machine (CPU, count, load average before
+and after) and the versions that matter, then a Markdown table of the median and range of the repeats; `--out`
+also keeps startup.json.
 """
 
 from __future__ import annotations
