@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,8 @@ import time
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+sys.path.insert(0, str(SRC))
+from bridgeocr.experiments.bench import machine_info  # noqa: E402  (the parent only: every timing is a child)
 
 STAGES = r"""
 import json, sys, time
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--modules", nargs="*", default=["torch", "onnx", "ml_dtypes", "onnxruntime"])
     ap.add_argument("--out", type=Path, help="folder for startup.json")
     args = ap.parse_args(argv)
-    load_before = os.getloadavg()
+    info = machine_info("cpu")  # the CPU's model name, cores, threads, versions, load average at the start
     with tempfile.TemporaryDirectory() as tmp:
         image = args.image or draw_line(Path(tmp))
         if not image.is_file():
@@ -128,12 +129,11 @@ def main(argv: list[str] | None = None) -> dict:
         imports = {m: [import_seconds(m) for _ in range(args.repeats)] for m in args.modules}
         stages = [stage_seconds(args.checkpoint, image) for _ in range(args.repeats)]
         command = [command_seconds(args.checkpoint, image) for _ in range(args.repeats)]
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                          "load_before": load_before, "load_after": os.getloadavg()},
-              "versions": versions(), "checkpoint": args.checkpoint, "repeats": args.repeats,
+    info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    result = {"machine": info, "versions": versions(), "checkpoint": args.checkpoint, "repeats": args.repeats,
               "imports": imports, "stages": stages, "command": command, "text": stages[0]["text"]}
-    print(f"machine: {result['machine']['cpu']}, {result['machine']['cpus']} CPUs, load average "
-          f"{load_before[0]:.2f} before, {result['machine']['load_after'][0]:.2f} after")
+    print(f"machine: {info['cpu']}, {info['cores']} CPUs, load average {info['loadavg_start'][0]:.2f} before, "
+          f"{info['loadavg_end'][0]:.2f} after")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()))
     print(f"read: {result['text']!r}\n")
     print("| seconds (median (range) of fresh processes) | |\n|---|---:|")
