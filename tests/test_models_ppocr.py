@@ -21,10 +21,11 @@ from bridgeocr.models.ppocr import import_ppocr, rapidocr_onnx_path  # noqa: E40
 CHARS = list("abc xyz")  # the tiny graph's character table (+ blank in front, + space at the end)
 
 
-def _tiny_ppocr_onnx(path, d=8, seed=0):
-    """A PP-OCR-shaped recogniser: conv/BN/hardswish/maxpool backbone with an SE block, avg-pool to one row,
-    flatten via Shape/Slice/Concat/Reshape, a LayerNorm + global self-attention + GELU(erf) neck, and a CTC
-    classifier softmax(features @ W + b) over blank + CHARS + space."""
+def _tiny_ppocr_onnx(path, d=8, seed=0, mlps=0, silent_mlps=False):
+    """A PP-OCR-shaped recogniser: conv/BN/hardswish/maxpool backbone with an SE block, `mlps` residual MLPs
+    x + conv1x1(relu(conv1x1(x))) (`silent_mlps`: their last conv all zeros), avg-pool to one row, flatten via
+    Shape/Slice/Concat/Reshape, a LayerNorm + global self-attention + GELU(erf) neck, and a CTC classifier
+    softmax(features @ W + b) over blank + CHARS + space."""
     rng = np.random.default_rng(seed)
     inits, nodes = [], []
 
@@ -55,6 +56,13 @@ def _tiny_ppocr_onnx(path, d=8, seed=0):
     x = node("Mul", [x, se], "se_out")
     x = node("Conv", [x, f32("c3.w", d, d, 3, 3), f32("c3.b", d)], "c3", strides=[2, 1], auto_pad="SAME_UPPER",
              kernel_shape=[3, 3])  # [B, d, 6, W/4]
+    for k in range(mlps):
+        h = node("Conv", [x, f32(f"m{k}.w1", 2 * d, d, 1, 1), f32(f"m{k}.b1", 2 * d)], f"m{k}.up", kernel_shape=[1, 1])
+        h = node("Relu", [h], f"m{k}.act")
+        w2, b2 = (const(f"m{k}.w2", np.zeros((d, 2 * d, 1, 1), np.float32)), const(f"m{k}.b2", np.zeros(d, np.float32))
+                  ) if silent_mlps else (f32(f"m{k}.w2", d, 2 * d, 1, 1), f32(f"m{k}.b2", d))
+        h = node("Conv", [h, w2, b2], f"m{k}.down", kernel_shape=[1, 1])
+        x = node("Add", [x, h], f"m{k}.res")
     x = node("AveragePool", [x], "ap", kernel_shape=[6, 2], strides=[6, 2], pads=[0, 0, 0, 0])  # [B, d, 1, W/8]
     shape = node("Shape", [x], "shape")
     head = node("Slice", [shape, const("s0", np.array([0])), const("s2", np.array([2])),
@@ -612,3 +620,124 @@ def test_a_halved_encoder_learns_from_its_teacher(tiny_onnx, tmp_path, capsys):
     assert main(["encoder", "train", "--init", str(half), "--teacher", str(tmp_path / "other"), "--data", str(src),
                  "--out", str(tmp_path / "bad"), "--steps", "1", "--batch-size", "4"]) != 0
     assert "--teacher" in capsys.readouterr().err
+
+
+def test_residual_mlps_are_found_and_a_silent_one_drops_without_a_trace(tmp_path):
+    """residual_mlps finds each x + conv1x1(act(conv1x1(x))) and nothing in a trunk without them; dropping MLPs
+    whose output is zero leaves the features as they were, with fewer nodes and weights, torch and onnxruntime
+    agreeing, the same after save/load; numbers the graph lacks are refused."""
+    from bridgeocr.models.ppocr import drop_mlps, residual_mlps
+
+    assert residual_mlps(import_ppocr(_tiny_ppocr_onnx(tmp_path / "plain.onnx"))[0].graph.spec) == []
+    encoder, head, _ = import_ppocr(_tiny_ppocr_onnx(tmp_path / "silent.onnx", mlps=2, silent_mlps=True), _tokenizer())
+    found = residual_mlps(encoder.graph.spec)
+    assert [m["add"]["outputs"][0] for m in found] == ["m0.res", "m1.res"]
+    images, mask = torch.rand(2, 1, 48, 96), torch.ones(2, 96, dtype=torch.bool)
+    with torch.no_grad():
+        before = encoder(images, mask)[0]
+    params = sum(p.numel() for p in encoder.parameters())
+    drop_mlps(encoder, [1, 2])
+    assert residual_mlps(encoder.graph.spec) == [] and not any(n["op"] == "Relu" and n["outputs"][0].startswith("m")
+                                                               for n in encoder.graph.spec["nodes"])
+    assert sum(p.numel() for p in encoder.parameters()) == params - 2 * (2 * (2 * 8 * 8) + 2 * 8 + 8)  # both convs
+    with torch.no_grad():
+        after = encoder(images, mask)[0]
+        x = encoder.pixels(images)
+        assert torch.allclose(encoder.graph(x), encoder._ort(x), atol=1e-5)
+    assert torch.allclose(after, before, atol=1e-6)
+    save_encoder(tmp_path / "enc", encoder, head)
+    loaded, _ = load_encoder(tmp_path / "enc")
+    with torch.no_grad():
+        assert torch.allclose(loaded(images, mask)[0], before, atol=1e-6)
+    with pytest.raises(ConfigError, match="no residual MLP 3; it has 2"):
+        drop_mlps(import_ppocr(_tiny_ppocr_onnx(tmp_path / "two.onnx", mlps=2))[0], [3])
+
+
+def test_a_fitted_stand_in_replaces_an_mlp_better_than_a_cut():
+    """drop_mlps with calibration inputs: where the dropped MLP's output was, a full-rank linear stand-in is at
+    least as close to the full trunk's values as a bias alone, and a bias at least as close as the cut (least
+    squares over ever larger families of maps); on other lines too, the stand-in's features are nearer the full
+    trunk's than the cut's; torch and onnxruntime agree on the new nodes."""
+    import copy
+    import tempfile
+    from pathlib import Path
+
+    from bridgeocr.models.ppocr import _values, drop_mlps
+
+    with tempfile.TemporaryDirectory() as tmp:
+        full = import_ppocr(_tiny_ppocr_onnx(Path(tmp) / "m.onnx", mlps=2))[0]
+    rng = torch.Generator().manual_seed(0)
+    calibration = [full.pixels(torch.rand(1, 1, 48, w, generator=rng)) for w in (64, 96, 128, 64)]
+    held_out = full.pixels(torch.rand(1, 1, 48, 96, generator=rng))
+    target = _values(full.graph.spec, full.graph.arrays(), ["m1.res"], calibration)[0]
+
+    def err(encoder, x=None):
+        if x is not None:
+            with torch.no_grad():
+                return float((encoder.graph(x) - full.graph(x)).pow(2).mean())
+        got = _values(encoder.graph.spec, encoder.graph.arrays(), [
+            "m1.res" if any(n["outputs"][0] == "m1.res" for n in encoder.graph.spec["nodes"]) else "m0.res"],
+            calibration)[0]
+        return float((got - target).pow(2).mean())
+
+    cut = drop_mlps(copy.deepcopy(full), [2])
+    bias = drop_mlps(copy.deepcopy(full), [2], calibration=calibration, rank=0)
+    linear = drop_mlps(copy.deepcopy(full), [2], calibration=calibration, rank=8)
+    assert err(linear) <= err(bias) * 1.001 and err(bias) <= err(cut) and err(linear) < err(cut)
+    assert err(linear, held_out) < err(cut, held_out)
+    with torch.no_grad():
+        assert torch.allclose(linear.graph(held_out), linear._ort(held_out), atol=1e-5)
+    both = drop_mlps(copy.deepcopy(full), [1, 2], calibration=calibration, rank=8)
+    assert err(both, held_out) < err(drop_mlps(copy.deepcopy(full), [1, 2]), held_out)
+
+
+def test_drop_mlps_script_lists_cuts_and_fits(tmp_path, capsys):
+    """scripts/drop_mlps.py: --list names each residual MLP with its multiply-adds; OUT without --mlps is the
+    encoder as it was; with --mlps and --calibration an encoder directory that reads, whose card says what
+    was dropped and the cost before and after; an existing OUT is refused."""
+    from bridgeocr.models.load import load_checkpoint
+    from conftest import BOX_WORDS, load_script, make_box_dataset
+
+    tok = CharTokenizer(sorted(set("".join(BOX_WORDS)) | {" "}))
+    src = make_box_dataset(tmp_path / "data", n=6)
+    enc = tmp_path / "enc"
+    save_encoder(enc, *import_ppocr(_tiny_ppocr_onnx(tmp_path / "m.onnx", mlps=2), tok)[:2])
+    tok.save(enc / "tokenizer.json")
+    script = load_script("scripts/drop_mlps.py")
+    assert script.main([str(enc), "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert "m0.res" in listed or "  1 " in listed
+    assert listed.count("MMAC") == 2
+    script.main([str(enc), str(tmp_path / "same")])
+    script.main([str(enc), str(tmp_path / "cut"), "--mlps", "2", "--rank", "4", "--calibration", str(src),
+                 "--lines", "4"])
+    card = json.loads((tmp_path / "cut" / "encoder_card.json").read_text())
+    assert card["dropped_mlps"] == [2] and card["stand_in_rank"] == 4
+    assert card["gmac_per_608px_line"]["after"] < card["gmac_per_608px_line"]["before"]
+    images, mask = torch.rand(1, 1, 48, 64), torch.ones(1, 64, dtype=torch.bool)
+    same, _, _ = load_checkpoint(tmp_path / "same")
+    cut, _, _ = load_checkpoint(tmp_path / "cut")
+    orig, _ = load_encoder(enc)
+    with torch.no_grad():
+        assert torch.allclose(same.encoder(images, mask)[0], orig(images, mask)[0], atol=1e-6)
+        assert cut.encoder(images, mask)[0].shape == orig(images, mask)[0].shape
+    with pytest.raises(SystemExit, match="exists"):
+        script.main([str(enc), str(tmp_path / "cut"), "--mlps", "1"])
+
+
+def test_real_ppocrv6_has_eleven_residual_mlps():
+    """PP-OCRv6_rec_small: 3 residual MLPs in stage 2, 6 in stage 3, 2 in stage 4; dropping the last leaves a
+    trunk onnxruntime and torch run alike, with as many tokens."""
+    from bridgeocr.models.ppocr import drop_mlps, residual_mlps
+
+    encoder = import_ppocr(_real_onnx())[0]
+    found = residual_mlps(encoder.graph.spec)
+    widths = [encoder.graph.spec["initializers"][n["inputs"][1]]["shape"][1] for m in found for n in m["nodes"]
+              if n["op"] == "Conv" and n["inputs"][0] == m["skip"]]
+    assert widths == [96] * 3 + [192] * 6 + [384] * 2
+    drop_mlps(encoder, [11])
+    x = torch.rand(1, 1, 48, 64)
+    with torch.no_grad():
+        px = encoder.pixels(x)
+        assert torch.allclose(encoder.graph(px), encoder._ort(px), atol=1e-3)
+        assert encoder(x, torch.ones(1, 64, dtype=torch.bool))[0].shape == (1, 8, 120)

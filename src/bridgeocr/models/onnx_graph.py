@@ -449,15 +449,20 @@ class OnnxGraph(nn.Module):
         nodes = [helper.make_node(n["op"], n["inputs"], n["outputs"], name=n.get("name") or None,
                                   domain="com.microsoft" if n["op"] == "Gelu" and opset < 20 else "",
                                   **n["attrs"]) for n in self.spec["nodes"]]
-        inits = []
-        for name, info in self.spec["initializers"].items():
-            t = self.params[self.names[name]] if name in self.names else getattr(self, self.consts[name])
-            inits.append(numpy_helper.from_array(t.detach().cpu().numpy().astype(info["dtype"]), name))
+        inits = [numpy_helper.from_array(a, name) for name, a in self.arrays().items()]
         graph = helper.make_graph(
             nodes, "bridgeocr", [helper.make_tensor_value_info(i, TensorProto.FLOAT, None) for i in self.spec["inputs"]],
             [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in self.spec["outputs"]], inits)
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
                                                        helper.make_opsetid("com.microsoft", 1)])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every initializer's *current* value in its ONNX dtype (what `OnnxGraph(spec, arrays)` rebuilds from)."""
+        out = {}
+        for name, info in self.spec["initializers"].items():
+            t = self.params[self.names[name]] if name in self.names else getattr(self, self.consts[name])
+            out[name] = t.detach().cpu().numpy().astype(info["dtype"])
+        return out
 
     def weights_version(self) -> tuple:
         """Changes whenever a weight is replaced or modified in place (an optimizer step, a load)."""

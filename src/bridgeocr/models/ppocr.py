@@ -31,7 +31,7 @@ from bridgeocr.models.ctc import BLANK, CTCHead
 from bridgeocr.models.onnx_graph import OnnxGraph, OrtRunner, inferred_shapes, prune_spec, spec_from_onnx
 
 __all__ = ["PPOCREncoder", "PPOCR_IMAGE", "DEFAULT_ONNX", "rapidocr_onnx_path", "import_ppocr", "map_ctc_head",
-           "read_at_height", "halve_columns_at"]
+           "read_at_height", "halve_columns_at", "residual_mlps", "drop_mlps"]
 
 DEFAULT_ONNX = "PP-OCRv6_rec_small.onnx"
 PPOCR_IMAGE = {"height": 48, "channels": 3, "mean": 0.5, "std": 0.5, "paper": "white", "max_width": 2048,
@@ -202,6 +202,146 @@ def halve_columns_at(encoder: PPOCREncoder, stage: int = 1) -> PPOCREncoder:
     pool["attrs"].update(kernel_shape=kernel, strides=strides)
     encoder._ort = OrtRunner(encoder.graph)  # its sessions were built on the old graph
     return encoder
+
+
+def _branch(producer: dict, inits: set, tensor: str, skip: str, limit: int = 24) -> list[dict] | None:
+    """The nodes computing `tensor` from `skip` (and initializers) alone, or None if it needs anything else
+    (another input, or more than `limit` nodes: not a small branch)."""
+    nodes, seen, todo = [], set(), [tensor]
+    while todo:
+        t = todo.pop()
+        if t == skip or t in inits or t in seen or not t:
+            continue
+        seen.add(t)
+        node = producer.get(t)
+        if node is None or len(nodes) >= limit:
+            return None
+        if all(node is not n for n in nodes):
+            nodes.append(node)
+        todo.extend(node["inputs"])
+    return nodes
+
+
+def residual_mlps(spec: dict) -> list[dict]:
+    """The trunk's residual MLPs in graph order: each `x + conv1x1(act(conv1x1(x)))`, as {"add": the Add that
+    closes it, "skip": x, "nodes": its branch}. PP-OCRv6_rec_small has 11: 3 in stage 2 (96 channels, 192
+    hidden), 6 in stage 3 (192, 384) and 2 in stage 4 (384, 768), together ~80 % of its multiply-adds."""
+    producer = {o: n for n in spec["nodes"] for o in n["outputs"]}
+    inits = set(spec.get("initializers", {}))
+    found = []
+    for node in spec["nodes"]:
+        if node["op"] != "Add" or len(node["inputs"]) != 2 or any(i in inits for i in node["inputs"]):
+            continue
+        for skip, tensor in (node["inputs"], node["inputs"][::-1]):
+            nodes = _branch(producer, inits, tensor, skip)
+            convs = [n for n in nodes or [] if n["op"] == "Conv"]
+            if (len(convs) == 2 and all(list(c["attrs"].get("kernel_shape", [])) == [1, 1] for c in convs)
+                    and any(n["inputs"][0] == skip for n in convs)):
+                found.append({"add": node, "skip": skip, "nodes": nodes})
+                break
+    return found
+
+
+def drop_mlps(encoder: PPOCREncoder, which, calibration=None, rank: int = 0) -> PPOCREncoder:
+    """The encoder, in place, without some of its residual MLPs (`which`: their numbers in graph order, from 1;
+    `residual_mlps`), the weights only those branches used gone.
+
+    Why: a residual branch refines what passes by it, so the trunk without one still reads, where halving its
+    columns or pruning channels breaks it (docs/benchmarks.md); each of PP-OCRv6's stage-4 MLPs is ~14 % of the
+    trunk's multiply-adds, each of stage 3's ~7 %. Without `calibration` each `x + mlp(x)` becomes `x`. With it
+    (network inputs [1, C, H, W], e.g. `pixels` of real lines), each becomes `x + up(down(x)) + b`, a linear
+    map of rank `rank` (0: the bias alone) fitted by least squares, in graph order, so that each stands in for
+    what the full trunk computed there from what the cut trunk now feeds it (`_fit_stand_in`). Either way it
+    reads worse until fine-tuned (`encoder train --init --teacher`, the full trunk as the teacher)."""
+    spec = encoder.graph.spec
+    found = residual_mlps(spec)
+    which = sorted({int(i) for i in which})
+    bad = [i for i in which if not 1 <= i <= len(found)]
+    if bad or not which:
+        raise ConfigError(f"PP-OCR graph: no residual MLP {bad[0] if bad else '(none given)'}; it has "
+                          f"{len(found)} (count from 1)")
+    arrays = encoder.graph.arrays()
+    if calibration is None:
+        rename = {found[i - 1]["add"]["outputs"][0]: found[i - 1]["skip"] for i in which}
+
+        def source(t: str) -> str:
+            while t in rename:  # a dropped MLP's skip may be the output of another dropped one
+                t = rename[t]
+            return t
+
+        nodes = [{**n, "inputs": [source(i) for i in n["inputs"]]} for n in spec["nodes"]
+                 if n["outputs"][0] not in rename]
+        outputs = [source(o) for o in spec["outputs"]]
+    else:
+        targets = _values(spec, arrays, [found[i - 1]["add"]["outputs"][0] for i in which], calibration)
+        nodes, outputs = list(spec["nodes"]), list(spec["outputs"])
+        for i, target in zip(which, targets):
+            mlp = found[i - 1]
+            branch = {id(n) for n in mlp["nodes"]} | {id(mlp["add"])}
+            (x,) = _values({**spec, "nodes": nodes}, arrays, [mlp["skip"]], calibration)
+            stand_in, new = _fit_stand_in(mlp, x, target, rank, f"mlp{i}_stand_in")
+            at = next(k for k, n in enumerate(nodes) if n is mlp["add"])
+            nodes = [n for n in nodes[:at] if id(n) not in branch] + stand_in + nodes[at + 1:]
+            arrays.update(new)
+    pruned = prune_spec({**spec, "nodes": nodes}, outputs)
+    used = {i for n in pruned["nodes"] for i in n["inputs"]}
+    encoder.graph = OnnxGraph({k: v for k, v in pruned.items() if k != "initializers"},
+                              {k: a for k, a in arrays.items() if k in used})
+    encoder._ort = OrtRunner(encoder.graph)  # its sessions were built on the old graph
+    return encoder
+
+
+@torch.no_grad()
+def _values(spec: dict, arrays: dict, names: list[str], inputs) -> list[torch.Tensor]:
+    """Each named tensor over every input, as [pixels, channels] rows (all inputs' positions stacked)."""
+    sub = prune_spec(spec, names)
+    used = {i for n in sub["nodes"] for i in n["inputs"]}
+    graph = OnnxGraph({k: v for k, v in sub.items() if k != "initializers"},
+                      {k: a for k, a in arrays.items() if k in used})
+    rows: list[list[torch.Tensor]] = [[] for _ in names]
+    for x in inputs:
+        out = graph(x)
+        for k, t in enumerate(out if isinstance(out, tuple) else (out,)):
+            rows[k].append(t.movedim(1, -1).reshape(-1, t.shape[1]).double())
+    return [torch.cat(r) for r in rows]
+
+
+def _fit_stand_in(mlp: dict, x: torch.Tensor, target: torch.Tensor, rank: int, name: str):
+    """Nodes computing `mlp`'s output as skip + up(down(skip)) + b, fitted so that it best matches `target`
+    (least squares, ridge 1e-3 of the mean variance; the rank-`rank` part the best of that rank for these
+    inputs). -> (nodes, their new initializers)."""
+    skip, out = mlp["skip"], mlp["add"]["outputs"][0]
+    channels = x.shape[1]
+    residual = target - x
+    mean_x, mean_r = x.mean(0), residual.mean(0)
+    new = {}
+    if rank > 0:
+        xc, rc = x - mean_x, residual - mean_r
+        gram = xc.T @ xc
+        ridge = 1e-3 * float(gram.diagonal().mean())
+        w = torch.linalg.solve(gram + ridge * torch.eye(channels, dtype=gram.dtype), xc.T @ rc)  # [C, C]
+        _, _, vh = torch.linalg.svd(xc @ w, full_matrices=False)
+        v = vh[: min(rank, channels)].T  # [C, r]: the directions the fitted residual varies most in
+        down, up = w @ v, v  # x @ down @ up.T ~ x @ w
+        bias = mean_r - mean_x @ down @ up.T
+        new[f"{name}.down"] = down.T.float().numpy()[:, :, None, None]
+        new[f"{name}.up"] = up.float().numpy()[:, :, None, None]
+    else:
+        bias = mean_r
+    new[f"{name}.bias"] = bias.float().numpy().reshape(1, channels, 1, 1)
+    conv = {"dilations": [1, 1], "kernel_shape": [1, 1], "strides": [1, 1], "group": 1, "pads": [0, 0, 0, 0]}
+    if rank > 0:
+        nodes = [{"op": "Conv", "inputs": [skip, f"{name}.down"], "outputs": [f"{name}.d"], "attrs": conv,
+                  "name": f"{name}.down"},
+                 {"op": "Conv", "inputs": [f"{name}.d", f"{name}.up"], "outputs": [f"{name}.u"], "attrs": dict(conv),
+                  "name": f"{name}.up"},
+                 {"op": "Add", "inputs": [skip, f"{name}.u"], "outputs": [f"{name}.s"], "attrs": {},
+                  "name": f"{name}.skip"},
+                 {"op": "Add", "inputs": [f"{name}.s", f"{name}.bias"], "outputs": [out], "attrs": {},
+                  "name": f"{name}.bias"}]
+    else:
+        nodes = [{"op": "Add", "inputs": [skip, f"{name}.bias"], "outputs": [out], "attrs": {}, "name": f"{name}.bias"}]
+    return nodes, new
 
 
 def map_ctc_head(weight: np.ndarray, bias: np.ndarray | None, classes: list[str], tokenizer,
