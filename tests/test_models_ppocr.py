@@ -741,3 +741,38 @@ def test_real_ppocrv6_has_eleven_residual_mlps():
         px = encoder.pixels(x)
         assert torch.allclose(encoder.graph(px), encoder._ort(px), atol=1e-3)
         assert encoder(x, torch.ones(1, 64, dtype=torch.bool))[0].shape == (1, 8, 120)
+
+
+def test_swap_encoder_puts_a_cut_trunk_into_an_ocr_model(tmp_path):
+    """scripts/swap_encoder.py: an OCR model built on the full trunk takes a trunk without an MLP (another
+    structure) and its CTC head, reads with them after loading, and keeps its tokenizer file byte for byte; an
+    encoder that reads lines of another height is refused."""
+    from bridgeocr.config import ConnectorConfig, DecoderConfig, EncoderConfig, ModelConfig
+    from bridgeocr.models.load import load_checkpoint
+    from bridgeocr.models.ocr import OCRModel
+    from bridgeocr.models.ppocr import drop_mlps, read_at_height
+    from conftest import load_script
+
+    tok = _tokenizer()
+    onnx_path = _tiny_ppocr_onnx(tmp_path / "m.onnx", mlps=2)
+    cfg = ModelConfig(encoder=EncoderConfig(kind="ppocr", onnx=str(onnx_path)), ctc_head=True,
+                      connector=ConnectorConfig(kind="ctc_collapse"),
+                      decoder=DecoderConfig(n_layer=1, n_embd=16, n_head=2, n_positions=64))
+    OCRModel(cfg, tok.vocab_size, image_height=48, tokenizer=tok).save_pretrained(tmp_path / "m")
+    encoder, head, _ = import_ppocr(onnx_path, tok)
+    drop_mlps(encoder, [2])
+    with torch.no_grad():
+        head.proj.bias.add_(0.5)
+    save_encoder(tmp_path / "cut", encoder, head)
+    script = load_script("scripts/swap_encoder.py")
+    script.main([str(tmp_path / "m"), str(tmp_path / "cut"), str(tmp_path / "m2")])
+    model, _, _ = load_checkpoint(tmp_path / "m2")
+    x, m = torch.rand(1, 1, 48, 64), torch.ones(1, 64, dtype=torch.bool)
+    with torch.no_grad():
+        assert torch.allclose(model.ctc_head(model.encoder(x, m)[0]), head(encoder(x, m)[0]), atol=1e-5)
+    assert len(model.read(x, m)) == 1
+    assert (tmp_path / "m2" / "tokenizer.json").read_bytes() == (tmp_path / "m" / "tokenizer.json").read_bytes()
+    low, low_head, _ = import_ppocr(onnx_path, tok)
+    save_encoder(tmp_path / "low", read_at_height(low, 32), low_head)
+    with pytest.raises(SystemExit, match="reads lines as"):
+        script.main([str(tmp_path / "m"), str(tmp_path / "low"), str(tmp_path / "m3")])
