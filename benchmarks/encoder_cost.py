@@ -10,7 +10,9 @@ its profile by op. Then each variant of it, and every further checkpoint (e.g. o
 read with its CTC head on every set at batch 32, two threads: CER and lines/s, beside the time per line at one
 thread. Variants: as shipped (float32 in onnxruntime); int8 (onnxruntime.quantization's static QDQ, per-channel
 int8 weights and uint8 activations calibrated on `--calibration` lines, convolutions only); read at a lower
-height without training (`--heights`, the line as wide as before, so its frames per letter stay the same).
+height without training (`--heights`, the line as wide as before, so its frames per letter stay the same);
+without some residual MLPs, untrained (`--drop-mlps`, models/ppocr.drop_mlps; their stand-ins fitted on the
+calibration lines).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -37,6 +40,7 @@ from decoding import machine, parse_set  # noqa: E402  (benchmarks/decoding.py)
 from bridgeocr.data.sources import open_source  # noqa: E402
 from bridgeocr.eval.evaluate import evaluate_model, load_checkpoint, make_loader  # noqa: E402
 from bridgeocr.models.onnx_graph import inferred_shapes, ort_session  # noqa: E402
+from bridgeocr.models.ppocr import drop_mlps  # noqa: E402
 
 DEFAULT_SETS = ("print=runs/bench/print_heldout@test", "hand=runs/bench/hand_heldout@test",
                 "ehri=runs/data/ehri_lines@val")
@@ -104,11 +108,7 @@ def int8_model(model, reader, image_cfg, calibration: list, tmp: Path) -> bytes:
     from onnx import version_converter
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    enc = reader.encoder
-    feeds = []
-    for batch in make_loader(calibration, image_cfg, reader.tokenizer, batch_size=1, shuffle=False):
-        width = -(-int(batch.image_mask.sum()) // enc.stride) * enc.stride
-        feeds.append(enc.pixels(batch.images[..., :width]).numpy())
+    feeds = [x.numpy() for x in line_inputs(reader, image_cfg, calibration)]
 
     class Lines(CalibrationDataReader):
         def __init__(self):
@@ -123,6 +123,27 @@ def int8_model(model, reader, image_cfg, calibration: list, tmp: Path) -> bytes:
     quantize_static(str(src), str(dst), Lines(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"])
     return dst.read_bytes()
+
+
+def line_inputs(reader, image_cfg, lines: list) -> list[torch.Tensor]:
+    """The encoder's network input for each line, at its own width (as the encoder reads it)."""
+    loader = make_loader(lines, image_cfg, reader.tokenizer, batch_size=1, shuffle=False)
+    return [reader.encoder.line_input(b.images, b.image_mask) for b in loader]
+
+
+def without_mlps(reader, spec: str, calibration: list[torch.Tensor]) -> tuple[str, bytes]:
+    """`N,N[:RANK|:cut]` -> (row label, the trunk without those residual MLPs, each replaced by a linear
+    stand-in of rank RANK (default 64) fitted on the calibration inputs, or cut out)."""
+    which, _, rank = spec.partition(":")
+    numbers = [int(x) for x in which.split(",") if x]
+    encoder = copy.deepcopy(reader.encoder)
+    if rank == "cut":
+        drop_mlps(encoder, numbers)
+        how = "cut out"
+    else:
+        drop_mlps(encoder, numbers, calibration=calibration, rank=int(rank or 64))
+        how = f"rank-{int(rank or 64)} stand-ins"
+    return f"without MLPs {which} ({how}), untrained", encoder.graph.to_onnx().SerializeToString()
 
 
 def read_ctc(reader, image_cfg, sets: dict, model_bytes: bytes | None = None) -> dict:
@@ -148,6 +169,10 @@ def main() -> int:
                     help="lines the int8 variant is calibrated on (none of the sets': default the EHRI train pages)")
     ap.add_argument("--calibration-lines", type=int, default=32)
     ap.add_argument("--heights", type=int, nargs="*", default=[40, 32], help="read at these heights untrained")
+    ap.add_argument("--drop-mlps", nargs="*", default=[], metavar="N,N[:RANK]",
+                    help="variants without these residual MLPs (scripts/drop_mlps.py --list), untrained: each replaced "
+                         "by a linear stand-in of rank RANK (default 64) fitted on the calibration lines, or cut out "
+                         "(:cut); e.g. 11 5,11 5,7,9,11:32")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="folder for encoder_cost.json and encoder_cost.md")
     args = ap.parse_args()
@@ -190,6 +215,10 @@ def main() -> int:
         calibration = [s for s in open_source(cal_source, cal_split or None)][: args.calibration_lines]
         q = int8_model(model, reader, image_cfg, calibration, Path(tmp))
         row("int8 (static QDQ, per channel)", ms_per_line(q, height), read_ctc(reader, image_cfg, sets, q))
+        inputs = line_inputs(reader, image_cfg, calibration) if args.drop_mlps else []
+        for spec in args.drop_mlps:
+            label, cut = without_mlps(reader, spec, inputs)
+            row(label, ms_per_line(cut, height), read_ctc(reader, image_cfg, sets, cut))
     for h in args.heights:
         reader.encoder.image_height, reader.encoder.image["height"] = h, h
         cfg = replace(image_cfg, height=h, width_scale=image_cfg.width_scale * height / h)

@@ -59,11 +59,8 @@ def calibration_inputs(specs: list[str], lines: int, encoder: PPOCREncoder, imag
         pool = [s for s in open_source(source, split or None) if s.text.strip()]
         random.Random(seed).shuffle(pool)
         samples += pool[: max(1, lines // len(specs))]
-    feeds = []
-    for batch in make_loader(samples, image_cfg, tokenizer, batch_size=1, shuffle=False):
-        width = -(-int(batch.image_mask.sum()) // encoder.stride) * encoder.stride
-        feeds.append(encoder.pixels(batch.images[..., :width]))
-    return feeds
+    return [encoder.line_input(b.images, b.image_mask)
+            for b in make_loader(samples, image_cfg, tokenizer, batch_size=1, shuffle=False)]
 
 
 def main(argv: list[str] | None = None) -> int:

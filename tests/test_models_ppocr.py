@@ -776,3 +776,30 @@ def test_swap_encoder_puts_a_cut_trunk_into_an_ocr_model(tmp_path):
     save_encoder(tmp_path / "low", read_at_height(low, 32), low_head)
     with pytest.raises(SystemExit, match="reads lines as"):
         script.main([str(tmp_path / "m"), str(tmp_path / "low"), str(tmp_path / "m3")])
+
+
+def test_encoder_cost_reads_variants_without_mlps(tmp_path):
+    """benchmarks/encoder_cost.py --drop-mlps: `N,N[:RANK|:cut]` gives a trunk without those MLPs, fitted or cut,
+    that onnxruntime runs into as many tokens; the label says which and how."""
+    from types import SimpleNamespace
+
+    from conftest import load_script
+
+    bench = load_script("benchmarks/encoder_cost.py")
+    encoder = import_ppocr(_tiny_ppocr_onnx(tmp_path / "m.onnx", mlps=2))[0]
+    images, mask = torch.rand(1, 1, 48, 70), torch.ones(1, 70, dtype=torch.bool)
+    x = encoder.line_input(images, mask)
+    assert x.shape == (1, 3, 48, 72)  # rounded up to the 8 px token
+    reader = SimpleNamespace(encoder=encoder)
+    for spec, how in (("2:4", "rank-4 stand-ins"), ("1,2:cut", "cut out"), ("2", "rank-64 stand-ins")):
+        label, model = bench.without_mlps(reader, spec, [x])
+        assert how in label and spec.split(":")[0] in label
+        out = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+        assert out.shape == (1, 9, 8)
+    assert len(residual_mlps_of(encoder)) == 2  # the reader's own encoder is left as it was
+
+
+def residual_mlps_of(encoder):
+    from bridgeocr.models.ppocr import residual_mlps
+
+    return residual_mlps(encoder.graph.spec)

@@ -108,6 +108,14 @@ class PPOCREncoder(nn.Module):
         widths = image_mask.to(torch.long).sum(1).clamp(min=1)
         return (-(-widths // self.stride)).tolist()
 
+    def line_input(self, images: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
+        """The network's input for one line [1, 1, H, W] (ink = 1): its real columns rounded up to the token,
+        normalised as the network was trained (what `forward` runs; calibration reads these)."""
+        width = -(-int(image_mask.sum()) // self.stride) * self.stride
+        ink = images * image_mask[:, None, None, :].to(images.dtype)  # padding is blank paper
+        ink = nn.functional.pad(ink, (0, max(0, width - ink.shape[-1])))
+        return self.pixels(ink[..., :width])
+
     def forward(self, images: torch.Tensor, image_mask: torch.Tensor):
         B, _, H, W = images.shape
         if H != self.image_height:
