@@ -11,6 +11,9 @@
 # GMAC per line; scripts/read_at_height.py --halve-columns-at 1), re-trained for DISTIL_STEPS (default 3000) of 64
 # lines, at most DISTIL_MINUTES (default 6), on 48 px lines in all CI fonts and in the handwriting ones with `--teacher
 # shipped:encoder_ctc` (KL to its frame posteriors beside CTC); the encoder comes back under $OUT/halved.
+# CUT=1: also the 32 px trunk of shipped:ocr_fast without its residual MLPs CUT_MLPS (default 5,7,9,11: 1.26 -> 0.87
+# GMAC per line; scripts/drop_mlps.py, rank-64 stand-ins fitted on the synthesised lines), re-trained as DISTIL's
+# (lr 2e-4) with that encoder as its teacher; it comes back under $OUT/cut.
 # Issue 15 on one lease: SETTINGS=" " DECODE=1 DISTIL=1 DISTIL_MINUTES=4 (an estimate, never run on a GPU: the
 # synthesis of 60,000 lines ~1-2 min, the decoding rows a few minutes, 4 of training; timeout_s 600).
 set -euo pipefail
@@ -50,11 +53,25 @@ if [ "${DECODE:-0}" = 1 ]; then
     --max-samples "${DECODE_LINES:-2048}" --rows gpt,joint,fast,ctc --batch-sizes 64 256 1024 --repeats 2 \
     --out "$RUN/decoding" | sed -n '/^shipped/,$p'
 fi
-if [ "${DISTIL:-0}" = 1 ]; then
+if [ "${DISTIL:-0}" = 1 ] || [ "${CUT:-0}" = 1 ]; then
   for style in all handwriting; do
     python3 -m bridgeocr.cli data synth --out "$RUN/data48_$style" --n "${N:-20000}" --height 48 --style "$style" \
       --val-fraction 0.02 --test-fraction 0 "${corpus[@]}" "${fonts[@]}" | tail -n 2
   done
+fi
+if [ "${CUT:-0}" = 1 ]; then
+  python3 scripts/drop_mlps.py shipped:ocr_fast "$RUN/cut_teacher"
+  python3 scripts/drop_mlps.py shipped:ocr_fast "$RUN/cut_init" --mlps "${CUT_MLPS:-5,7,9,11}" --rank 64 \
+    --calibration "$RUN/data48_all@train" "$RUN/data48_handwriting@train" 2>&1 | grep -v "^warning" || true
+  python3 -m bridgeocr.cli encoder train --init "$RUN/cut_init" --teacher "$RUN/cut_teacher" --augment handwriting \
+    --data "$RUN/data48_all" "$RUN/data48_handwriting" --val-data "$RUN/data48_handwriting" --out "$RUN/cut" \
+    --steps "${DISTIL_STEPS:-3000}" --minutes "${DISTIL_MINUTES:-6}" --batch-size 64 --lr 2e-4 --precision bf16-mixed \
+    data.num_workers=8 2>&1 | grep -v "it/s]$" || true
+  if [ -n "${OUT:-}" ] && [ -f "$RUN/cut/model.safetensors" ]; then
+    mkdir -p "$OUT/cut" && cp "$RUN/cut"/{config.json,model.safetensors,tokenizer.json,encoder_card.json} "$OUT/cut/"
+  fi
+fi
+if [ "${DISTIL:-0}" = 1 ]; then
   python3 scripts/read_at_height.py shipped:encoder_ctc "$RUN/halved_init" --halve-columns-at 1
   python3 -m bridgeocr.cli encoder train --init "$RUN/halved_init" --teacher shipped:encoder_ctc --augment handwriting \
     --data "$RUN/data48_all" "$RUN/data48_handwriting" --val-data "$RUN/data48_handwriting" --out "$RUN/halved" \

@@ -315,41 +315,31 @@ def _values(spec: dict, arrays: dict, names: list[str], inputs) -> list[torch.Te
 
 
 def _fit_stand_in(mlp: dict, x: torch.Tensor, target: torch.Tensor, rank: int, name: str):
-    """Nodes computing `mlp`'s output as skip + up(down(skip)) + b, fitted so that it best matches `target`
-    (least squares, ridge 1e-3 of the mean variance; the rank-`rank` part the best of that rank for these
-    inputs). -> (nodes, their new initializers)."""
+    """Nodes computing `mlp`'s output as skip + up(down(skip)) + b (rank 0: skip + b), fitted so that it best
+    matches `target` on the rows `x` of its input: least squares with a ridge of 1e-3 of the mean variance, cut
+    to the best map of that rank for these inputs (reduced-rank regression). -> (nodes, new initializers)."""
     skip, out = mlp["skip"], mlp["add"]["outputs"][0]
     channels = x.shape[1]
     residual = target - x
     mean_x, mean_r = x.mean(0), residual.mean(0)
-    new = {}
-    if rank > 0:
-        xc, rc = x - mean_x, residual - mean_r
-        gram = xc.T @ xc
-        ridge = 1e-3 * float(gram.diagonal().mean())
-        w = torch.linalg.solve(gram + ridge * torch.eye(channels, dtype=gram.dtype), xc.T @ rc)  # [C, C]
-        _, _, vh = torch.linalg.svd(xc @ w, full_matrices=False)
-        v = vh[: min(rank, channels)].T  # [C, r]: the directions the fitted residual varies most in
-        down, up = w @ v, v  # x @ down @ up.T ~ x @ w
-        bias = mean_r - mean_x @ down @ up.T
-        new[f"{name}.down"] = down.T.float().numpy()[:, :, None, None]
-        new[f"{name}.up"] = up.float().numpy()[:, :, None, None]
-    else:
-        bias = mean_r
-    new[f"{name}.bias"] = bias.float().numpy().reshape(1, channels, 1, 1)
+    if rank == 0:
+        bias = {f"{name}.bias": mean_r.float().numpy().reshape(1, channels, 1, 1)}
+        return [{"op": "Add", "inputs": [skip, f"{name}.bias"], "outputs": [out], "attrs": {}, "name": name}], bias
+    xc, rc = x - mean_x, residual - mean_r
+    gram = xc.T @ xc
+    ridge = 1e-3 * float(gram.diagonal().mean())
+    w = torch.linalg.solve(gram + ridge * torch.eye(channels, dtype=gram.dtype), xc.T @ rc)  # [C, C]
+    _, _, vh = torch.linalg.svd(xc @ w, full_matrices=False)
+    v = vh[: min(rank, channels)].T  # [C, r]: the directions the fitted residual varies most in
+    down = w @ v  # x @ down @ v.T ~ x @ w
+    new = {f"{name}.down": down.T.float().numpy()[:, :, None, None], f"{name}.up": v.float().numpy()[:, :, None, None],
+           f"{name}.bias": (mean_r - mean_x @ down @ v.T).float().numpy()}
     conv = {"dilations": [1, 1], "kernel_shape": [1, 1], "strides": [1, 1], "group": 1, "pads": [0, 0, 0, 0]}
-    if rank > 0:
-        nodes = [{"op": "Conv", "inputs": [skip, f"{name}.down"], "outputs": [f"{name}.d"], "attrs": conv,
-                  "name": f"{name}.down"},
-                 {"op": "Conv", "inputs": [f"{name}.d", f"{name}.up"], "outputs": [f"{name}.u"], "attrs": dict(conv),
-                  "name": f"{name}.up"},
-                 {"op": "Add", "inputs": [skip, f"{name}.u"], "outputs": [f"{name}.s"], "attrs": {},
-                  "name": f"{name}.skip"},
-                 {"op": "Add", "inputs": [f"{name}.s", f"{name}.bias"], "outputs": [out], "attrs": {},
-                  "name": f"{name}.bias"}]
-    else:
-        nodes = [{"op": "Add", "inputs": [skip, f"{name}.bias"], "outputs": [out], "attrs": {}, "name": f"{name}.bias"}]
-    return nodes, new
+    return [{"op": "Conv", "inputs": [skip, f"{name}.down"], "outputs": [f"{name}.d"], "attrs": conv,
+             "name": f"{name}.down"},
+            {"op": "Conv", "inputs": [f"{name}.d", f"{name}.up", f"{name}.bias"], "outputs": [f"{name}.u"],
+             "attrs": dict(conv), "name": f"{name}.up"},
+            {"op": "Add", "inputs": [skip, f"{name}.u"], "outputs": [out], "attrs": {}, "name": name}], new
 
 
 def map_ctc_head(weight: np.ndarray, bias: np.ndarray | None, classes: list[str], tokenizer,
