@@ -11,8 +11,8 @@ read with its CTC head on every set at batch 32, two threads: CER and lines/s, b
 thread. Variants: as shipped (float32 in onnxruntime); int8 (onnxruntime.quantization's static QDQ, per-channel
 int8 weights and uint8 activations calibrated on `--calibration` lines, convolutions only); read at a lower
 height without training (`--heights`, the line as wide as before, so its frames per letter stay the same);
-without some residual MLPs, untrained (`--drop-mlps`, models/ppocr.drop_mlps; their stand-ins fitted on the
-calibration lines).
+without some residual MLPs, or with them narrowed, untrained (`--drop-mlps`, `--shrink-mlps`: models/ppocr.drop_mlps,
+shrink_mlps; their stand-ins or output convs fitted on the calibration lines).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from decoding import machine, parse_set  # noqa: E402  (benchmarks/decoding.py)
 from bridgeocr.data.sources import open_source  # noqa: E402
 from bridgeocr.eval.evaluate import evaluate_model, load_checkpoint, make_loader  # noqa: E402
 from bridgeocr.models.onnx_graph import inferred_shapes, ort_session  # noqa: E402
-from bridgeocr.models.ppocr import drop_mlps  # noqa: E402
+from bridgeocr.models.ppocr import drop_mlps, shrink_mlps  # noqa: E402
 
 DEFAULT_SETS = ("print=runs/bench/print_heldout@test", "hand=runs/bench/hand_heldout@test",
                 "ehri=runs/data/ehri_lines@val")
@@ -146,6 +146,16 @@ def without_mlps(reader, spec: str, calibration: list[torch.Tensor]) -> tuple[st
     return f"without MLPs {which} ({how}), untrained", encoder.graph.to_onnx().SerializeToString()
 
 
+def narrower_mlps(reader, spec: str, calibration: list[torch.Tensor]) -> tuple[str, bytes]:
+    """`N,N:KEEP` -> (row label, the trunk with those residual MLPs narrowed to KEEP of their hidden channels,
+    each re-fitted on the calibration inputs)."""
+    which, _, keep = spec.partition(":")
+    encoder = shrink_mlps(copy.deepcopy(reader.encoder), [int(x) for x in which.split(",") if x], float(keep or 0.5),
+                          calibration)
+    return (f"MLPs {which} at {float(keep or 0.5):g} of their hidden width (re-fitted), untrained",
+            encoder.graph.to_onnx().SerializeToString())
+
+
 def read_ctc(reader, image_cfg, sets: dict, model_bytes: bytes | None = None) -> dict:
     """CTC-head CER and lines/s on every set at batch 32; `model_bytes`: run this graph instead of the encoder's."""
     runner = reader.encoder._ort
@@ -173,6 +183,9 @@ def main() -> int:
                     help="variants without these residual MLPs (scripts/drop_mlps.py --list), untrained: each replaced "
                          "by a linear stand-in of rank RANK (default 64) fitted on the calibration lines, or cut out "
                          "(:cut); e.g. 11 5,11 5,7,9,11:32")
+    ap.add_argument("--shrink-mlps", nargs="*", default=[], metavar="N,N[:KEEP]",
+                    help="variants with these residual MLPs narrowed to KEEP (default 0.5) of their hidden channels, "
+                         "the output conv re-fitted on the calibration lines (models/ppocr.shrink_mlps), untrained")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="folder for encoder_cost.json and encoder_cost.md")
     args = ap.parse_args()
@@ -215,10 +228,11 @@ def main() -> int:
         calibration = [s for s in open_source(cal_source, cal_split or None)][: args.calibration_lines]
         q = int8_model(model, reader, image_cfg, calibration, Path(tmp))
         row("int8 (static QDQ, per channel)", ms_per_line(q, height), read_ctc(reader, image_cfg, sets, q))
-        inputs = line_inputs(reader, image_cfg, calibration) if args.drop_mlps else []
-        for spec in args.drop_mlps:
-            label, cut = without_mlps(reader, spec, inputs)
-            row(label, ms_per_line(cut, height), read_ctc(reader, image_cfg, sets, cut))
+        inputs = line_inputs(reader, image_cfg, calibration) if args.drop_mlps or args.shrink_mlps else []
+        for make, specs in ((without_mlps, args.drop_mlps), (narrower_mlps, args.shrink_mlps)):
+            for spec in specs:
+                label, cut = make(reader, spec, inputs)
+                row(label, ms_per_line(cut, height), read_ctc(reader, image_cfg, sets, cut))
     for h in args.heights:
         reader.encoder.image_height, reader.encoder.image["height"] = h, h
         cfg = replace(image_cfg, height=h, width_scale=image_cfg.width_scale * height / h)

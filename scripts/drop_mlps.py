@@ -1,6 +1,7 @@
 """A PP-OCR encoder without some of its residual MLPs: a cheaper trunk to fine-tune from the full one.
 
 usage: python scripts/drop_mlps.py SRC OUT [--mlps 5,7,9,11] [--rank 64] [--calibration SOURCE@SPLIT ...]
+       python scripts/drop_mlps.py SRC OUT --mlps 11 --keep 0.5 --calibration SOURCE@SPLIT ...
        python scripts/drop_mlps.py SRC --list
 
 SRC: an encoder directory, an OCR model directory built on a PP-OCR encoder, or shipped:NAME; OUT: an encoder
@@ -9,7 +10,9 @@ directory (the encoder and its CTC head, the source's tokenizer, an encoder_card
 what dropping each alone does to nothing (it prints, it does not read lines). `--mlps`: the ones to drop, numbered
 from 1; without it OUT is SRC's encoder as it is (e.g. the teacher for `encoder train --teacher`). With
 `--calibration`, each dropped MLP is replaced by a linear stand-in of rank `--rank` fitted on `--lines` lines of
-those sources (models/ppocr.drop_mlps); without, it is cut out. Either way the encoder reads worse until it is
+those sources (models/ppocr.drop_mlps); without, it is cut out. `--keep F` narrows them instead to F of their
+hidden channels, the output conv re-fitted on the calibration lines (models/ppocr.shrink_mlps). Either way the
+encoder reads worse until it is
 fine-tuned: `bridgeocr encoder train --init OUT --teacher <SRC's encoder> ...` (docs/benchmarks.md).
 """
 
@@ -28,7 +31,7 @@ from bridgeocr.data.sources import open_source
 from bridgeocr.eval.evaluate import load_checkpoint
 from bridgeocr.models.encoder import save_encoder
 from bridgeocr.models.onnx_graph import inferred_shapes
-from bridgeocr.models.ppocr import PPOCREncoder, drop_mlps, residual_mlps
+from bridgeocr.models.ppocr import PPOCREncoder, drop_mlps, residual_mlps, shrink_mlps
 from bridgeocr.shipped import resolve_pretrained
 
 PROBE_WIDTH = 608  # px: the held-out print lines' mean width at 48 px (as benchmarks/encoder_cost.py)
@@ -72,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rank", type=int, default=64, help="rank of each fitted stand-in (0: a bias; default 64)")
     p.add_argument("--calibration", nargs="*", default=[], metavar="SOURCE@SPLIT",
                    help="lines to fit the stand-ins on (none: the MLPs are cut out, nothing stands in)")
+    p.add_argument("--keep", type=float, default=None, metavar="FRACTION",
+                   help="narrow the MLPs to this share of their hidden channels, re-fitted on the calibration lines "
+                        "(models/ppocr.shrink_mlps), instead of dropping them")
     p.add_argument("--lines", type=int, default=64, help="calibration lines in all (default 64)")
     a = p.parse_args(argv)
     src = resolve_pretrained(a.src)
@@ -91,19 +97,27 @@ def main(argv: list[str] | None = None) -> int:
     if a.out.exists():
         raise SystemExit(f"{a.out}: exists (choose a new directory)")
     which = [int(x) for x in a.mlps.replace(" ", "").split(",") if x]
-    if which:
-        feeds = (calibration_inputs(a.calibration, a.lines, encoder, image_cfg, reader.tokenizer)
-                 if a.calibration else None)
+    if a.keep is not None and not a.calibration:
+        p.error("--keep re-fits each narrowed MLP: give --calibration lines")
+    feeds = (calibration_inputs(a.calibration, a.lines, encoder, image_cfg, reader.tokenizer)
+             if which and a.calibration else None)
+    if which and a.keep is not None:
+        shrink_mlps(encoder, which, a.keep, feeds)
+    elif which:
         drop_mlps(encoder, which, calibration=feeds, rank=a.rank)
     after = mlp_macs(encoder)[1]
     save_encoder(a.out, encoder, reader.ctc_head)
     shutil.copy2(src / "tokenizer.json", a.out / "tokenizer.json")
-    card = {"made_by": "scripts/drop_mlps.py", "from": str(a.src), "dropped_mlps": which,
-            "stand_in_rank": a.rank if which and a.calibration else None, "calibration": a.calibration,
+    shrunk = which and a.keep is not None
+    card = {"made_by": "scripts/drop_mlps.py", "from": str(a.src), "dropped_mlps": [] if shrunk else which,
+            "shrunk_mlps": which if shrunk else [], "kept_hidden": a.keep if shrunk else None,
+            "stand_in_rank": a.rank if which and a.calibration and not shrunk else None, "calibration": a.calibration,
             "calibration_lines": a.lines if a.calibration else 0,
             "gmac_per_608px_line": {"before": round(total / 1e9, 4), "after": round(after / 1e9, 4)}}
     (a.out / "encoder_card.json").write_text(json.dumps(card, indent=2))
-    print(f"wrote {a.out}: {a.src}" + (f" without residual MLPs {which}" if which else "")
+    what = (f" with residual MLPs {which} at {a.keep:g} of their width" if shrunk
+            else f" without residual MLPs {which}" if which else "")
+    print(f"wrote {a.out}: {a.src}{what}"
           + f", {total / 1e9:.3f} -> {after / 1e9:.3f} GMAC per {PROBE_WIDTH} px line")
     return 0
 

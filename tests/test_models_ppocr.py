@@ -723,6 +723,13 @@ def test_drop_mlps_script_lists_cuts_and_fits(tmp_path, capsys):
         assert cut.encoder(images, mask)[0].shape == orig(images, mask)[0].shape
     with pytest.raises(SystemExit, match="exists"):
         script.main([str(enc), str(tmp_path / "cut"), "--mlps", "1"])
+    script.main([str(enc), str(tmp_path / "narrow"), "--mlps", "1,2", "--keep", "0.5", "--calibration", str(src),
+                 "--lines", "4"])
+    card = json.loads((tmp_path / "narrow" / "encoder_card.json").read_text())
+    assert card["shrunk_mlps"] == [1, 2] and card["kept_hidden"] == 0.5 and card["dropped_mlps"] == []
+    assert card["gmac_per_608px_line"]["after"] < card["gmac_per_608px_line"]["before"]
+    with pytest.raises(SystemExit):  # --keep needs lines to re-fit on
+        script.main([str(enc), str(tmp_path / "narrow2"), "--mlps", "1", "--keep", "0.5"])
 
 
 def test_real_ppocrv6_has_eleven_residual_mlps():
@@ -796,6 +803,9 @@ def test_encoder_cost_reads_variants_without_mlps(tmp_path):
         assert how in label and spec.split(":")[0] in label
         out = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
         assert out.shape == (1, 9, 8)
+    label, model = bench.narrower_mlps(reader, "1,2:0.5", [x])
+    assert "at 0.5 of their hidden width" in label
+    assert ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0].shape == (1, 9, 8)
     assert len(residual_mlps_of(encoder)) == 2  # the reader's own encoder is left as it was
 
 
@@ -803,3 +813,44 @@ def residual_mlps_of(encoder):
     from bridgeocr.models.ppocr import residual_mlps
 
     return residual_mlps(encoder.graph.spec)
+
+
+def test_shrink_mlps_keeps_the_width_asked_and_refits_the_output():
+    """shrink_mlps: keeping every hidden channel reproduces the trunk (the re-fit finds nearly the same output conv);
+    keeping half halves the hidden convs, runs alike in torch and onnxruntime, and its MLP output on the
+    calibration lines is at least as close to the full trunk's as a least-squares bias alone would be (the
+    re-fit includes the bias); numbers or shares out of range are refused."""
+    import copy
+    import tempfile
+    from pathlib import Path
+
+    from bridgeocr.models.ppocr import _values, drop_mlps, shrink_mlps
+
+    with tempfile.TemporaryDirectory() as tmp:
+        full = import_ppocr(_tiny_ppocr_onnx(Path(tmp) / "m.onnx", mlps=2))[0]
+    rng = torch.Generator().manual_seed(1)
+    calibration = [full.pixels(torch.rand(1, 1, 48, w, generator=rng)) for w in (64, 96, 128, 64, 160)]
+    x = full.pixels(torch.rand(1, 1, 48, 96, generator=rng))
+    with torch.no_grad():
+        reference = full.graph(x)
+    same = shrink_mlps(copy.deepcopy(full), [1, 2], 1.0, calibration)
+    half = shrink_mlps(copy.deepcopy(full), [2], 0.5, calibration)
+    with torch.no_grad():  # all kept: the trunk again, but for the ridge's small pull
+        off = float((same.graph(x) - reference).abs().max())
+        assert off < 2e-2 and off < float((half.graph(x) - reference).abs().max())
+    shapes = half.graph.spec["initializers"]
+    assert shapes["m1.w1"]["shape"] == [8, 8, 1, 1] and shapes["m1.w2"]["shape"] == [8, 8, 1, 1]
+    assert shapes["m0.w1"]["shape"] == [16, 8, 1, 1]  # the other MLP is left as it was
+    with torch.no_grad():
+        assert torch.allclose(half.graph(x), half._ort(x), atol=1e-5)
+    target = _values(full.graph.spec, full.graph.arrays(), ["m1.res"], calibration)[0]
+
+    def err(encoder):
+        got = _values(encoder.graph.spec, encoder.graph.arrays(), ["m1.res"], calibration)[0]
+        return float((got - target).pow(2).mean())
+
+    assert err(half) <= err(drop_mlps(copy.deepcopy(full), [2], calibration=calibration, rank=0)) * 1.001
+    with pytest.raises(ConfigError, match="no residual MLP 3"):
+        shrink_mlps(copy.deepcopy(full), [3], 0.5, calibration)
+    with pytest.raises(ConfigError, match="not in"):
+        shrink_mlps(copy.deepcopy(full), [1], 1.5, calibration)

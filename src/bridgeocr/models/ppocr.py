@@ -31,7 +31,8 @@ from bridgeocr.models.ctc import BLANK, CTCHead
 from bridgeocr.models.onnx_graph import OnnxGraph, OrtRunner, inferred_shapes, prune_spec, spec_from_onnx
 
 __all__ = ["PPOCREncoder", "PPOCR_IMAGE", "DEFAULT_ONNX", "rapidocr_onnx_path", "import_ppocr", "map_ctc_head",
-           "read_at_height", "halve_columns_at", "residual_mlps", "drop_mlps"]
+           "read_at_height", "halve_columns_at", "residual_mlps", "drop_mlps",
+           "shrink_mlps"]
 
 DEFAULT_ONNX = "PP-OCRv6_rec_small.onnx"
 PPOCR_IMAGE = {"height": 48, "channels": 3, "mean": 0.5, "std": 0.5, "paper": "white", "max_width": 2048,
@@ -295,6 +296,65 @@ def drop_mlps(encoder: PPOCREncoder, which, calibration=None, rank: int = 0) -> 
     used = {i for n in pruned["nodes"] for i in n["inputs"]}
     encoder.graph = OnnxGraph({k: v for k, v in pruned.items() if k != "initializers"},
                               {k: a for k, a in arrays.items() if k in used})
+    encoder._ort = OrtRunner(encoder.graph)  # its sessions were built on the old graph
+    return encoder
+
+
+def _conv_bias(conv: dict, branch: list[dict], arrays: dict) -> tuple[str, int]:
+    """(initializer, channel axis) of a conv's bias: its third input, or the constant an Add right after it adds
+    (as PP-OCR's ONNX export writes it)."""
+    if len(conv["inputs"]) > 2 and conv["inputs"][2]:
+        return conv["inputs"][2], 0
+    out = conv["outputs"][0]
+    for node in branch:
+        if node["op"] == "Add" and out in node["inputs"]:
+            other = [i for i in node["inputs"] if i != out]
+            if other and other[0] in arrays and arrays[other[0]].ndim == 4:
+                return other[0], 1
+    raise ConfigError(f"PP-OCR graph: conv {conv.get('name') or out} has no bias to re-fit")
+
+
+def shrink_mlps(encoder: PPOCREncoder, which, keep: float, calibration) -> PPOCREncoder:
+    """The encoder, in place, its residual MLPs `which` (numbers from 1, `residual_mlps`) narrowed to `keep`
+    (0-1) of their hidden channels, each re-fitted so that it gives what the full trunk gave there.
+
+    Channel pruning with least-squares reconstruction (He et al. 2017, "Channel pruning for accelerating very
+    deep neural networks"; Luo et al. 2017, ThiNet): on the calibration inputs (network inputs, e.g. `line_input`
+    of real lines), in graph order, each MLP keeps the hidden channels that carry most (mean |activation| x the
+    norm of their output weights) and its output conv and bias are solved by least squares against the full
+    trunk's output of that MLP, from what the narrowed trunk now feeds it. Why: an MLP's cost is proportional
+    to its hidden width, and unlike cutting channels blind (docs/benchmarks.md: CER 1.0 at 25 %) the re-fit
+    output keeps most of what the full branch computed, with no training."""
+    spec = encoder.graph.spec
+    found = residual_mlps(spec)
+    which = sorted({int(i) for i in which})
+    bad = [i for i in which if not 1 <= i <= len(found)]
+    if bad or not which:
+        raise ConfigError(f"PP-OCR graph: no residual MLP {bad[0] if bad else '(none given)'}; it has "
+                          f"{len(found)} (count from 1)")
+    if not 0 < keep <= 1:
+        raise ConfigError(f"shrink_mlps: keep {keep} is not in (0, 1]")
+    arrays = encoder.graph.arrays()
+    targets = _values(spec, arrays, [found[i - 1]["add"]["outputs"][0] for i in which], calibration)
+    for i, target in zip(which, targets):
+        mlp = found[i - 1]
+        first = next(n for n in mlp["nodes"] if n["op"] == "Conv" and n["inputs"][0] == mlp["skip"])
+        second = next(n for n in mlp["nodes"] if n["op"] == "Conv" and n is not first)
+        b1, b2 = _conv_bias(first, mlp["nodes"], arrays), _conv_bias(second, mlp["nodes"], arrays)
+        x, hidden = _values(spec, arrays, [mlp["skip"], second["inputs"][0]], calibration)
+        w2 = torch.from_numpy(arrays[second["inputs"][1]]).double()[:, :, 0, 0]  # [C, H]
+        score = hidden.abs().mean(0) * w2.norm(dim=0)
+        kept = score.topk(max(1, round(keep * len(score)))).indices.sort().values
+        arrays[first["inputs"][1]] = arrays[first["inputs"][1]][kept.numpy()]
+        arrays[b1[0]] = np.take(arrays[b1[0]], kept.numpy(), axis=b1[1])
+        h = torch.cat([hidden[:, kept], torch.ones(len(hidden), 1, dtype=hidden.dtype)], dim=1)
+        gram = h.T @ h
+        ridge = 1e-3 * float(gram.diagonal()[:-1].mean()) * torch.eye(len(gram), dtype=gram.dtype)
+        ridge[-1, -1] = 0.0  # the bias is not shrunk
+        solved = torch.linalg.solve(gram + ridge, h.T @ (target - x))  # [k + 1, C]
+        arrays[second["inputs"][1]] = solved[:-1].T.float().numpy()[:, :, None, None]
+        arrays[b2[0]] = solved[-1].float().numpy().reshape(arrays[b2[0]].shape)
+    encoder.graph = OnnxGraph({k: v for k, v in spec.items() if k != "initializers"}, arrays)
     encoder._ort = OrtRunner(encoder.graph)  # its sessions were built on the old graph
     return encoder
 
