@@ -175,8 +175,8 @@ def main() -> int:
                     help="an encoder directory (repeatable; default shipped:encoder_ctc); the first gets the variants")
     ap.add_argument("--set", dest="sets", action="append", default=None, metavar="NAME=SOURCE[@SPLIT]")
     ap.add_argument("--max-samples", type=int, default=150)
-    ap.add_argument("--calibration", default="runs/data/ehri_lines@train", metavar="SOURCE[@SPLIT]",
-                    help="lines the int8 variant is calibrated on (none of the sets': default the EHRI train pages)")
+    ap.add_argument("--calibration", nargs="+", default=["runs/data/ehri_lines@train"], metavar="SOURCE[@SPLIT]",
+                    help="lines the int8 variant and the MLP stand-ins are calibrated on, in equal shares (none of the sets'; default the EHRI train pages)")
     ap.add_argument("--calibration-lines", type=int, default=32)
     ap.add_argument("--heights", type=int, nargs="*", default=[40, 32], help="read at these heights untrained")
     ap.add_argument("--drop-mlps", nargs="*", default=[], metavar="N,N[:RANK]",
@@ -224,8 +224,11 @@ def main() -> int:
 
     row("as shipped (float32)", ms, read_ctc(reader, image_cfg, sets))
     with tempfile.TemporaryDirectory() as tmp:
-        cal_source, _, cal_split = args.calibration.partition("@")
-        calibration = [s for s in open_source(cal_source, cal_split or None)][: args.calibration_lines]
+        calibration = []  # the first lines of each source, in equal shares
+        for spec in args.calibration:
+            cal_source, _, cal_split = spec.partition("@")
+            share = max(1, args.calibration_lines // len(args.calibration))
+            calibration += [s for s in open_source(cal_source, cal_split or None) if s.text.strip()][:share]
         q = int8_model(model, reader, image_cfg, calibration, Path(tmp))
         row("int8 (static QDQ, per channel)", ms_per_line(q, height), read_ctc(reader, image_cfg, sets, q))
         inputs = line_inputs(reader, image_cfg, calibration) if args.drop_mlps or args.shrink_mlps else []

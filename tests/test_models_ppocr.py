@@ -854,3 +854,21 @@ def test_shrink_mlps_keeps_the_width_asked_and_refits_the_output():
         shrink_mlps(copy.deepcopy(full), [3], 0.5, calibration)
     with pytest.raises(ConfigError, match="not in"):
         shrink_mlps(copy.deepcopy(full), [1], 1.5, calibration)
+
+
+def test_an_encoder_that_has_run_in_onnxruntime_can_be_copied(tiny_onnx):
+    """copy.deepcopy of an encoder whose onnxruntime sessions exist (they cannot be pickled): the copy reads the
+    same, with sessions of its own, and changing it leaves the original as it was."""
+    import copy
+
+    encoder = import_ppocr(tiny_onnx)[0]
+    images, mask = torch.rand(2, 1, 48, 64), torch.ones(2, 64, dtype=torch.bool)
+    with torch.no_grad():
+        before = encoder(images, mask)[0]
+        twin = copy.deepcopy(encoder)
+        assert twin._ort is not encoder._ort and twin._ort.graph is twin.graph
+        assert torch.allclose(twin(images, mask)[0], before, atol=1e-6)
+        for p in twin.parameters():
+            p.add_(0.1)
+        assert not torch.allclose(twin(images, mask)[0], before, atol=1e-3)
+        assert torch.allclose(encoder(images, mask)[0], before, atol=1e-6)

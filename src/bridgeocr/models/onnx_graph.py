@@ -18,6 +18,7 @@ other items of its batch); its scale and bias stay trainable.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import importlib.util
 import math
@@ -523,6 +524,11 @@ class OrtRunner:
         self.version = None
         self._pool, self._workers, self._pid = None, 0, os.getpid()
         self._replacement: bytes | None = None  # replaced_by's model
+
+    def __deepcopy__(self, memo) -> OrtRunner:
+        """A copy of the encoder gets a runner of its own over the copied graph; sessions and worker threads
+        are not copied (neither can be), they are built again on first use."""
+        return OrtRunner(copy.deepcopy(self.graph, memo))
 
     @staticmethod
     def available() -> bool:
