@@ -176,7 +176,8 @@ def main() -> int:
     ap.add_argument("--set", dest="sets", action="append", default=None, metavar="NAME=SOURCE[@SPLIT]")
     ap.add_argument("--max-samples", type=int, default=150)
     ap.add_argument("--calibration", nargs="+", default=["runs/data/ehri_lines@train"], metavar="SOURCE[@SPLIT]",
-                    help="lines the int8 variant and the MLP stand-ins are calibrated on, in equal shares (none of the sets'; default the EHRI train pages)")
+                    help="lines the int8 variant and the MLP stand-ins are calibrated on, the first of each source in "
+                         "equal shares (none of the sets'; default the EHRI train pages)")
     ap.add_argument("--calibration-lines", type=int, default=32)
     ap.add_argument("--heights", type=int, nargs="*", default=[40, 32], help="read at these heights untrained")
     ap.add_argument("--drop-mlps", nargs="*", default=[], metavar="N,N[:RANK]",

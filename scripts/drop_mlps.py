@@ -6,14 +6,14 @@ usage: python scripts/drop_mlps.py SRC OUT [--mlps 5,7,9,11] [--rank 64] [--cali
 
 SRC: an encoder directory, an OCR model directory built on a PP-OCR encoder, or shipped:NAME; OUT: an encoder
 directory (the encoder and its CTC head, the source's tokenizer, an encoder_card.json saying what was done).
-`--list`: the trunk's residual MLPs (models/ppocr.residual_mlps) with their multiply-adds on a 608 px line and
-what dropping each alone does to nothing (it prints, it does not read lines). `--mlps`: the ones to drop, numbered
-from 1; without it OUT is SRC's encoder as it is (e.g. the teacher for `encoder train --teacher`). With
-`--calibration`, each dropped MLP is replaced by a linear stand-in of rank `--rank` fitted on `--lines` lines of
-those sources (models/ppocr.drop_mlps); without, it is cut out. `--keep F` narrows them instead to F of their
-hidden channels, the output conv re-fitted on the calibration lines (models/ppocr.shrink_mlps). Either way the
-encoder reads worse until it is
-fine-tuned: `bridgeocr encoder train --init OUT --teacher <SRC's encoder> ...` (docs/benchmarks.md).
+`--list`: the trunk's residual MLPs (models/ppocr.residual_mlps), each with its multiply-adds on a 608 px line
+and its share of the trunk's (no line is read). `--mlps`: the ones to drop, numbered from 1; without it OUT is
+SRC's encoder as it is (e.g. the teacher for `encoder train --teacher`). With `--calibration`, each dropped MLP is
+replaced by a linear stand-in of rank `--rank` fitted on `--lines` lines drawn at random (seed 0) from those
+sources in equal shares (models/ppocr.drop_mlps); without, it is cut out. `--keep F` narrows them instead to F of
+their hidden channels, each output conv re-fitted on the calibration lines (models/ppocr.shrink_mlps). Either way
+the encoder reads worse until it is fine-tuned: `bridgeocr encoder train --init OUT --teacher <SRC's encoder>`
+(docs/benchmarks.md, "Fewer residual MLPs").
 """
 
 from __future__ import annotations

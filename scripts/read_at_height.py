@@ -20,6 +20,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+from bridgeocr.data.tokenizers import copy_tokenizer_files
 from bridgeocr.models.encoder import is_encoder_dir, load_encoder, save_encoder
 from bridgeocr.models.load import load_checkpoint
 from bridgeocr.models.ppocr import PPOCREncoder, halve_columns_at, read_at_height
@@ -37,18 +38,6 @@ def retarget(encoder: PPOCREncoder, height: int | None, halve_at: int | None) ->
 def structure(encoder: PPOCREncoder) -> list:
     """What re-targeting changes: every node's attributes, and the height read."""
     return [encoder.image_height, *[n["attrs"] for n in encoder.graph.spec["nodes"]]]
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
-def keep_tokenizer_files(src: Path, out: Path) -> None:
-    """The re-targeted model keeps its source's tokenizer files byte for byte (the same vocabulary; saving the
-    loaded tokenizer would rewrite bridgeocr's own format as Hugging Face's)."""
-    for name in TOKENIZER_FILES:
-        (out / name).unlink(missing_ok=True)
-        if (src / name).is_file():
-            shutil.copy2(src / name, out / name)
 
 
 def retarget_encoder(src: Path, out: Path, height: int | None, halve_at: int | None) -> str:
@@ -84,7 +73,7 @@ def retarget_model(src: Path, out: Path, height: int | None, halve_at: int | Non
     model.image_height = height
     model.save_pretrained(out, image=replace(image, height=height,
                                              width_scale=float(model.encoder.image.get("width_scale", image.width_scale))))
-    keep_tokenizer_files(src, out)
+    copy_tokenizer_files(src, out)
     return f"wrote {out}: {src} reading {height} px lines" + (f" with the encoder of {weights}" if weights else "")
 
 

@@ -14,15 +14,13 @@ one over another vocabulary, where the model has one.
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
+from bridgeocr.data.tokenizers import copy_tokenizer_files
 from bridgeocr.models.encoder import load_encoder
 from bridgeocr.models.load import load_checkpoint
 from bridgeocr.models.ocr import OCRModel
 from bridgeocr.shipped import resolve_pretrained
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def swap(model: OCRModel, encoder, head) -> OCRModel:
@@ -58,10 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{src}: not an OCR model directory (an encoder alone needs no swap)")
     encoder, head = load_encoder(resolve_pretrained(a.encoder))
     swap(model, encoder, head).save_pretrained(a.out, image=image)
-    for name in TOKENIZER_FILES:  # the same vocabulary, byte for byte (as read_at_height.py keeps it)
-        (a.out / name).unlink(missing_ok=True)
-        if (src / name).is_file():
-            shutil.copy2(src / name, a.out / name)
+    copy_tokenizer_files(src, a.out)
     print(f"wrote {a.out}: {a.model} reading with the encoder of {a.encoder}")
     return 0
 

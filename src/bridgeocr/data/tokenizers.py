@@ -29,6 +29,7 @@ tokenizer whose ids 0-3 are our special tokens and whose other tokens are single
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -349,6 +350,16 @@ def _load_file(path: Path):
     if not isinstance(data, dict):
         raise DataError(str(path), f"not a tokenizer file (a JSON {type(data).__name__}, not an object)")
     return _from_hf_json(data, str(path))
+
+
+def copy_tokenizer_files(src: str | Path, out: str | Path) -> None:
+    """A derived model directory gets its source's tokenizer files byte for byte, and no others: the same
+    vocabulary, in the same format (saving the loaded tokenizer would rewrite bridgeocr's own format as HF's)."""
+    src, out = Path(src), Path(out)
+    for name in (HF_FILE, *HF_SIDECARS):
+        (out / name).unlink(missing_ok=True)
+        if (src / name).is_file():
+            shutil.copy2(src / name, out / name)
 
 
 def load_tokenizer(path: str | Path):
