@@ -251,6 +251,17 @@ def residual_mlps(spec: dict) -> list[dict]:
     return found
 
 
+def _chosen_mlps(spec: dict, which) -> tuple[list[dict], list[int]]:
+    """(the graph's residual MLPs, the chosen numbers sorted); a number the graph lacks is refused."""
+    found = residual_mlps(spec)
+    which = sorted({int(i) for i in which})
+    bad = [i for i in which if not 1 <= i <= len(found)]
+    if bad or not which:
+        raise ConfigError(f"PP-OCR graph: no residual MLP {bad[0] if bad else '(none given)'}; it has "
+                          f"{len(found)} (count from 1)")
+    return found, which
+
+
 def drop_mlps(encoder: PPOCREncoder, which, calibration=None, rank: int = 0) -> PPOCREncoder:
     """The encoder, in place, without some of its residual MLPs (`which`: their numbers in graph order, from 1;
     `residual_mlps`), the weights only those branches used gone.
@@ -263,12 +274,7 @@ def drop_mlps(encoder: PPOCREncoder, which, calibration=None, rank: int = 0) -> 
     what the full trunk computed there from what the cut trunk now feeds it (`_fit_stand_in`). Either way it
     reads worse until fine-tuned (`encoder train --init --teacher`, the full trunk as the teacher)."""
     spec = encoder.graph.spec
-    found = residual_mlps(spec)
-    which = sorted({int(i) for i in which})
-    bad = [i for i in which if not 1 <= i <= len(found)]
-    if bad or not which:
-        raise ConfigError(f"PP-OCR graph: no residual MLP {bad[0] if bad else '(none given)'}; it has "
-                          f"{len(found)} (count from 1)")
+    found, which = _chosen_mlps(spec, which)
     arrays = encoder.graph.arrays()
     if calibration is None:
         rename = {found[i - 1]["add"]["outputs"][0]: found[i - 1]["skip"] for i in which}
@@ -326,12 +332,7 @@ def shrink_mlps(encoder: PPOCREncoder, which, keep: float, calibration) -> PPOCR
     to its hidden width, and unlike cutting channels blind (docs/benchmarks.md: CER 1.0 at 25 %) the re-fit
     output keeps most of what the full branch computed, with no training."""
     spec = encoder.graph.spec
-    found = residual_mlps(spec)
-    which = sorted({int(i) for i in which})
-    bad = [i for i in which if not 1 <= i <= len(found)]
-    if bad or not which:
-        raise ConfigError(f"PP-OCR graph: no residual MLP {bad[0] if bad else '(none given)'}; it has "
-                          f"{len(found)} (count from 1)")
+    found, which = _chosen_mlps(spec, which)
     if not 0 < keep <= 1:
         raise ConfigError(f"shrink_mlps: keep {keep} is not in (0, 1]")
     arrays = encoder.graph.arrays()
