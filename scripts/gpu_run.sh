@@ -11,10 +11,10 @@
 # GMAC per line; scripts/read_at_height.py --halve-columns-at 1), re-trained for DISTIL_STEPS (default 3000) of 64
 # lines, at most DISTIL_MINUTES (default 6), on 48 px lines in all CI fonts and in the handwriting ones with `--teacher
 # shipped:encoder_ctc` (KL to its frame posteriors beside CTC); the encoder comes back under $OUT/halved.
-# CUT=1: also the 32 px trunk of shipped:ocr_fast without its residual MLPs CUT_MLPS (default 5,7,9,11: 1.26 -> 0.87
-# GMAC per line; scripts/drop_mlps.py, rank-64 stand-ins fitted on the synthesised lines), re-trained as DISTIL's
-# (lr 2e-4) with that encoder as its teacher; it comes back under $OUT/cut. CUT_KEEP=0.5 (with e.g.
-# CUT_MLPS=4,5,6,7,8,9,10,11): narrow those MLPs to that share of their hidden channels instead (re-fitted; 0.81 GMAC).
+# CUT=1: also the 32 px trunk of shipped:ocr_fast with its residual MLPs CUT_MLPS (default 4,5,6,7,8,9,10,11: all of
+# stages 3-4) narrowed to CUT_KEEP (default 0.5) of their hidden channels, re-fitted on the synthesised lines (1.26 ->
+# 0.81 GMAC per line; scripts/drop_mlps.py --keep), re-trained as DISTIL's (lr 2e-4) with that encoder as its teacher;
+# it comes back under $OUT/cut. CUT_KEEP=drop: drop those MLPs instead, rank-64 stand-ins in their place.
 # Issue 15 on one lease: SETTINGS=" " DECODE=1 DISTIL=1 DISTIL_MINUTES=4 (an estimate, never run on a GPU: the
 # synthesis of 60,000 lines ~1-2 min, the decoding rows a few minutes, 4 of training; timeout_s 600).
 set -euo pipefail
@@ -62,8 +62,8 @@ if [ "${DISTIL:-0}" = 1 ] || [ "${CUT:-0}" = 1 ]; then
 fi
 if [ "${CUT:-0}" = 1 ]; then
   python3 scripts/drop_mlps.py shipped:ocr_fast "$RUN/cut_teacher"
-  narrow=(); [ -n "${CUT_KEEP:-}" ] && narrow=(--keep "$CUT_KEEP")
-  python3 scripts/drop_mlps.py shipped:ocr_fast "$RUN/cut_init" --mlps "${CUT_MLPS:-5,7,9,11}" --rank 64 "${narrow[@]}" \
+  narrow=(); [ "${CUT_KEEP:-0.5}" != drop ] && narrow=(--keep "${CUT_KEEP:-0.5}")
+  python3 scripts/drop_mlps.py shipped:ocr_fast "$RUN/cut_init" --mlps "${CUT_MLPS:-4,5,6,7,8,9,10,11}" --rank 64 "${narrow[@]}" \
     --calibration "$RUN/data48_all@train" "$RUN/data48_handwriting@train" 2>&1 | grep -v "^warning" || true
   python3 -m bridgeocr.cli encoder train --init "$RUN/cut_init" --teacher "$RUN/cut_teacher" --augment handwriting \
     --data "$RUN/data48_all" "$RUN/data48_handwriting" --val-data "$RUN/data48_handwriting" --out "$RUN/cut" \
