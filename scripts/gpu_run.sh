@@ -15,8 +15,10 @@
 # stages 3-4) narrowed to CUT_KEEP (default 0.5) of their hidden channels, re-fitted on the synthesised lines (1.26 ->
 # 0.81 GMAC per line; scripts/drop_mlps.py --keep), re-trained as DISTIL's (lr 2e-4) with that encoder as its teacher;
 # it comes back under $OUT/cut. CUT_KEEP=drop: drop those MLPs instead, rank-64 stand-ins in their place.
-# Issue 15 on one lease: SETTINGS=" " DECODE=1 DISTIL=1 DISTIL_MINUTES=4 (an estimate, never run on a GPU: the
-# synthesis of 60,000 lines ~1-2 min, the decoding rows a few minutes, 4 of training; timeout_s 600).
+# Issue 15 on one lease: SETTINGS=" " DECODE=1 CUT=1 DISTIL_MINUTES=4 (an estimate, never run on a GPU: the
+# synthesis of 60,000 lines ~1-2 min, the decoding rows a few minutes, 4 of training; timeout_s 600). The narrowed
+# trunk (CUT) learned ~3x faster than the halved one (DISTIL) on the CPU (docs/benchmarks.md, "Fewer residual MLPs").
+# Dry run here: PATH=$PWD/.venv/bin:$PATH SETTINGS=" " CUT=1 N=200 DISTIL_STEPS=2 DISTIL_MINUTES=1 (2 min, done).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ls .whl/*.whl >/dev/null 2>&1; then
