@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from bridgeocr.data.preprocess import make_loader
 from bridgeocr.data.sources import open_source
+from bridgeocr.data.tokenizers import copy_tokenizer_files
 from bridgeocr.eval.evaluate import load_checkpoint
 from bridgeocr.models.encoder import save_encoder
 from bridgeocr.models.onnx_graph import inferred_shapes
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         drop_mlps(encoder, which, calibration=feeds, rank=a.rank)
     after = mlp_macs(encoder)[1]
     save_encoder(a.out, encoder, reader.ctc_head)
-    shutil.copy2(src / "tokenizer.json", a.out / "tokenizer.json")
+    copy_tokenizer_files(src, a.out)
     shrunk = which and a.keep is not None
     card = {"made_by": "scripts/drop_mlps.py", "from": str(a.src), "dropped_mlps": [] if shrunk else which,
             "shrunk_mlps": which if shrunk else [], "kept_hidden": a.keep if shrunk else None,

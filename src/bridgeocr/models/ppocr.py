@@ -298,10 +298,7 @@ def drop_mlps(encoder: PPOCREncoder, which, calibration=None, rank: int = 0) -> 
             at = next(k for k, n in enumerate(nodes) if n is mlp["add"])
             nodes = [n for n in nodes[:at] if id(n) not in branch] + stand_in + nodes[at + 1:]
             arrays.update(new)
-    pruned = prune_spec({**spec, "nodes": nodes}, outputs)
-    used = {i for n in pruned["nodes"] for i in n["inputs"]}
-    encoder.graph = OnnxGraph({k: v for k, v in pruned.items() if k != "initializers"},
-                              {k: a for k, a in arrays.items() if k in used})
+    encoder.graph = OnnxGraph(prune_spec({**spec, "nodes": nodes}, outputs), arrays)  # keeps the arrays it uses
     encoder._ort = OrtRunner(encoder.graph)  # its sessions were built on the old graph
     return encoder
 
@@ -355,7 +352,7 @@ def shrink_mlps(encoder: PPOCREncoder, which, keep: float, calibration) -> PPOCR
         solved = torch.linalg.solve(gram + ridge, h.T @ (target - x))  # [k + 1, C]
         arrays[second["inputs"][1]] = solved[:-1].T.float().numpy()[:, :, None, None]
         arrays[b2[0]] = solved[-1].float().numpy().reshape(arrays[b2[0]].shape)
-    encoder.graph = OnnxGraph({k: v for k, v in spec.items() if k != "initializers"}, arrays)
+    encoder.graph = OnnxGraph(spec, arrays)  # the initializers' shapes are the new arrays'
     encoder._ort = OrtRunner(encoder.graph)  # its sessions were built on the old graph
     return encoder
 
@@ -363,10 +360,7 @@ def shrink_mlps(encoder: PPOCREncoder, which, keep: float, calibration) -> PPOCR
 @torch.no_grad()
 def _values(spec: dict, arrays: dict, names: list[str], inputs) -> list[torch.Tensor]:
     """Each named tensor over every input, as [pixels, channels] rows (all inputs' positions stacked)."""
-    sub = prune_spec(spec, names)
-    used = {i for n in sub["nodes"] for i in n["inputs"]}
-    graph = OnnxGraph({k: v for k, v in sub.items() if k != "initializers"},
-                      {k: a for k, a in arrays.items() if k in used})
+    graph = OnnxGraph(prune_spec(spec, names), arrays)
     rows: list[list[torch.Tensor]] = [[] for _ in names]
     for x in inputs:
         out = graph(x)
