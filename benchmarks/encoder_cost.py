@@ -39,7 +39,7 @@ from decoding import machine, parse_set  # noqa: E402  (benchmarks/decoding.py)
 
 from bridgeocr.data.sources import open_source  # noqa: E402
 from bridgeocr.eval.evaluate import evaluate_model, load_checkpoint, make_loader  # noqa: E402
-from bridgeocr.models.onnx_graph import inferred_shapes, ort_session  # noqa: E402
+from bridgeocr.models.onnx_graph import conv_macs, ort_session  # noqa: E402
 from bridgeocr.models.ppocr import drop_mlps, shrink_mlps  # noqa: E402
 
 DEFAULT_SETS = ("print=runs/bench/print_heldout@test", "hand=runs/bench/hand_heldout@test",
@@ -67,21 +67,20 @@ def ms_per_line(model_bytes: bytes, height: int, width: int = PROBE_WIDTH, runs:
     return 1000 * statistics.median(times)
 
 
-def conv_macs(model, height: int, width: int = PROBE_WIDTH) -> dict[str, float]:
+def conv_macs_by_kind(model, height: int, width: int = PROBE_WIDTH) -> dict[str, float]:
     """Multiply-accumulates of the graph's convolutions on one line, by kind (pointwise / depthwise / other)."""
     from onnx import helper
 
-    shapes = inferred_shapes(model, (1, 3, height, width))
+    per_node = conv_macs(model, (1, 3, height, width))
     weights = {t.name: list(t.dims) for t in model.graph.initializer}
     macs: dict[str, float] = collections.Counter()
     for node in model.graph.node:
-        if node.op_type != "Conv" or node.output[0] not in shapes:
+        if node.output[0] not in per_node:
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        w = weights[node.input[1]]
         kind = ("depthwise" if attrs.get("group", 1) > 1 else
-                "pointwise 1x1" if w[2:] == [1, 1] else "full k x k")
-        macs[kind] += float(np.prod(shapes[node.output[0]]) * np.prod(w[1:]))
+                "pointwise 1x1" if weights[node.input[1]][2:] == [1, 1] else "full k x k")
+        macs[kind] += per_node[node.output[0]]
     return dict(macs)
 
 
@@ -204,7 +203,7 @@ def main() -> int:
     lines = [f"{checkpoints[0]}; {info['cpu']}, {info['cores']} cores; load average {info['load_before']:.2f} "
              f"before; {info['date']}", ""]
 
-    macs = conv_macs(model, height)
+    macs = conv_macs_by_kind(model, height)
     ms = ms_per_line(model.SerializeToString(), height)
     total = sum(macs.values())
     lines += [f"## Cost of one {PROBE_WIDTH} px line at height {height}",

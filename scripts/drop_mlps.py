@@ -23,14 +23,12 @@ import json
 import random
 from pathlib import Path
 
-import numpy as np
-
 from bridgeocr.data.preprocess import make_loader
 from bridgeocr.data.sources import open_source
 from bridgeocr.data.tokenizers import copy_tokenizer_files
 from bridgeocr.eval.evaluate import load_checkpoint
 from bridgeocr.models.encoder import save_encoder
-from bridgeocr.models.onnx_graph import inferred_shapes
+from bridgeocr.models.onnx_graph import conv_macs
 from bridgeocr.models.ppocr import PPOCREncoder, drop_mlps, residual_mlps, shrink_mlps
 from bridgeocr.shipped import resolve_pretrained
 
@@ -40,18 +38,9 @@ PROBE_WIDTH = 608  # px: the held-out print lines' mean width at 48 px (as bench
 def mlp_macs(encoder: PPOCREncoder, width: int = PROBE_WIDTH) -> tuple[list[float], float]:
     """Multiply-adds of each residual MLP's convolutions and of every convolution, on one line (ONNX shape
     inference at the encoder's height)."""
-    model = encoder.graph.to_onnx()
-    shapes = inferred_shapes(model, (1, int(encoder.image["channels"]), encoder.image_height, width))
-    weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
-
-    def macs(node) -> float:
-        if node["op"] != "Conv":
-            return 0.0
-        out, w = shapes.get(node["outputs"][0]), weights.get(node["inputs"][1])
-        return float(np.prod(out) * np.prod(w[1:])) if out and w else 0.0
-
-    per_mlp = [sum(macs(n) for n in m["nodes"]) for m in residual_mlps(encoder.graph.spec)]
-    return per_mlp, sum(macs(n) for n in encoder.graph.spec["nodes"])
+    per_node = conv_macs(encoder.graph.to_onnx(), (1, int(encoder.image["channels"]), encoder.image_height, width))
+    per_mlp = [sum(per_node.get(n["outputs"][0], 0.0) for n in m["nodes"]) for m in residual_mlps(encoder.graph.spec)]
+    return per_mlp, sum(per_node.values())
 
 
 def calibration_inputs(specs: list[str], lines: int, encoder: PPOCREncoder, image_cfg, tokenizer, seed: int = 0):

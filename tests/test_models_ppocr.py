@@ -872,3 +872,16 @@ def test_an_encoder_that_has_run_in_onnxruntime_can_be_copied(tiny_onnx):
             p.add_(0.1)
         assert not torch.allclose(twin(images, mask)[0], before, atol=1e-3)
         assert torch.allclose(encoder(images, mask)[0], before, atol=1e-6)
+
+
+def test_conv_macs_counts_each_convolution_at_its_output_shape(tmp_path):
+    """onnx_graph.conv_macs: per convolution, output elements x (input channels per group x kernel area), at the
+    input shape asked; the first conv of the tiny trunk (3 -> 8 channels, 3x3, stride 2) by hand."""
+    from bridgeocr.models.onnx_graph import conv_macs
+
+    model = import_ppocr(_tiny_ppocr_onnx(tmp_path / "m.onnx", mlps=1))[0].graph.to_onnx()
+    macs = conv_macs(model, (1, 3, 48, 64))
+    assert macs["c1"] == 8 * 24 * 32 * (3 * 3 * 3)
+    assert macs["c2"] == 8 * 12 * 16 * (1 * 3 * 3)  # depthwise: one input channel per group
+    assert macs["m0.up"] == 16 * 6 * 16 * 8 and set(macs) >= {"c3", "se_fc", "m0.down"}
+    assert conv_macs(model, (1, 3, 48, 128))["c1"] == 2 * macs["c1"]

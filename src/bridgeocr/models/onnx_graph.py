@@ -503,6 +503,16 @@ def inferred_shapes(model, input_shape: Sequence[int]) -> dict[str, list[int]]:
             for v in shape_inference.infer_shapes(fixed).graph.value_info}
 
 
+def conv_macs(model, input_shape: Sequence[int]) -> dict[str, float]:
+    """Multiply-accumulates of each convolution (by its output tensor's name) when the model's first input has
+    `input_shape` (ONNX shape inference): what a restructured trunk saves, per node."""
+    shapes = inferred_shapes(model, input_shape)
+    weights = {t.name: list(t.dims) for t in model.graph.initializer}
+    return {node.output[0]: float(np.prod(shapes[node.output[0]]) * np.prod(weights[node.input[1]][1:]))
+            for node in model.graph.node if node.op_type == "Conv" and node.output[0] in shapes
+            and node.input[1] in weights}
+
+
 @functools.cache
 def _ort_installed() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
