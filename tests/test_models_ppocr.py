@@ -653,19 +653,16 @@ def test_residual_mlps_are_found_and_a_silent_one_drops_without_a_trace(tmp_path
         drop_mlps(import_ppocr(_tiny_ppocr_onnx(tmp_path / "two.onnx", mlps=2))[0], [3])
 
 
-def test_a_fitted_stand_in_replaces_an_mlp_better_than_a_cut():
+def test_a_fitted_stand_in_replaces_an_mlp_better_than_a_cut(tmp_path):
     """drop_mlps with calibration inputs: where the dropped MLP's output was, a full-rank linear stand-in is at
     least as close to the full trunk's values as a bias alone, and a bias at least as close as the cut (least
     squares over ever larger families of maps); on other lines too, the stand-in's features are nearer the full
     trunk's than the cut's; torch and onnxruntime agree on the new nodes."""
     import copy
-    import tempfile
-    from pathlib import Path
 
     from bridgeocr.models.ppocr import _values, drop_mlps
 
-    with tempfile.TemporaryDirectory() as tmp:
-        full = import_ppocr(_tiny_ppocr_onnx(Path(tmp) / "m.onnx", mlps=2))[0]
+    full = import_ppocr(_tiny_ppocr_onnx(tmp_path / "m.onnx", mlps=2))[0]
     rng = torch.Generator().manual_seed(0)
     calibration = [full.pixels(torch.rand(1, 1, 48, w, generator=rng)) for w in (64, 96, 128, 64)]
     held_out = full.pixels(torch.rand(1, 1, 48, 96, generator=rng))
@@ -790,6 +787,7 @@ def test_encoder_cost_reads_variants_without_mlps(tmp_path):
     that onnxruntime runs into as many tokens; the label says which and how."""
     from types import SimpleNamespace
 
+    from bridgeocr.models.ppocr import residual_mlps
     from conftest import load_script
 
     bench = load_script("benchmarks/encoder_cost.py")
@@ -806,28 +804,19 @@ def test_encoder_cost_reads_variants_without_mlps(tmp_path):
     label, model = bench.narrower_mlps(reader, "1,2:0.5", [x])
     assert "at 0.5 of their hidden width" in label
     assert ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0].shape == (1, 9, 8)
-    assert len(residual_mlps_of(encoder)) == 2  # the reader's own encoder is left as it was
+    assert len(residual_mlps(encoder.graph.spec)) == 2  # the reader's own encoder is left as it was
 
 
-def residual_mlps_of(encoder):
-    from bridgeocr.models.ppocr import residual_mlps
-
-    return residual_mlps(encoder.graph.spec)
-
-
-def test_shrink_mlps_keeps_the_width_asked_and_refits_the_output():
+def test_shrink_mlps_keeps_the_width_asked_and_refits_the_output(tmp_path):
     """shrink_mlps: keeping every hidden channel reproduces the trunk (the re-fit finds nearly the same output conv);
     keeping half halves the hidden convs, runs alike in torch and onnxruntime, and its MLP output on the
     calibration lines is at least as close to the full trunk's as a least-squares bias alone would be (the
     re-fit includes the bias); numbers or shares out of range are refused."""
     import copy
-    import tempfile
-    from pathlib import Path
 
     from bridgeocr.models.ppocr import _values, drop_mlps, shrink_mlps
 
-    with tempfile.TemporaryDirectory() as tmp:
-        full = import_ppocr(_tiny_ppocr_onnx(Path(tmp) / "m.onnx", mlps=2))[0]
+    full = import_ppocr(_tiny_ppocr_onnx(tmp_path / "m.onnx", mlps=2))[0]
     rng = torch.Generator().manual_seed(1)
     calibration = [full.pixels(torch.rand(1, 1, 48, w, generator=rng)) for w in (64, 96, 128, 64, 160)]
     x = full.pixels(torch.rand(1, 1, 48, 96, generator=rng))
