@@ -124,6 +124,14 @@ def int8_model(model, reader, image_cfg, calibration: list, tmp: Path) -> bytes:
     return dst.read_bytes()
 
 
+def read_at(reader, image_cfg, height: int):
+    """Point the reader's encoder at another line height, untrained, each line as wide as before (its frames per
+    letter unchanged) -> the image settings to read with, from `image_cfg` (the settings at its own height).
+    The encoder's `image_height` follows its `image` settings."""
+    reader.encoder.image["height"] = height
+    return replace(image_cfg, height=height, width_scale=image_cfg.width_scale * image_cfg.height / height)
+
+
 def line_inputs(reader, image_cfg, lines: list) -> list[torch.Tensor]:
     """The encoder's network input for each line, at its own width (as the encoder reads it)."""
     loader = make_loader(lines, image_cfg, reader.tokenizer, batch_size=1, shuffle=False)
@@ -237,8 +245,7 @@ def main() -> int:
                 label, cut = make(reader, spec, inputs)
                 row(label, ms_per_line(cut, height), read_ctc(reader, image_cfg, sets, cut))
     for h in args.heights:
-        reader.encoder.image_height, reader.encoder.image["height"] = h, h
-        cfg = replace(image_cfg, height=h, width_scale=image_cfg.width_scale * height / h)
+        cfg = read_at(reader, image_cfg, h)
         row(f"height {h}, untrained", ms_per_line(model.SerializeToString(), h), read_ctc(reader, cfg, sets))
     for ckpt in checkpoints[1:]:
         other, other_cfg, _ = load_checkpoint(ckpt)

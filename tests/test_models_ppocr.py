@@ -805,6 +805,9 @@ def test_encoder_cost_reads_variants_without_mlps(tmp_path):
     assert "at 0.5 of their hidden width" in label
     assert ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0].shape == (1, 9, 8)
     assert len(residual_mlps(encoder.graph.spec)) == 2  # the reader's own encoder is left as it was
+    from bridgeocr.config import ImageConfig  # --heights: the encoder and the settings move together,
+    cfg = bench.read_at(reader, ImageConfig(height=48, width_scale=1.25), 32)  # each line as wide as before
+    assert encoder.image_height == 32 and cfg.height == 32 and cfg.width_scale == 1.25 * 48 / 32
 
 
 def test_shrink_mlps_keeps_the_width_asked_and_refits_the_output(tmp_path):
